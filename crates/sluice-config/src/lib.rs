@@ -1,0 +1,876 @@
+//! Sluice configuration: the worker, coordination, Kafka and storage settings, and the table
+//! definitions, read from one TOML file and validated at load.
+//!
+//! Every struct refuses unknown fields, so a misspelt key fails at start-up with its name and
+//! line instead of being silently ignored. Validation that needs more than one field (a sorting
+//! key naming a missing column, say) happens in [`Config::validate`] and names the field and
+//! the fix. `config/sluice.example.toml` documents every field and is parsed by a test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {origin} is not valid: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config field `{field}`: {problem}; fix: {fix}")]
+    Invalid {
+        field: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The whole configuration of a worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings of this worker process.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Where leases, offsets and the part registry live.
+    #[serde(default)]
+    pub coordination: CoordinationConfig,
+    /// The Kafka cluster events are read from.
+    pub kafka: KafkaConfig,
+    /// Where Parquet parts are written.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The tables; each reads one topic. Written as `[[table]]` blocks.
+    #[serde(rename = "table")]
+    pub tables: Vec<TableConfig>,
+}
+
+/// Settings of this worker process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Identity in leases and logs. Default: `<hostname>-<pid>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Upper bound of decoded-but-unflushed data across all buffers; when reached, the largest
+    /// buffers are flushed first.
+    #[serde(default = "default_memory_budget_bytes")]
+    pub memory_budget_bytes: u64,
+    /// How often buffers are checked against `max_age_ms`.
+    #[serde(default = "default_flush_check_interval_ms")]
+    pub flush_check_interval_ms: u64,
+    /// How long to wait for a lease another (possibly dead) worker still holds before giving up.
+    /// Must exceed the coordination session timeout, so a crashed holder's lease can expire.
+    #[serde(default = "default_lease_wait_ms")]
+    pub lease_wait_ms: u64,
+    /// On SIGTERM/SIGINT, how long to spend flushing and committing before exiting anyway
+    /// (uncommitted data is then re-read by the next owner: nothing is lost).
+    #[serde(default = "default_shutdown_deadline_ms")]
+    pub shutdown_deadline_ms: u64,
+}
+
+pub const fn default_memory_budget_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+pub const fn default_flush_check_interval_ms() -> u64 {
+    100
+}
+pub const fn default_lease_wait_ms() -> u64 {
+    60_000
+}
+pub const fn default_shutdown_deadline_ms() -> u64 {
+    30_000
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: None,
+            memory_budget_bytes: default_memory_budget_bytes(),
+            flush_check_interval_ms: default_flush_check_interval_ms(),
+            lease_wait_ms: default_lease_wait_ms(),
+            shutdown_deadline_ms: default_shutdown_deadline_ms(),
+        }
+    }
+}
+
+/// Which coordination backend holds leases, offsets and the part registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinationBackend {
+    /// A ZooKeeper ensemble: for fleets.
+    Zookeeper,
+    /// A single-process store in a local directory: for a laptop and unit tests.
+    Embedded,
+}
+
+/// Where leases, offsets and the part registry live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// `zookeeper` (default) or `embedded`.
+    #[serde(default = "default_backend")]
+    pub backend: CoordinationBackend,
+    /// ZooKeeper connect string, `host:port[,host:port...]`.
+    #[serde(default = "default_zookeeper_connect")]
+    pub zookeeper_connect: String,
+    /// Root znode of this Sluice deployment; several deployments can share one ensemble.
+    #[serde(default = "default_root")]
+    pub root: String,
+    /// ZooKeeper session timeout; a crashed worker's leases are freed after this long.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long to try to reach ZooKeeper at start-up before failing.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Directory of the embedded backend's state file.
+    #[serde(default = "default_embedded_dir")]
+    pub embedded_dir: PathBuf,
+}
+
+pub const fn default_backend() -> CoordinationBackend {
+    CoordinationBackend::Zookeeper
+}
+pub fn default_zookeeper_connect() -> String {
+    "127.0.0.1:2181".to_string()
+}
+pub fn default_root() -> String {
+    "/sluice".to_string()
+}
+pub const fn default_session_timeout_ms() -> u64 {
+    10_000
+}
+pub const fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+pub fn default_embedded_dir() -> PathBuf {
+    PathBuf::from("sluice-state")
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            backend: default_backend(),
+            zookeeper_connect: default_zookeeper_connect(),
+            root: default_root(),
+            session_timeout_ms: default_session_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            embedded_dir: default_embedded_dir(),
+        }
+    }
+}
+
+/// Where to start a partition that has no committed offset yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// The Kafka cluster events are read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// librdkafka properties passed through as they are (e.g. `fetch.wait.max.ms`, TLS/SASL).
+    /// Sluice sets `enable.auto.commit=false` itself: offsets live in the coordinator.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// `earliest` (default) or `latest`, for partitions with no committed offset.
+    #[serde(default = "default_start_from")]
+    pub start_from: StartFrom,
+    /// How long metadata and watermark requests may take before the broker counts as unreachable.
+    #[serde(default = "default_metadata_timeout_ms")]
+    pub metadata_timeout_ms: u64,
+}
+
+pub const fn default_start_from() -> StartFrom {
+    StartFrom::Earliest
+}
+pub const fn default_metadata_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Where Parquet parts are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `file:///absolute/dir`, `file://relative/dir` (from the working directory), or
+    /// `s3://bucket/prefix`.
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+    /// object_store options, e.g. `aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_region`, `aws_allow_http`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+pub fn default_storage_url() -> String {
+    "file://sluice-data".to_string()
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: default_storage_url(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// One table: a topic decoded into typed columns and written as sorted Parquet parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Lowercase letters, digits and `_`; names the table's directory in storage.
+    pub name: String,
+    /// The Kafka topic this table reads.
+    pub topic: String,
+    /// Definition version, recorded in every part and its object name.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// The columns, in order. Written as `[[table.column]]` blocks.
+    #[serde(rename = "column")]
+    pub columns: Vec<ColumnConfig>,
+    /// Columns every part is sorted by, in order.
+    #[serde(default)]
+    pub sorting_key: Vec<String>,
+    /// Splits parts so each holds one value (e.g. one day); none means one part per flush.
+    #[serde(default)]
+    pub partition_key: Option<PartitionKeyConfig>,
+    /// When buffers are written out.
+    #[serde(default)]
+    pub flush: FlushConfig,
+    /// Larger messages go to quarantine.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+pub const fn default_version() -> u32 {
+    1
+}
+pub const fn default_max_message_bytes() -> usize {
+    1024 * 1024
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    /// One of [`ColumnType::NAMES`].
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+    /// Whether the column may be null. A non-nullable column without a default sends events
+    /// lacking it to quarantine.
+    #[serde(default = "default_nullable")]
+    pub nullable: bool,
+    /// Used when the event lacks the field or has it null.
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    /// The JSON field, or a dotted path into nested objects (`user.geo.country`).
+    /// Default: the column name.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+pub const fn default_nullable() -> bool {
+    true
+}
+
+impl ColumnConfig {
+    /// The JSON path this column is read from, split at dots.
+    pub fn source_path(&self) -> Vec<String> {
+        self.source
+            .as_deref()
+            .unwrap_or(&self.name)
+            .split('.')
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Column types Sluice decodes JSON into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ColumnType {
+    Boolean,
+    Int32,
+    Int64,
+    UInt64,
+    Float64,
+    String,
+    /// Milliseconds since the epoch, UTC; from a JSON integer (ms) or an RFC 3339 string.
+    TimestampMs,
+    /// Microseconds since the epoch, UTC; from a JSON integer (µs) or an RFC 3339 string.
+    TimestampUs,
+    /// Days since the epoch; from a `YYYY-MM-DD` string or an integer day number.
+    Date,
+}
+
+impl ColumnType {
+    pub const NAMES: &'static [&'static str] = &[
+        "boolean",
+        "int32",
+        "int64",
+        "uint64",
+        "float64",
+        "string",
+        "timestamp_ms",
+        "timestamp_us",
+        "date",
+    ];
+
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::UInt64 => DataType::UInt64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::String => DataType::Utf8,
+            ColumnType::TimestampMs => {
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+            }
+            ColumnType::TimestampUs => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
+            ColumnType::Date => DataType::Date32,
+        }
+    }
+
+    pub fn is_temporal(self) -> bool {
+        matches!(
+            self,
+            ColumnType::TimestampMs | ColumnType::TimestampUs | ColumnType::Date
+        )
+    }
+}
+
+impl TryFrom<String> for ColumnType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "boolean" | "bool" => ColumnType::Boolean,
+            "int32" => ColumnType::Int32,
+            "int64" => ColumnType::Int64,
+            "uint64" => ColumnType::UInt64,
+            "float64" | "double" => ColumnType::Float64,
+            "string" | "utf8" => ColumnType::String,
+            "timestamp_ms" => ColumnType::TimestampMs,
+            "timestamp_us" => ColumnType::TimestampUs,
+            "date" | "date32" => ColumnType::Date,
+            other => {
+                return Err(format!(
+                    "unknown column type `{other}`; use one of: {}",
+                    ColumnType::NAMES.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ColumnType::Boolean => "boolean",
+            ColumnType::Int32 => "int32",
+            ColumnType::Int64 => "int64",
+            ColumnType::UInt64 => "uint64",
+            ColumnType::Float64 => "float64",
+            ColumnType::String => "string",
+            ColumnType::TimestampMs => "timestamp_ms",
+            ColumnType::TimestampUs => "timestamp_us",
+            ColumnType::Date => "date",
+        };
+        f.write_str(name)
+    }
+}
+
+/// How a part's partition-key value is derived from a column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionKeyConfig {
+    /// The column the value comes from.
+    pub column: String,
+    /// `hour`, `day` (default), `month` of a timestamp or date column, or `identity` (the value
+    /// itself, for integer, boolean and string columns).
+    #[serde(default = "default_granularity")]
+    pub granularity: Granularity,
+}
+
+pub const fn default_granularity() -> Granularity {
+    Granularity::Day
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Identity,
+    Hour,
+    Day,
+    Month,
+}
+
+/// When a buffer is written out as parts. Whichever limit is reached first triggers the flush.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    /// Rows buffered per source partition.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Raw event bytes buffered per source partition.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Age of the oldest buffered event.
+    #[serde(default = "default_max_age_ms")]
+    pub max_age_ms: u64,
+}
+
+pub const fn default_max_rows() -> usize {
+    200_000
+}
+pub const fn default_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+pub const fn default_max_age_ms() -> u64 {
+    10_000
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        FlushConfig {
+            max_rows: default_max_rows(),
+            max_bytes: default_max_bytes(),
+            max_age_ms: default_max_age_ms(),
+        }
+    }
+}
+
+impl TableConfig {
+    /// The Arrow schema of the table's data parts.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.column_type.arrow_type(), c.nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnConfig> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: relations between fields and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.worker;
+        if let Some(id) = &w.id {
+            if id.is_empty() || id.contains('/') {
+                return Err(invalid(
+                    "worker.id",
+                    format!("`{id}` is empty or contains `/`"),
+                    "use letters, digits, `-`, `_` or `.`",
+                ));
+            }
+        }
+        positive("worker.memory_budget_bytes", w.memory_budget_bytes)?;
+        positive("worker.flush_check_interval_ms", w.flush_check_interval_ms)?;
+
+        let c = &self.coordination;
+        if !c.root.starts_with('/') || (c.root.len() > 1 && c.root.ends_with('/')) {
+            return Err(invalid(
+                "coordination.root",
+                format!("`{}` is not an absolute znode path", c.root),
+                "start it with `/` and end it without one, e.g. `/sluice/prod`",
+            ));
+        }
+        if c.backend == CoordinationBackend::Zookeeper {
+            if c.zookeeper_connect.trim().is_empty() {
+                return Err(invalid(
+                    "coordination.zookeeper_connect",
+                    "is empty",
+                    "set it to `host:port[,host:port...]`",
+                ));
+            }
+            if c.session_timeout_ms < 2_000 {
+                return Err(invalid(
+                    "coordination.session_timeout_ms",
+                    format!("{} ms is below ZooKeeper's minimum", c.session_timeout_ms),
+                    "use at least 2000 (ZooKeeper's floor is twice its tickTime)",
+                ));
+            }
+            if w.lease_wait_ms <= c.session_timeout_ms {
+                return Err(invalid("worker.lease_wait_ms", format!("{} ms does not exceed coordination.session_timeout_ms ({} ms), so a crashed worker's leases could never be taken over", w.lease_wait_ms, c.session_timeout_ms), "make it larger than the session timeout, e.g. twice it"));
+            }
+        }
+
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "is empty",
+                "set it to `host:port[,host:port...]`",
+            ));
+        }
+        for key in ["enable.auto.commit", "group.id"] {
+            if self.kafka.properties.contains_key(key) {
+                return Err(invalid(
+                    format!("kafka.properties.\"{key}\""),
+                    "is managed by Sluice (offsets are committed with the parts, not to Kafka)",
+                    "remove it",
+                ));
+            }
+        }
+
+        let scheme = self.storage.url.split("://").next().unwrap_or_default();
+        if !self.storage.url.contains("://") || !matches!(scheme, "file" | "s3") {
+            return Err(invalid(
+                "storage.url",
+                format!("`{}` is not a supported storage URL", self.storage.url),
+                "use `file:///dir`, `file://relative/dir` or `s3://bucket/prefix`",
+            ));
+        }
+
+        if self.tables.is_empty() {
+            return Err(invalid(
+                "table",
+                "no tables are defined",
+                "add at least one `[[table]]` block",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            t.validate(i)?;
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    format!("table[{i}].name"),
+                    format!("table `{}` is defined twice", t.name),
+                    "give every table a unique name",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct topics the tables read, in name order.
+    pub fn topics(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.tables.iter().map(|t| t.topic.as_str()).collect();
+        set.into_iter().map(str::to_string).collect()
+    }
+}
+
+fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(field, "is 0", "use a positive value"));
+    }
+    Ok(())
+}
+
+fn is_simple_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl TableConfig {
+    fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        let at = |field: &str| format!("table[{index}] ({}).{field}", self.name);
+        if !is_simple_name(&self.name) {
+            return Err(invalid(
+                format!("table[{index}].name"),
+                format!("`{}` is not a valid table name", self.name),
+                "use lowercase letters, digits and `_`, starting with a letter",
+            ));
+        }
+        if self.topic.is_empty() || self.topic.contains('/') {
+            return Err(invalid(
+                at("topic"),
+                format!("`{}` is not a valid topic name", self.topic),
+                "name the Kafka topic this table reads",
+            ));
+        }
+        if self.columns.is_empty() {
+            return Err(invalid(
+                at("column"),
+                "the table has no columns",
+                "add `[[table.column]]` blocks",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for col in &self.columns {
+            if col.name.is_empty() || !seen.insert(col.name.as_str()) {
+                return Err(invalid(
+                    at("column"),
+                    format!("column name `{}` is empty or repeated", col.name),
+                    "give every column a unique name",
+                ));
+            }
+            if let Some(src) = &col.source {
+                if src.is_empty() || src.split('.').any(str::is_empty) {
+                    return Err(invalid(
+                        at(&format!("column.{}.source", col.name)),
+                        format!("`{src}` is not a field name or dotted path"),
+                        "write e.g. `country` or `user.geo.country`",
+                    ));
+                }
+            }
+            if let Some(default) = &col.default {
+                check_default(col.column_type, default).map_err(|problem| {
+                    invalid(
+                        at(&format!("column.{}.default", col.name)),
+                        problem,
+                        format!("give a {} value", col.column_type),
+                    )
+                })?;
+            }
+        }
+        for key in &self.sorting_key {
+            let Some(col) = self.column(key) else {
+                return Err(invalid(
+                    at("sorting_key"),
+                    format!("names `{key}`, which is not a column of the table"),
+                    format!("use columns of the table: {}", self.column_names()),
+                ));
+            };
+            let _ = col;
+        }
+        if let Some(pk) = &self.partition_key {
+            let Some(col) = self.column(&pk.column) else {
+                return Err(invalid(
+                    at("partition_key.column"),
+                    format!("names `{}`, which is not a column of the table", pk.column),
+                    format!("use a column of the table: {}", self.column_names()),
+                ));
+            };
+            let temporal = col.column_type.is_temporal();
+            match pk.granularity {
+                Granularity::Identity if col.column_type == ColumnType::Float64 => {
+                    return Err(invalid(
+                        at("partition_key.granularity"),
+                        format!(
+                            "column `{}` is float64, which makes no sensible partition value",
+                            col.name
+                        ),
+                        "partition by an integer, boolean, string or temporal column",
+                    ));
+                }
+                Granularity::Hour | Granularity::Day | Granularity::Month if !temporal => {
+                    return Err(invalid(
+                        at("partition_key.granularity"),
+                        format!(
+                            "`{:?}` needs a timestamp or date column, and `{}` is {}",
+                            pk.granularity, col.name, col.column_type
+                        )
+                        .to_lowercase(),
+                        "use `identity`, or partition by a timestamp/date column",
+                    ));
+                }
+                Granularity::Hour if col.column_type == ColumnType::Date => {
+                    return Err(invalid(
+                        at("partition_key.granularity"),
+                        format!("`hour` of date column `{}`", col.name),
+                        "use `day` or `month`",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.flush.max_rows == 0 {
+            return Err(invalid(
+                at("flush.max_rows"),
+                "is 0",
+                "use a positive row count",
+            ));
+        }
+        positive(&at("flush.max_bytes"), self.flush.max_bytes)?;
+        positive(&at("flush.max_age_ms"), self.flush.max_age_ms)?;
+        if self.max_message_bytes == 0 {
+            return Err(invalid(
+                at("max_message_bytes"),
+                "is 0",
+                "use a positive size",
+            ));
+        }
+        Ok(())
+    }
+
+    fn column_names(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn check_default(ty: ColumnType, v: &toml::Value) -> Result<(), String> {
+    use toml::Value as V;
+    let ok = match (ty, v) {
+        (ColumnType::Boolean, V::Boolean(_)) => true,
+        (ColumnType::Int32, V::Integer(i)) => i32::try_from(*i).is_ok(),
+        (ColumnType::Int64, V::Integer(_)) => true,
+        (ColumnType::UInt64, V::Integer(i)) => *i >= 0,
+        (ColumnType::Float64, V::Integer(_) | V::Float(_)) => true,
+        (ColumnType::String, V::String(_)) => true,
+        (ColumnType::TimestampMs | ColumnType::TimestampUs, V::Integer(_)) => true,
+        (ColumnType::TimestampMs | ColumnType::TimestampUs, V::String(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s).is_ok()
+        }
+        (ColumnType::Date, V::String(s)) => {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+        }
+        (ColumnType::Date, V::Integer(_)) => true,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("default `{v}` does not fit type {ty}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[[table]]
+name = "events"
+topic = "events"
+sorting_key = ["country", "ts"]
+partition_key = { column = "ts", granularity = "day" }
+
+[[table.column]]
+name = "ts"
+type = "timestamp_ms"
+nullable = false
+
+[[table.column]]
+name = "country"
+type = "string"
+default = "unknown"
+source = "geo.country"
+"#;
+
+    fn err_of(text: &str) -> String {
+        Config::from_toml_str(text, "test.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml_str(MINIMAL, "test.toml").unwrap();
+        assert_eq!(c.coordination.backend, CoordinationBackend::Zookeeper);
+        assert_eq!(c.tables[0].flush.max_rows, default_max_rows());
+        assert_eq!(c.tables[0].columns[1].source_path(), vec!["geo", "country"]);
+        assert_eq!(
+            c.tables[0].arrow_schema().field(0).data_type(),
+            &ColumnType::TimestampMs.arrow_type()
+        );
+        assert_eq!(c.topics(), vec!["events".to_string()]);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/sluice.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(!c.tables.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err_of(&MINIMAL.replace("sorting_key", "sort_key"));
+        assert!(e.contains("unknown field `sort_key`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_type_lists_the_known_ones() {
+        let e = err_of(&MINIMAL.replace("\"string\"", "\"varchar\""));
+        assert!(
+            e.contains("unknown column type `varchar`") && e.contains("timestamp_ms"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sorting_key_must_name_a_column() {
+        let e = err_of(&MINIMAL.replace("[\"country\", \"ts\"]", "[\"city\"]"));
+        assert!(
+            e.contains("sorting_key") && e.contains("`city`") && e.contains("ts, country"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn partition_key_granularity_needs_a_temporal_column() {
+        let e = err_of(&MINIMAL.replace(
+            "column = \"ts\", granularity = \"day\"",
+            "column = \"country\", granularity = \"day\"",
+        ));
+        assert!(e.contains("partition_key.granularity"), "{e}");
+    }
+
+    #[test]
+    fn default_must_fit_the_type() {
+        let e = err_of(&MINIMAL.replace("default = \"unknown\"", "default = 7"));
+        assert!(e.contains("column.country.default"), "{e}");
+    }
+
+    #[test]
+    fn managed_kafka_properties_are_refused() {
+        let e = err_of(&MINIMAL.replace("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"enable.auto.commit\" = \"true\" }"));
+        assert!(e.contains("enable.auto.commit"), "{e}");
+    }
+
+    #[test]
+    fn storage_scheme_is_checked() {
+        let e = err_of(&format!("{MINIMAL}\n[storage]\nurl = \"gs://bucket\"\n"));
+        assert!(e.contains("storage.url"), "{e}");
+    }
+}

@@ -1,0 +1,346 @@
+//! The conformance suite every [`Coordinator`] implementation must pass.
+//!
+//! `make` opens a new handle (its own session) on one shared backend each time it is called,
+//! the way two worker processes would each open a ZooKeeper session. Each case uses topics of its
+//! own, so the suite can run repeatedly against the same deployment root.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::{Commit, CoordError, Coordinator, PartKind, PartRecord, UnitId};
+
+/// A failed expectation, with the case it failed in.
+#[derive(Debug, thiserror::Error)]
+#[error("conformance case `{case}` failed: {message}")]
+pub struct ConformanceFailure {
+    pub case: &'static str,
+    pub message: String,
+}
+
+type Outcome = Result<(), ConformanceFailure>;
+
+fn fail(case: &'static str, message: impl Into<String>) -> ConformanceFailure {
+    ConformanceFailure {
+        case,
+        message: message.into(),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A part record for tests; `tag` makes the object name unique.
+pub fn sample_part(table: &str, unit: &UnitId, first: i64, last: i64, tag: &str) -> PartRecord {
+    PartRecord {
+        table: table.to_string(),
+        kind: PartKind::Data,
+        partition_value: "2026-11-23".to_string(),
+        path: format!(
+            "{table}/data/2026-11-23/{}-{}-{first:020}-{last:020}-v1-{tag}.parquet",
+            unit.topic, unit.partition
+        ),
+        rows: (last - first + 1) as u64,
+        bytes: 1000,
+        topic: unit.topic.clone(),
+        partition: unit.partition,
+        first_offset: first,
+        last_offset: last,
+        definition_version: 1,
+        lease_epoch: 0,
+        created_at_ms: 0,
+    }
+}
+
+/// Runs every case; stops at the first failure.
+pub async fn run_all<F, Fut>(make: F) -> Outcome
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Box<dyn Coordinator>, CoordError>>,
+{
+    let open = || async {
+        make()
+            .await
+            .map_err(|e| fail("open", format!("cannot open a coordinator handle: {e}")))
+    };
+    fresh_unit(open().await?).await?;
+    commit_is_visible_atomically(open().await?).await?;
+    lease_is_exclusive(open().await?, open().await?).await?;
+    stale_lease_cannot_commit(open().await?, open().await?).await?;
+    closed_session_frees_leases(open().await?, open().await?).await?;
+    release_of_lost_lease_is_harmless(open().await?, open().await?).await?;
+    Ok(())
+}
+
+async fn fresh_unit(c: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "fresh_unit";
+    let unit = UnitId::new(unique("fresh"), 3);
+    let offset = c
+        .committed_offset(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if offset.is_some() {
+        return Err(fail(
+            CASE,
+            format!("a unit never committed has offset {offset:?}"),
+        ));
+    }
+    let lease = c
+        .acquire_lease(&unit, "w1")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if lease.epoch == 0 || lease.worker_id != "w1" || lease.unit != unit {
+        return Err(fail(CASE, format!("unexpected lease {lease:?}")));
+    }
+    c.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "commit_is_visible_atomically";
+    let unit = UnitId::new(unique("commit"), 0);
+    let (t1, t2) = (unique("tbl_a"), unique("tbl_b"));
+    let lease = c
+        .acquire_lease(&unit, "w1")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let parts = vec![
+        sample_part(&t1, &unit, 0, 9, "a"),
+        sample_part(&t2, &unit, 0, 9, "b"),
+    ];
+    c.commit(
+        &lease,
+        &Commit {
+            next_offset: 10,
+            parts: parts.clone(),
+        },
+    )
+    .await
+    .map_err(|e| fail(CASE, e.to_string()))?;
+    let second = sample_part(&t1, &unit, 10, 19, "c");
+    c.commit(
+        &lease,
+        &Commit {
+            next_offset: 20,
+            parts: vec![second.clone()],
+        },
+    )
+    .await
+    .map_err(|e| fail(CASE, e.to_string()))?;
+    let offset = c
+        .committed_offset(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if offset != Some(20) {
+        return Err(fail(CASE, format!("offset {offset:?}, expected Some(20)")));
+    }
+    let mut got = c
+        .list_parts(&t1)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    got.sort_by_key(|p| p.first_offset);
+    if got != vec![parts[0].clone(), second] {
+        return Err(fail(CASE, format!("table {t1} lists {got:?}")));
+    }
+    let got = c
+        .list_parts(&t2)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if got != vec![parts[1].clone()] {
+        return Err(fail(CASE, format!("table {t2} lists {got:?}")));
+    }
+    let units = c
+        .list_units()
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let state = units
+        .iter()
+        .find(|u| u.unit == unit)
+        .ok_or_else(|| fail(CASE, "list_units misses the unit"))?;
+    if state.next_offset != Some(20)
+        || state.holder.as_deref() != Some("w1")
+        || state.epoch != lease.epoch
+    {
+        return Err(fail(CASE, format!("list_units shows {state:?}")));
+    }
+    c.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn lease_is_exclusive(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "lease_is_exclusive";
+    let unit = UnitId::new(unique("exclusive"), 1);
+    a.acquire_lease(&unit, "worker-a")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    match b.acquire_lease(&unit, "worker-b").await {
+        Err(CoordError::LeaseHeld { holder, .. }) if holder == "worker-a" => {}
+        other => {
+            return Err(fail(
+                CASE,
+                format!("second acquire gave {other:?}, expected LeaseHeld by worker-a"),
+            ))
+        }
+    }
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "stale_lease_cannot_commit";
+    let unit = UnitId::new(unique("zombie"), 0);
+    let table = unique("tbl");
+    let old = a
+        .acquire_lease(&unit, "worker-a")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.commit(
+        &old,
+        &Commit {
+            next_offset: 5,
+            parts: vec![sample_part(&table, &unit, 0, 4, "a1")],
+        },
+    )
+    .await
+    .map_err(|e| fail(CASE, e.to_string()))?;
+    a.release_lease(&old)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let new = b
+        .acquire_lease(&unit, "worker-b")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if new.epoch <= old.epoch {
+        return Err(fail(
+            CASE,
+            format!("epoch did not grow: {} then {}", old.epoch, new.epoch),
+        ));
+    }
+    // The zombie tries to commit with its old lease: refused as a whole.
+    let zombie = Commit {
+        next_offset: 9,
+        parts: vec![sample_part(&table, &unit, 5, 8, "zombie")],
+    };
+    match a.commit(&old, &zombie).await {
+        Err(CoordError::LeaseLost { epoch, .. }) if epoch == old.epoch => {}
+        other => {
+            return Err(fail(
+                CASE,
+                format!("stale commit gave {other:?}, expected LeaseLost"),
+            ))
+        }
+    }
+    let offset = b
+        .committed_offset(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let parts = b
+        .list_parts(&table)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if offset != Some(5) || parts.len() != 1 {
+        return Err(fail(
+            CASE,
+            format!(
+                "a refused commit left traces: offset {offset:?}, {} parts",
+                parts.len()
+            ),
+        ));
+    }
+    b.commit(
+        &new,
+        &Commit {
+            next_offset: 7,
+            parts: vec![sample_part(&table, &unit, 5, 6, "b1")],
+        },
+    )
+    .await
+    .map_err(|e| fail(CASE, e.to_string()))?;
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn closed_session_frees_leases(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "closed_session_frees_leases";
+    let unit = UnitId::new(unique("expiry"), 2);
+    let old = a
+        .acquire_lease(&unit, "worker-a")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    // The server ends the session asynchronously; await the lease becoming free.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match b.acquire_lease(&unit, "worker-b").await {
+            Ok(lease) => break lease,
+            Err(CoordError::LeaseHeld { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(fail(CASE, format!("lease never freed after close: {e}"))),
+        }
+    };
+    if new.epoch <= old.epoch {
+        return Err(fail(
+            CASE,
+            format!("epoch did not grow: {} then {}", old.epoch, new.epoch),
+        ));
+    }
+    match a
+        .commit(
+            &old,
+            &Commit {
+                next_offset: 1,
+                parts: vec![],
+            },
+        )
+        .await
+    {
+        Err(CoordError::SessionEnded { .. } | CoordError::LeaseLost { .. }) => {}
+        other => {
+            return Err(fail(
+                CASE,
+                format!("commit on a closed handle gave {other:?}"),
+            ))
+        }
+    }
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn release_of_lost_lease_is_harmless(
+    a: Box<dyn Coordinator>,
+    b: Box<dyn Coordinator>,
+) -> Outcome {
+    const CASE: &str = "release_of_lost_lease_is_harmless";
+    let unit = UnitId::new(unique("release"), 0);
+    let old = a
+        .acquire_lease(&unit, "worker-a")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.release_lease(&old)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let new = b
+        .acquire_lease(&unit, "worker-b")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    // Releasing the stale lease again must not free the new holder's lease.
+    a.release_lease(&old)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    match a.acquire_lease(&unit, "worker-a").await {
+        Err(CoordError::LeaseHeld { holder, .. }) if holder == "worker-b" => {}
+        other => {
+            return Err(fail(
+                CASE,
+                format!("after a stale release, acquire gave {other:?}"),
+            ))
+        }
+    }
+    b.release_lease(&new)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
+}

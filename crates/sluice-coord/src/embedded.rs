@@ -1,0 +1,363 @@
+//! The embedded backend: one process, state in memory, optionally persisted to a directory.
+//!
+//! For a laptop and unit tests. Leases belong to a handle's session and end with it (or with the
+//! process); epochs, offsets and parts survive restarts when a directory is given. The whole
+//! state is rewritten (temp file + rename) on every change, which is fine at laptop scale and
+//! keeps a commit atomic on disk. A lock file stops two processes from sharing one directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{Commit, CoordError, Coordinator, Lease, PartRecord, UnitId, UnitState};
+
+const STATE_FILE: &str = "coordinator.json";
+const LOCK_FILE: &str = "coordinator.lock";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    units: Vec<PersistedUnit>,
+    parts: BTreeMap<String, Vec<PartRecord>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PersistedUnit {
+    unit: UnitId,
+    epoch: u64,
+    next_offset: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct UnitEntry {
+    epoch: u64,
+    next_offset: Option<i64>,
+    holder: Option<(u64, String)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    units: HashMap<UnitId, UnitEntry>,
+    parts: BTreeMap<String, Vec<PartRecord>>,
+    dir: Option<PathBuf>,
+    _lock: Option<File>,
+}
+
+/// Embedded coordinator handle; [`EmbeddedCoordinator::new_session`] gives another handle on
+/// the same state, as a second ZooKeeper client would.
+#[derive(Debug)]
+pub struct EmbeddedCoordinator {
+    shared: Arc<Mutex<Shared>>,
+    session: u64,
+    closed: AtomicBool,
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+fn embedded_err(dir: &Path, reason: impl std::fmt::Display) -> CoordError {
+    CoordError::Embedded {
+        path: dir.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl EmbeddedCoordinator {
+    /// State in memory only, gone with the process.
+    pub fn in_memory() -> EmbeddedCoordinator {
+        Self::from_shared(Shared {
+            units: HashMap::new(),
+            parts: BTreeMap::new(),
+            dir: None,
+            _lock: None,
+        })
+    }
+
+    /// State persisted in `dir` (created if missing). Fails if another process uses it.
+    pub fn open(dir: &Path) -> Result<EmbeddedCoordinator, CoordError> {
+        std::fs::create_dir_all(dir).map_err(|e| embedded_err(dir, e))?;
+        let lock = File::create(dir.join(LOCK_FILE)).map_err(|e| embedded_err(dir, e))?;
+        lock.try_lock().map_err(|_| {
+            embedded_err(dir, "is in use by another process; the embedded backend serves one worker — use ZooKeeper for several")
+        })?;
+        let persisted: Persisted = match std::fs::read(dir.join(STATE_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| embedded_err(dir, format!("state file is corrupt: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(embedded_err(dir, e)),
+        };
+        let units = persisted
+            .units
+            .into_iter()
+            .map(|u| {
+                (
+                    u.unit,
+                    UnitEntry {
+                        epoch: u.epoch,
+                        next_offset: u.next_offset,
+                        holder: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self::from_shared(Shared {
+            units,
+            parts: persisted.parts,
+            dir: Some(dir.to_path_buf()),
+            _lock: Some(lock),
+        }))
+    }
+
+    fn from_shared(shared: Shared) -> EmbeddedCoordinator {
+        EmbeddedCoordinator {
+            shared: Arc::new(Mutex::new(shared)),
+            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Another handle on the same state with a session of its own.
+    pub fn new_session(&self) -> EmbeddedCoordinator {
+        EmbeddedCoordinator {
+            shared: Arc::clone(&self.shared),
+            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Shared>, CoordError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(CoordError::SessionEnded {
+                reason: "the coordinator was closed".to_string(),
+            });
+        }
+        Ok(self.shared.lock().expect("embedded state lock poisoned"))
+    }
+}
+
+impl Shared {
+    fn persist(&self) -> Result<(), CoordError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let mut units: Vec<PersistedUnit> = self
+            .units
+            .iter()
+            .map(|(unit, e)| PersistedUnit {
+                unit: unit.clone(),
+                epoch: e.epoch,
+                next_offset: e.next_offset,
+            })
+            .collect();
+        units.sort_by(|a, b| a.unit.cmp(&b.unit));
+        let state = Persisted {
+            units,
+            parts: self.parts.clone(),
+        };
+        let bytes = serde_json::to_vec(&state).expect("state serializes");
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(STATE_FILE))
+        };
+        write().map_err(|e| embedded_err(dir, e))
+    }
+}
+
+#[async_trait]
+impl Coordinator for EmbeddedCoordinator {
+    async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError> {
+        let mut shared = self.lock()?;
+        let entry = shared.units.entry(unit.clone()).or_default();
+        if let Some((_, holder)) = &entry.holder {
+            return Err(CoordError::LeaseHeld {
+                unit: unit.clone(),
+                holder: holder.clone(),
+            });
+        }
+        entry.epoch += 1;
+        entry.holder = Some((self.session, worker_id.to_string()));
+        let epoch = entry.epoch;
+        shared.persist()?;
+        Ok(Lease {
+            unit: unit.clone(),
+            worker_id: worker_id.to_string(),
+            epoch,
+            token: epoch as i64,
+        })
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        if let Some(entry) = shared.units.get_mut(&lease.unit) {
+            if entry.epoch == lease.epoch
+                && entry
+                    .holder
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == self.session)
+            {
+                entry.holder = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn committed_offset(&self, unit: &UnitId) -> Result<Option<i64>, CoordError> {
+        Ok(self.lock()?.units.get(unit).and_then(|e| e.next_offset))
+    }
+
+    async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        let current = shared.units.get(&lease.unit).is_some_and(|e| {
+            e.epoch == lease.epoch && e.holder.as_ref().is_some_and(|(s, _)| *s == self.session)
+        });
+        if !current {
+            return Err(CoordError::LeaseLost {
+                unit: lease.unit.clone(),
+                epoch: lease.epoch,
+            });
+        }
+        for part in &commit.parts {
+            let exists = shared
+                .parts
+                .get(&part.table)
+                .is_some_and(|ps| ps.iter().any(|p| p.path == part.path));
+            if exists {
+                return Err(CoordError::Conflict {
+                    unit: lease.unit.clone(),
+                    reason: format!("part {} is already registered", part.path),
+                });
+            }
+        }
+        let previous = shared.units.get(&lease.unit).and_then(|e| e.next_offset);
+        for part in &commit.parts {
+            shared
+                .parts
+                .entry(part.table.clone())
+                .or_default()
+                .push(part.clone());
+        }
+        if let Some(entry) = shared.units.get_mut(&lease.unit) {
+            entry.next_offset = Some(commit.next_offset);
+        }
+        if let Err(e) = shared.persist() {
+            // Undo in memory so memory never shows a commit the disk does not have.
+            for part in &commit.parts {
+                if let Some(ps) = shared.parts.get_mut(&part.table) {
+                    ps.retain(|p| p.path != part.path);
+                }
+            }
+            if let Some(entry) = shared.units.get_mut(&lease.unit) {
+                entry.next_offset = previous;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError> {
+        Ok(self.lock()?.parts.get(table).cloned().unwrap_or_default())
+    }
+
+    async fn list_units(&self) -> Result<Vec<UnitState>, CoordError> {
+        let shared = self.lock()?;
+        let mut out: Vec<UnitState> = shared
+            .units
+            .iter()
+            .map(|(unit, e)| UnitState {
+                unit: unit.clone(),
+                next_offset: e.next_offset,
+                epoch: e.epoch,
+                holder: e.holder.as_ref().map(|(_, w)| w.clone()),
+            })
+            .collect();
+        out.sort_by(|a, b| a.unit.cmp(&b.unit));
+        Ok(out)
+    }
+
+    async fn close(&self) -> Result<(), CoordError> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut shared = self.shared.lock().expect("embedded state lock poisoned");
+        for entry in shared.units.values_mut() {
+            if entry
+                .holder
+                .as_ref()
+                .is_some_and(|(s, _)| *s == self.session)
+            {
+                entry.holder = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedCoordinator {
+    fn drop(&mut self) {
+        // A dropped handle is an ended session, as with ZooKeeper.
+        if !self.closed.load(Ordering::SeqCst) {
+            if let Ok(mut shared) = self.shared.lock() {
+                for entry in shared.units.values_mut() {
+                    if entry
+                        .holder
+                        .as_ref()
+                        .is_some_and(|(s, _)| *s == self.session)
+                    {
+                        entry.holder = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn conformance_in_memory() {
+        let base = Arc::new(EmbeddedCoordinator::in_memory());
+        conformance::run_all(move || {
+            let base = Arc::clone(&base);
+            async move { Ok(Box::new(base.new_session()) as Box<dyn Coordinator>) }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen_and_the_directory_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = UnitId::new("t", 0);
+        {
+            let c = EmbeddedCoordinator::open(dir.path()).unwrap();
+            let err = EmbeddedCoordinator::open(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("in use by another process"), "{err}");
+            let lease = c.acquire_lease(&unit, "w").await.unwrap();
+            c.commit(
+                &lease,
+                &Commit {
+                    next_offset: 42,
+                    parts: vec![conformance::sample_part("tbl", &unit, 0, 41, "x")],
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let c = EmbeddedCoordinator::open(dir.path()).unwrap();
+        assert_eq!(c.committed_offset(&unit).await.unwrap(), Some(42));
+        assert_eq!(c.list_parts("tbl").await.unwrap().len(), 1);
+        // The old process's lease ended with it, and the next epoch is larger.
+        let lease = c.acquire_lease(&unit, "w").await.unwrap();
+        assert_eq!(lease.epoch, 2);
+    }
+}

@@ -1,0 +1,180 @@
+//! Coordination: leases on source units, committed offsets, and the registry of committed parts.
+//!
+//! [`Coordinator`] is the seam; [`ZkCoordinator`] (fleets) and [`EmbeddedCoordinator`] (a
+//! laptop, unit tests) implement it, and [`conformance`] holds the one test suite both pass.
+//!
+//! # The contract
+//!
+//! * A **unit** is one (topic, partition) of the source. At most one live [`Lease`] exists per
+//!   unit. Each successful [`Coordinator::acquire_lease`] gives a strictly larger `epoch` than
+//!   every earlier lease of that unit, and invalidates every earlier lease.
+//! * [`Coordinator::commit`] is atomic: the parts of every table it carries become visible and
+//!   the unit's next offset advances together, or nothing changes. It succeeds only while the
+//!   lease it is given is the unit's current one, so a worker that lost its lease (a paused
+//!   process, an expired session) can never commit: it gets [`CoordError::LeaseLost`].
+//! * A part is visible in [`Coordinator::list_parts`] iff the commit that carried it succeeded.
+//! * A lease ends by [`Coordinator::release_lease`], by [`Coordinator::close`], or when the
+//!   holder's session ends (ZooKeeper session expiry; process exit for the embedded backend).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod conformance;
+mod embedded;
+mod zookeeper;
+
+pub use embedded::EmbeddedCoordinator;
+pub use zookeeper::ZkCoordinator;
+
+/// One partition of a source topic: the unit of ownership and of committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UnitId {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl UnitId {
+    pub fn new(topic: impl Into<String>, partition: i32) -> UnitId {
+        UnitId {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Proof of ownership of a unit, valid until a newer lease of the unit is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub unit: UnitId,
+    pub worker_id: String,
+    /// Strictly increasing per unit; recorded in every part committed under this lease.
+    pub epoch: u64,
+    /// Backend-specific fencing token (the ZooKeeper epoch znode's version).
+    pub(crate) token: i64,
+}
+
+/// Whether a part holds table rows or quarantined events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartKind {
+    Data,
+    Quarantine,
+}
+
+impl fmt::Display for PartKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PartKind::Data => "data",
+            PartKind::Quarantine => "quarantine",
+        })
+    }
+}
+
+/// What the registry knows of one committed part. Small: the rows live in object storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub table: String,
+    pub kind: PartKind,
+    /// The partition-key value all rows of the part share (`""` when the table has none).
+    pub partition_value: String,
+    /// Object path relative to the storage root.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub topic: String,
+    pub partition: i32,
+    /// Offsets of the source messages this part's flush covered, inclusive.
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub definition_version: u32,
+    pub lease_epoch: u64,
+    pub created_at_ms: i64,
+}
+
+impl PartRecord {
+    /// The registry key of the part: its object's file name, unique within table and unit.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// One atomic commit: new parts (of any tables) plus the unit's next offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The offset consumption resumes from after this commit (last consumed offset + 1).
+    pub next_offset: i64,
+    pub parts: Vec<PartRecord>,
+}
+
+/// What a unit's committed state looks like, for `sluice offsets` and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    pub unit: UnitId,
+    pub next_offset: Option<i64>,
+    pub epoch: u64,
+    /// Worker id of the current lease holder, if any.
+    pub holder: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("cannot reach ZooKeeper at {connect} within {timeout:?}: {reason}; check that ZooKeeper runs and `coordination.zookeeper_connect` is right")]
+    Unreachable {
+        connect: String,
+        timeout: Duration,
+        reason: String,
+    },
+    #[error("lease of {unit} is held by worker `{holder}`")]
+    LeaseHeld { unit: UnitId, holder: String },
+    #[error("lease of {unit} (epoch {epoch}) was lost to a newer owner; this worker must stop consuming it")]
+    LeaseLost { unit: UnitId, epoch: u64 },
+    #[error("commit for {unit} conflicts with the registry: {reason}")]
+    Conflict { unit: UnitId, reason: String },
+    #[error("the coordination session has ended ({reason}); the worker must restart to rejoin")]
+    SessionEnded { reason: String },
+    #[error("outcome of the commit for {unit} is unknown: {reason}")]
+    Ambiguous { unit: UnitId, reason: String },
+    #[error("coordination failed at {path}: {reason}")]
+    Backend { path: String, reason: String },
+    #[error("corrupt coordination data at {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("embedded coordinator state {path}: {reason}")]
+    Embedded { path: String, reason: String },
+}
+
+/// The seam between workers and the coordination backend. See the crate docs for the contract.
+#[async_trait]
+pub trait Coordinator: Send + Sync + fmt::Debug {
+    /// Takes the lease of `unit` for `worker_id`; [`CoordError::LeaseHeld`] if another live
+    /// lease exists (also one of this worker id from an older session that has not ended).
+    async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError>;
+
+    /// Gives the lease up. Releasing a lease that was already lost is not an error.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), CoordError>;
+
+    /// The offset to resume `unit` from, or `None` if nothing was ever committed.
+    async fn committed_offset(&self, unit: &UnitId) -> Result<Option<i64>, CoordError>;
+
+    /// Atomically registers `commit.parts` and sets the unit's next offset, iff `lease` is the
+    /// unit's current lease ([`CoordError::LeaseLost`] otherwise, with nothing changed).
+    /// [`CoordError::Ambiguous`] means the outcome is unknown; read [`Self::committed_offset`].
+    async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), CoordError>;
+
+    /// All committed parts of `table` (both kinds), in no particular order.
+    async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError>;
+
+    /// Committed state of every unit the registry knows.
+    async fn list_units(&self) -> Result<Vec<UnitState>, CoordError>;
+
+    /// Ends this handle's session: its leases are released.
+    async fn close(&self) -> Result<(), CoordError>;
+}

@@ -1,0 +1,519 @@
+//! The ZooKeeper backend.
+//!
+//! Layout under the deployment root `R`:
+//!
+//! ```text
+//! R/units/<topic>/<partition>/epoch    persistent; data = current epoch; its version fences commits
+//! R/units/<topic>/<partition>/offset   persistent; data = next offset ("" before the first commit)
+//! R/units/<topic>/<partition>/lease    ephemeral;  data = {"worker": .., "epoch": ..}
+//! R/tables/<table>/parts/<partition value>/<topic>-<partition>/<part name>   data = PartRecord JSON
+//! ```
+//!
+//! Taking a lease creates the ephemeral `lease` node and bumps `epoch` in one multi-op, so every
+//! acquisition changes the epoch node's version. A commit is one multi-op: check that version,
+//! set `offset`, create the part nodes. A zombie whose lease was taken over holds a stale version
+//! and its commit fails as a whole. (Checking the `lease` node's own version would not fence: a
+//! re-created ephemeral node starts again at version 0.)
+//!
+//! Parts are sharded by table, partition-key value and source unit, so no children list grows
+//! with the whole table; one shard holds one unit's flushes of one partition value.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+use crate::{Commit, CoordError, Coordinator, Lease, PartRecord, UnitId, UnitState};
+
+/// How many znode reads `list_parts` keeps in flight.
+const LIST_CONCURRENCY: usize = 64;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseData {
+    worker: String,
+    epoch: u64,
+}
+
+/// Coordinator over a ZooKeeper ensemble. One session per instance.
+pub struct ZkCoordinator {
+    client: RwLock<Option<zk::Client>>,
+    connect: String,
+    root: String,
+    /// Version of each held unit's `offset` node, so a commit can compare-and-set it.
+    offset_versions: Mutex<HashMap<UnitId, i32>>,
+    /// Part shard directories known to exist, to skip re-creating them on every commit.
+    known_dirs: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for ZkCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkCoordinator")
+            .field("connect", &self.connect)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(path: &str, e: zk::Error) -> CoordError {
+    match e {
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
+            CoordError::SessionEnded {
+                reason: e.to_string(),
+            }
+        }
+        other => CoordError::Backend {
+            path: path.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Makes a value safe as one znode name segment.
+pub(crate) fn encode_segment(value: &str) -> String {
+    if value.is_empty() {
+        return "_".to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    for ch in value.chars() {
+        match ch {
+            '/' | '%' => out.push_str(&format!("%{:02X}", ch as u32)),
+            c if c.is_control() => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if out == "." || out == ".." || out == "zookeeper" {
+        out = format!("%{out}");
+    }
+    out
+}
+
+impl ZkCoordinator {
+    /// Connects and creates the deployment root. Fails within `connect_timeout` when no server
+    /// of the ensemble answers.
+    pub async fn connect(
+        connect: &str,
+        root: &str,
+        session_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<ZkCoordinator, CoordError> {
+        let unreachable = |reason: String| CoordError::Unreachable {
+            connect: connect.to_string(),
+            timeout: connect_timeout,
+            reason,
+        };
+        let attempt = zk::Client::connector()
+            .with_session_timeout(session_timeout)
+            .with_fail_eagerly()
+            .connect(connect);
+        let client = match tokio::time::timeout(connect_timeout, attempt).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("timed out".to_string())),
+        };
+        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        client
+            .mkdir(root, &options)
+            .await
+            .map_err(|e| backend(root, e))?;
+        Ok(ZkCoordinator {
+            client: RwLock::new(Some(client)),
+            connect: connect.to_string(),
+            root: root.trim_end_matches('/').to_string(),
+            offset_versions: Mutex::new(HashMap::new()),
+            known_dirs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn client(&self) -> Result<zk::Client, CoordError> {
+        self.client
+            .read()
+            .expect("client lock poisoned")
+            .clone()
+            .ok_or_else(|| CoordError::SessionEnded {
+                reason: "the coordinator was closed".to_string(),
+            })
+    }
+
+    /// Whether the session still stands (it does not once expired or closed).
+    pub fn session_alive(&self) -> bool {
+        match self.client.read().expect("client lock poisoned").as_ref() {
+            Some(c) => !matches!(
+                c.state(),
+                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed
+            ),
+            None => false,
+        }
+    }
+
+    fn unit_dir(&self, unit: &UnitId) -> String {
+        format!(
+            "{}/units/{}/{}",
+            self.root,
+            encode_segment(&unit.topic),
+            unit.partition
+        )
+    }
+
+    fn shard_dir(&self, part: &PartRecord) -> String {
+        format!(
+            "{}/tables/{}/parts/{}/{}-{}",
+            self.root,
+            encode_segment(&part.table),
+            encode_segment(&part.partition_value),
+            encode_segment(&part.topic),
+            part.partition
+        )
+    }
+
+    fn persistent() -> zk::CreateOptions<'static> {
+        zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+    }
+
+    async fn ensure_dir(&self, client: &zk::Client, dir: &str) -> Result<(), CoordError> {
+        if self
+            .known_dirs
+            .lock()
+            .expect("dirs lock poisoned")
+            .contains(dir)
+        {
+            return Ok(());
+        }
+        client
+            .mkdir(dir, &Self::persistent())
+            .await
+            .map_err(|e| backend(dir, e))?;
+        self.known_dirs
+            .lock()
+            .expect("dirs lock poisoned")
+            .insert(dir.to_string());
+        Ok(())
+    }
+
+    async fn create_if_missing(
+        client: &zk::Client,
+        path: &str,
+        data: &[u8],
+    ) -> Result<(), CoordError> {
+        match client.create(path, data, &Self::persistent()).await {
+            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(backend(path, e)),
+        }
+    }
+
+    async fn read_lease_holder(
+        client: &zk::Client,
+        path: &str,
+    ) -> Result<Option<LeaseData>, CoordError> {
+        match client.get_data(path).await {
+            Ok((data, _)) => {
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|e| CoordError::Corrupt {
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(backend(path, e)),
+        }
+    }
+
+    fn parse_i64(path: &str, data: &[u8]) -> Result<Option<i64>, CoordError> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        std::str::from_utf8(data)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map(Some)
+            .ok_or_else(|| CoordError::Corrupt {
+                path: path.to_string(),
+                reason: format!(
+                    "expected an integer, found {:?}",
+                    String::from_utf8_lossy(data)
+                ),
+            })
+    }
+
+    async fn list(client: &zk::Client, path: &str) -> Result<Vec<String>, CoordError> {
+        match client.list_children(path).await {
+            Ok(children) => Ok(children),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(backend(path, e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Coordinator for ZkCoordinator {
+    async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError> {
+        let client = self.client()?;
+        let dir = self.unit_dir(unit);
+        client
+            .mkdir(&dir, &Self::persistent())
+            .await
+            .map_err(|e| backend(&dir, e))?;
+        let epoch_path = format!("{dir}/epoch");
+        let offset_path = format!("{dir}/offset");
+        let lease_path = format!("{dir}/lease");
+        Self::create_if_missing(&client, &epoch_path, b"0").await?;
+        Self::create_if_missing(&client, &offset_path, b"").await?;
+
+        loop {
+            let (data, stat) = client
+                .get_data(&epoch_path)
+                .await
+                .map_err(|e| backend(&epoch_path, e))?;
+            let current = Self::parse_i64(&epoch_path, &data)?.unwrap_or(0);
+            let epoch = u64::try_from(current).unwrap_or(0) + 1;
+            let lease_data = serde_json::to_vec(&LeaseData {
+                worker: worker_id.to_string(),
+                epoch,
+            })
+            .expect("lease data serializes");
+            let mut multi = client.new_multi_writer();
+            let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+            multi
+                .add_create(&lease_path, &lease_data, &ephemeral)
+                .map_err(|e| backend(&lease_path, e))?;
+            multi
+                .add_set_data(
+                    &epoch_path,
+                    epoch.to_string().as_bytes(),
+                    Some(stat.version),
+                )
+                .map_err(|e| backend(&epoch_path, e))?;
+            match multi.commit().await {
+                Ok(_) => {}
+                Err(zk::MultiWriteError::OperationFailed {
+                    index: 0,
+                    source: zk::Error::NodeExists,
+                }) => {
+                    let holder = Self::read_lease_holder(&client, &lease_path).await?;
+                    match holder {
+                        Some(h) => {
+                            return Err(CoordError::LeaseHeld {
+                                unit: unit.clone(),
+                                holder: h.worker,
+                            })
+                        }
+                        // Released between our attempt and the read: try again.
+                        None => continue,
+                    }
+                }
+                // Someone else bumped the epoch concurrently: re-read and retry.
+                Err(zk::MultiWriteError::OperationFailed {
+                    index: 1,
+                    source: zk::Error::BadVersion,
+                }) => continue,
+                Err(e) => return Err(backend(&lease_path, e.into())),
+            }
+            let (_, offset_stat) = client
+                .get_data(&offset_path)
+                .await
+                .map_err(|e| backend(&offset_path, e))?;
+            self.offset_versions
+                .lock()
+                .expect("offset lock poisoned")
+                .insert(unit.clone(), offset_stat.version);
+            return Ok(Lease {
+                unit: unit.clone(),
+                worker_id: worker_id.to_string(),
+                epoch,
+                token: i64::from(stat.version) + 1,
+            });
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let dir = self.unit_dir(&lease.unit);
+        let epoch_path = format!("{dir}/epoch");
+        let lease_path = format!("{dir}/lease");
+        let mut multi = client.new_multi_writer();
+        multi
+            .add_check_version(&epoch_path, lease.token as i32)
+            .map_err(|e| backend(&epoch_path, e))?;
+        multi
+            .add_delete(&lease_path, None)
+            .map_err(|e| backend(&lease_path, e))?;
+        match multi.commit().await {
+            Ok(_) => {}
+            // Already lost or already gone: nothing of ours to release.
+            Err(zk::MultiWriteError::OperationFailed { .. }) => {}
+            Err(e) => return Err(backend(&lease_path, e.into())),
+        }
+        self.offset_versions
+            .lock()
+            .expect("offset lock poisoned")
+            .remove(&lease.unit);
+        Ok(())
+    }
+
+    async fn committed_offset(&self, unit: &UnitId) -> Result<Option<i64>, CoordError> {
+        let client = self.client()?;
+        let path = format!("{}/offset", self.unit_dir(unit));
+        match client.get_data(&path).await {
+            Ok((data, _)) => Self::parse_i64(&path, &data),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(backend(&path, e)),
+        }
+    }
+
+    async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let unit = &lease.unit;
+        let dir = self.unit_dir(unit);
+        let epoch_path = format!("{dir}/epoch");
+        let offset_path = format!("{dir}/offset");
+        let offset_version = *self
+            .offset_versions
+            .lock()
+            .expect("offset lock poisoned")
+            .get(unit)
+            .ok_or_else(|| CoordError::LeaseLost {
+                unit: unit.clone(),
+                epoch: lease.epoch,
+            })?;
+        let mut part_paths = Vec::with_capacity(commit.parts.len());
+        for part in &commit.parts {
+            let shard = self.shard_dir(part);
+            self.ensure_dir(&client, &shard).await?;
+            let data = serde_json::to_vec(part).expect("part record serializes");
+            part_paths.push((format!("{shard}/{}", encode_segment(part.name())), data));
+        }
+
+        let mut multi = client.new_multi_writer();
+        multi
+            .add_check_version(&epoch_path, lease.token as i32)
+            .map_err(|e| backend(&epoch_path, e))?;
+        multi
+            .add_set_data(
+                &offset_path,
+                commit.next_offset.to_string().as_bytes(),
+                Some(offset_version),
+            )
+            .map_err(|e| backend(&offset_path, e))?;
+        for (path, data) in &part_paths {
+            multi
+                .add_create(path, data, &Self::persistent())
+                .map_err(|e| backend(path, e))?;
+        }
+        match multi.commit().await {
+            Ok(results) => {
+                if let Some(zk::MultiWriteResult::SetData { stat }) = results.get(1) {
+                    self.offset_versions
+                        .lock()
+                        .expect("offset lock poisoned")
+                        .insert(unit.clone(), stat.version);
+                }
+                Ok(())
+            }
+            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => {
+                Err(CoordError::LeaseLost {
+                    unit: unit.clone(),
+                    epoch: lease.epoch,
+                })
+            }
+            Err(zk::MultiWriteError::OperationFailed { index: 1, source }) => {
+                Err(CoordError::Conflict {
+                    unit: unit.clone(),
+                    reason: format!("the committed offset changed under this lease ({source})"),
+                })
+            }
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                Err(CoordError::Conflict {
+                    unit: unit.clone(),
+                    reason: format!("cannot register part {}: {source}", part_paths[index - 2].0),
+                })
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) => match source {
+                zk::Error::SessionExpired | zk::Error::ClientClosed => {
+                    Err(CoordError::SessionEnded {
+                        reason: source.to_string(),
+                    })
+                }
+                other => Err(CoordError::Ambiguous {
+                    unit: unit.clone(),
+                    reason: other.to_string(),
+                }),
+            },
+        }
+    }
+
+    async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError> {
+        let client = self.client()?;
+        let parts_dir = format!("{}/tables/{}/parts", self.root, encode_segment(table));
+        let mut node_paths = Vec::new();
+        for value in Self::list(&client, &parts_dir).await? {
+            let value_dir = format!("{parts_dir}/{value}");
+            for shard in Self::list(&client, &value_dir).await? {
+                let shard_dir = format!("{value_dir}/{shard}");
+                for name in Self::list(&client, &shard_dir).await? {
+                    node_paths.push(format!("{shard_dir}/{name}"));
+                }
+            }
+        }
+        stream::iter(node_paths)
+            .map(|path| {
+                let client = client.clone();
+                async move {
+                    let (data, _) = client
+                        .get_data(&path)
+                        .await
+                        .map_err(|e| backend(&path, e))?;
+                    serde_json::from_slice::<PartRecord>(&data).map_err(|e| CoordError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn list_units(&self) -> Result<Vec<UnitState>, CoordError> {
+        let client = self.client()?;
+        let units_dir = format!("{}/units", self.root);
+        let mut out = Vec::new();
+        for topic in Self::list(&client, &units_dir).await? {
+            for partition in Self::list(&client, &format!("{units_dir}/{topic}")).await? {
+                let Ok(partition_no) = partition.parse::<i32>() else {
+                    continue;
+                };
+                let unit = UnitId::new(topic.replace("%2F", "/").replace("%25", "%"), partition_no);
+                let dir = format!("{units_dir}/{topic}/{partition}");
+                let next_offset = self.committed_offset(&unit).await?;
+                let epoch_path = format!("{dir}/epoch");
+                let epoch = match client.get_data(&epoch_path).await {
+                    Ok((data, _)) => Self::parse_i64(&epoch_path, &data)?.unwrap_or(0) as u64,
+                    Err(zk::Error::NoNode) => 0,
+                    Err(e) => return Err(backend(&epoch_path, e)),
+                };
+                let holder = Self::read_lease_holder(&client, &format!("{dir}/lease"))
+                    .await?
+                    .map(|h| h.worker);
+                out.push(UnitState {
+                    unit,
+                    next_offset,
+                    epoch,
+                    holder,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.unit.cmp(&b.unit));
+        Ok(out)
+    }
+
+    async fn close(&self) -> Result<(), CoordError> {
+        // Dropping the last handle closes the session, which deletes its ephemeral leases.
+        let client = self.client.write().expect("client lock poisoned").take();
+        drop(client);
+        Ok(())
+    }
+}

@@ -1,0 +1,495 @@
+//! Sort, split by partition-key value, encode Parquet, and name the parts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, Int32Builder, Int64Array, Int64Builder, StringBuilder,
+};
+use arrow::compute::{
+    lexsort_to_indices, partition, take, take_record_batch, SortColumn, SortOptions,
+};
+use arrow::datatypes::{
+    DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType,
+};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::array_value_to_string;
+use bytes::Bytes;
+use chrono::{DateTime, Datelike, NaiveDate};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use sluice_config::{Granularity, TableConfig};
+use sluice_coord::{PartKind, PartRecord, UnitId};
+use sluice_decode::QuarantineRow;
+
+use crate::SinkError;
+
+/// Rows per Parquet row group: large enough for good compression and statistics, small enough
+/// that a reader can skip most of a part by its page index.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+/// The partition value of rows whose partition-key column is null.
+const NULL_PARTITION: &str = "__null__";
+
+/// A part ready to upload, with the record the commit will register.
+#[derive(Debug, Clone)]
+pub struct EncodedPart {
+    pub record: PartRecord,
+    pub bytes: Bytes,
+}
+
+/// Which source messages a flush covers and under which lease.
+#[derive(Debug, Clone)]
+pub struct FlushSource {
+    pub unit: UnitId,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub lease_epoch: u64,
+}
+
+/// Object path of a part. Deterministic from (table, kind, partition value, unit, offset range,
+/// definition version), so a retried upload rewrites the same object.
+pub fn part_path(
+    table: &TableConfig,
+    kind: PartKind,
+    partition_value: &str,
+    source: &FlushSource,
+) -> String {
+    let file = format!(
+        "{}-{}-{:020}-{:020}-v{}.parquet",
+        source.unit.topic,
+        source.unit.partition,
+        source.first_offset,
+        source.last_offset,
+        table.version
+    );
+    match kind {
+        PartKind::Data => format!(
+            "{}/data/{}/{file}",
+            table.name,
+            path_segment(partition_value)
+        ),
+        PartKind::Quarantine => format!("{}/quarantine/{file}", table.name),
+    }
+}
+
+fn path_segment(value: &str) -> String {
+    if value.is_empty() {
+        return "_".to_string();
+    }
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Schema of quarantine parts.
+pub fn quarantine_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("kafka_timestamp_ms", DataType::Int64, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("raw", DataType::Binary, false),
+    ]))
+}
+
+/// Builds the parts of one flush of one table: the data rows sorted by the sorting key and
+/// split so each part holds one partition-key value, plus one quarantine part if any event was
+/// quarantined. CPU-bound: run it on a blocking thread.
+pub fn build_parts(
+    table: &TableConfig,
+    source: &FlushSource,
+    batch: &RecordBatch,
+    quarantine: &[QuarantineRow],
+) -> Result<Vec<EncodedPart>, SinkError> {
+    let mut out = Vec::new();
+    if batch.num_rows() > 0 {
+        for (value, slice) in sort_and_split(table, source, batch)? {
+            let path = part_path(table, PartKind::Data, &value, source);
+            let bytes = encode(table, source, &value, &slice, &path, true)?;
+            out.push(EncodedPart {
+                record: record(
+                    table,
+                    source,
+                    PartKind::Data,
+                    value,
+                    path,
+                    slice.num_rows(),
+                    bytes.len(),
+                ),
+                bytes,
+            });
+        }
+    }
+    if !quarantine.is_empty() {
+        let batch = quarantine_batch(&source.unit, quarantine).map_err(|e| SinkError::Encode {
+            table: table.name.clone(),
+            path: "quarantine".into(),
+            reason: e.to_string(),
+        })?;
+        let path = part_path(table, PartKind::Quarantine, "", source);
+        let bytes = encode(table, source, "", &batch, &path, false)?;
+        out.push(EncodedPart {
+            record: record(
+                table,
+                source,
+                PartKind::Quarantine,
+                String::new(),
+                path,
+                batch.num_rows(),
+                bytes.len(),
+            ),
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+fn record(
+    table: &TableConfig,
+    source: &FlushSource,
+    kind: PartKind,
+    partition_value: String,
+    path: String,
+    rows: usize,
+    bytes: usize,
+) -> PartRecord {
+    PartRecord {
+        table: table.name.clone(),
+        kind,
+        partition_value,
+        path,
+        rows: rows as u64,
+        bytes: bytes as u64,
+        topic: source.unit.topic.clone(),
+        partition: source.unit.partition,
+        first_offset: source.first_offset,
+        last_offset: source.last_offset,
+        definition_version: table.version,
+        lease_epoch: source.lease_epoch,
+        created_at_ms: chrono::Utc::now().timestamp_millis(),
+    }
+}
+
+/// The partition-key bucket of every row, as an array sortable ahead of the sorting key, and a
+/// way to turn a bucket back into its partition value.
+enum Buckets {
+    /// Temporal granularities: an integer bucket per row (hours, days or months since epoch).
+    Temporal(Int64Array, Granularity),
+    /// Identity: the column itself.
+    Identity(ArrayRef),
+}
+
+fn buckets(table: &TableConfig, batch: &RecordBatch) -> Option<Buckets> {
+    let pk = table.partition_key.as_ref()?;
+    let idx = batch.schema().index_of(&pk.column).ok()?;
+    let col = batch.column(idx);
+    if pk.granularity == Granularity::Identity {
+        return Some(Buckets::Identity(Arc::clone(col)));
+    }
+    let g = pk.granularity;
+    let from_millis = |ms: i64| -> i64 {
+        match g {
+            Granularity::Hour => ms.div_euclid(3_600_000),
+            Granularity::Day => ms.div_euclid(86_400_000),
+            _ => DateTime::from_timestamp_millis(ms)
+                .map_or(0, |t| i64::from(t.year()) * 12 + i64::from(t.month0())),
+        }
+    };
+    let array: Int64Array = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => col
+            .as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .map(|v| v.map(from_millis))
+            .collect(),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => col
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .map(|v| v.map(|us| from_millis(us.div_euclid(1000))))
+            .collect(),
+        DataType::Date32 => col
+            .as_primitive::<Date32Type>()
+            .iter()
+            .map(|v| v.map(|d| from_millis(i64::from(d) * 86_400_000)))
+            .collect(),
+        _ => return None,
+    };
+    Some(Buckets::Temporal(array, g))
+}
+
+fn bucket_value(b: &ArrayRef, granularity: Option<Granularity>, row: usize) -> String {
+    if b.is_null(row) {
+        return NULL_PARTITION.to_string();
+    }
+    match granularity {
+        None => array_value_to_string(b, row).unwrap_or_default(),
+        Some(g) => {
+            let n = b.as_primitive::<arrow::datatypes::Int64Type>().value(row);
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch is a date");
+            match g {
+                Granularity::Hour => DateTime::from_timestamp(n * 3600, 0)
+                    .map(|t| t.format("%Y-%m-%dT%H").to_string())
+                    .unwrap_or_default(),
+                Granularity::Day => (epoch + chrono::Duration::days(n))
+                    .format("%Y-%m-%d")
+                    .to_string(),
+                _ => format!("{:04}-{:02}", n.div_euclid(12), n.rem_euclid(12) + 1),
+            }
+        }
+    }
+}
+
+fn sort_and_split(
+    table: &TableConfig,
+    source: &FlushSource,
+    batch: &RecordBatch,
+) -> Result<Vec<(String, RecordBatch)>, SinkError> {
+    let sort_err = |e: arrow::error::ArrowError| SinkError::Sort {
+        table: table.name.clone(),
+        unit: source.unit.to_string(),
+        reason: e.to_string(),
+    };
+    let (bucket_array, granularity): (Option<ArrayRef>, Option<Granularity>) =
+        match buckets(table, batch) {
+            Some(Buckets::Temporal(a, g)) => (Some(Arc::new(a)), Some(g)),
+            Some(Buckets::Identity(a)) => (Some(a), None),
+            None => (None, None),
+        };
+    let options = SortOptions {
+        descending: false,
+        nulls_first: true,
+    };
+    let mut keys: Vec<SortColumn> = Vec::new();
+    if let Some(b) = &bucket_array {
+        keys.push(SortColumn {
+            values: Arc::clone(b),
+            options: Some(options),
+        });
+    }
+    for name in &table.sorting_key {
+        let idx = batch.schema().index_of(name).map_err(sort_err)?;
+        keys.push(SortColumn {
+            values: Arc::clone(batch.column(idx)),
+            options: Some(options),
+        });
+    }
+    if keys.is_empty() {
+        return Ok(vec![(String::new(), batch.clone())]);
+    }
+    let indices = lexsort_to_indices(&keys, None).map_err(sort_err)?;
+    let sorted = take_record_batch(batch, &indices).map_err(sort_err)?;
+    let Some(bucket_array) = bucket_array else {
+        return Ok(vec![(String::new(), sorted)]);
+    };
+    let sorted_buckets = take(&bucket_array, &indices, None).map_err(sort_err)?;
+    let ranges = partition(&[Arc::clone(&sorted_buckets)])
+        .map_err(sort_err)?
+        .ranges();
+    let mut out: Vec<(String, RecordBatch)> = Vec::with_capacity(ranges.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in ranges {
+        let value = bucket_value(&sorted_buckets, granularity, r.start);
+        // Distinct buckets always format to distinct values; guard anyway, since two parts with
+        // one value would share an object name.
+        if seen.insert(value.clone(), out.len()).is_some() {
+            return Err(SinkError::Sort {
+                table: table.name.clone(),
+                unit: source.unit.to_string(),
+                reason: format!("partition value `{value}` came out of two buckets"),
+            });
+        }
+        out.push((value, sorted.slice(r.start, r.end - r.start)));
+    }
+    Ok(out)
+}
+
+fn encode(
+    table: &TableConfig,
+    source: &FlushSource,
+    partition_value: &str,
+    batch: &RecordBatch,
+    path: &str,
+    data: bool,
+) -> Result<Bytes, SinkError> {
+    let err = |e: parquet::errors::ParquetError| SinkError::Encode {
+        table: table.name.clone(),
+        path: path.to_string(),
+        reason: e.to_string(),
+    };
+    let kv = |k: &str, v: String| KeyValue::new(format!("sluice.{k}"), v);
+    let metadata = vec![
+        kv("table", table.name.clone()),
+        kv("topic", source.unit.topic.clone()),
+        kv("partition", source.unit.partition.to_string()),
+        kv("first_offset", source.first_offset.to_string()),
+        kv("last_offset", source.last_offset.to_string()),
+        kv("definition_version", table.version.to_string()),
+        kv("lease_epoch", source.lease_epoch.to_string()),
+        kv("partition_value", partition_value.to_string()),
+    ];
+    let sorting: Option<Vec<SortingColumn>> = if data && !table.sorting_key.is_empty() {
+        let schema = batch.schema();
+        Some(
+            table
+                .sorting_key
+                .iter()
+                .filter_map(|name| schema.index_of(name).ok())
+                .map(|i| SortingColumn {
+                    column_idx: i as i32,
+                    descending: false,
+                    nulls_first: true,
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(ZSTD_LEVEL).map_err(err)?,
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_key_value_metadata(Some(metadata))
+        .set_sorting_columns(sorting)
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        Vec::with_capacity(batch.get_array_memory_size() / 4),
+        batch.schema(),
+        Some(props),
+    )
+    .map_err(err)?;
+    writer.write(batch).map_err(err)?;
+    let buf = writer.into_inner().map_err(err)?;
+    Ok(Bytes::from(buf))
+}
+
+fn quarantine_batch(
+    unit: &UnitId,
+    rows: &[QuarantineRow],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut topic = StringBuilder::new();
+    let mut part = Int32Builder::new();
+    let mut offset = Int64Builder::new();
+    let mut ts = Int64Builder::new();
+    let mut reason = StringBuilder::new();
+    let mut error = StringBuilder::new();
+    let mut raw = BinaryBuilder::new();
+    for r in rows {
+        topic.append_value(&unit.topic);
+        part.append_value(unit.partition);
+        offset.append_value(r.offset);
+        ts.append_option(r.timestamp_ms);
+        reason.append_value(r.reason.code());
+        error.append_value(&r.error);
+        raw.append_value(&r.raw);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(topic.finish()),
+        Arc::new(part.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(reason.finish()),
+        Arc::new(error.finish()),
+        Arc::new(raw.finish()),
+    ];
+    RecordBatch::try_new(quarantine_schema(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Int64Type;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use sluice_config::Config;
+    use sluice_decode::TableBuffer;
+
+    fn table() -> TableConfig {
+        let text = r#"
+[kafka]
+bootstrap_servers = "x:1"
+[[table]]
+name = "events"
+topic = "web"
+sorting_key = ["country", "seq"]
+partition_key = { column = "ts", granularity = "day" }
+[[table.column]]
+name = "seq"
+type = "int64"
+[[table.column]]
+name = "ts"
+type = "timestamp_ms"
+[[table.column]]
+name = "country"
+type = "string"
+"#;
+        Config::from_toml_str(text, "t").unwrap().tables.remove(0)
+    }
+
+    #[test]
+    fn parts_are_sorted_split_by_day_and_named_deterministically() {
+        let t = table();
+        let mut buf = TableBuffer::new(&t);
+        let day = 86_400_000i64;
+        let events = [
+            (1, 2 * day + 5, "fr"),
+            (2, day + 1, "de"),
+            (3, 2 * day, "de"),
+            (4, day + 9, "at"),
+            (5, 2 * day + 1, "fr"),
+        ];
+        for (i, (seq, ts, c)) in events.iter().enumerate() {
+            let json = format!(r#"{{"seq":{seq},"ts":{ts},"country":"{c}"}}"#);
+            buf.push(i as i64 + 10, None, Some(json.as_bytes()));
+        }
+        buf.push(15, None, Some(b"nope"));
+        let drained = buf.drain().unwrap();
+        let source = FlushSource {
+            unit: UnitId::new("web", 2),
+            first_offset: 10,
+            last_offset: 15,
+            lease_epoch: 7,
+        };
+        let parts = build_parts(&t, &source, &drained.batch, &drained.quarantine).unwrap();
+        let names: Vec<_> = parts.iter().map(|p| p.record.path.clone()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "events/data/1970-01-02/web-2-00000000000000000010-00000000000000000015-v1.parquet",
+                "events/data/1970-01-03/web-2-00000000000000000010-00000000000000000015-v1.parquet",
+                "events/quarantine/web-2-00000000000000000010-00000000000000000015-v1.parquet",
+            ]
+        );
+        let read = |p: &EncodedPart| {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(p.bytes.clone())
+                .unwrap()
+                .build()
+                .unwrap();
+            reader.map(|b| b.unwrap()).collect::<Vec<_>>()
+        };
+        let seqs = |p: &EncodedPart| {
+            read(p)
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect::<Vec<_>>()
+        };
+        // Day 1: (at,4) then (de,2); day 2: (de,3), (fr,1), (fr,5).
+        assert_eq!(seqs(&parts[0]), vec![4, 2]);
+        assert_eq!(seqs(&parts[1]), vec![3, 1, 5]);
+        assert_eq!(parts[1].record.lease_epoch, 7);
+        assert_eq!(parts[2].record.rows, 1);
+        assert_eq!(
+            read(&parts[2])[0].column(4).as_string::<i32>().value(0),
+            "not_json"
+        );
+    }
+}

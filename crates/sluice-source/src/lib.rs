@@ -1,0 +1,286 @@
+//! Source: Kafka partitions read with manual assignment.
+//!
+//! No consumer group, no rebalancing, no offsets committed to Kafka: which partitions a worker
+//! reads is decided by its leases, and where it starts is the offset committed with its parts.
+//! librdkafka's poll blocks, so it runs on a thread of its own and hands batches of owned
+//! messages to the async side through a bounded channel (backpressure: a full channel stops
+//! polling, and librdkafka's own prefetch queue is bounded by `queued.max.messages.kbytes`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_config::KafkaConfig;
+use tokio::sync::mpsc;
+
+/// Messages handed over per channel send; amortises the cross-thread hand-off.
+const MAX_BATCH: usize = 2048;
+/// How long one poll waits when nothing is buffered.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+
+/// One Kafka message, owned.
+#[derive(Debug, Clone)]
+pub struct SourceMessage {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp (create or log-append time), in ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    At(i64),
+    Earliest,
+    Latest,
+}
+
+/// One partition to read and where to start.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub topic: String,
+    pub partition: i32,
+    pub start: StartOffset,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot reach Kafka at {brokers} within {timeout:?}: {reason}; check that the broker runs and `kafka.bootstrap_servers` is right")]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        reason: String,
+    },
+    #[error("topic `{topic}` does not exist on {brokers}; create it, or fix the table's `topic`")]
+    TopicMissing { topic: String, brokers: String },
+    #[error("Kafka client configuration refused: {reason}; check `kafka.properties`")]
+    Client { reason: String },
+    #[error("cannot read watermarks of {topic}/{partition}: {reason}")]
+    Watermarks {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
+    #[error("fatal consumer error: {reason}")]
+    Fatal { reason: String },
+}
+
+/// The librdkafka configuration Sluice consumes with: its own settings, then the user's
+/// `kafka.properties` on top.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // Tansu answers a fetch with one batch per partition and then waits this long; the
+        // default of 500 ms makes consumption crawl (see DESIGN.md).
+        .set("fetch.wait.max.ms", "10")
+        .set("auto.offset.reset", "earliest")
+        // librdkafka refuses `assign` without a group id, though Sluice never joins the group
+        // nor commits to it: offsets live with the parts.
+        .set("group.id", "sluice")
+        .set("client.id", "sluice");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer, SourceError> {
+    client_config(kafka)
+        .create()
+        .map_err(|e: KafkaError| SourceError::Client {
+            reason: e.to_string(),
+        })
+}
+
+/// The partition ids of `topic`. Blocking: call it from a blocking thread.
+pub fn partitions(kafka: &KafkaConfig, topic: &str) -> Result<Vec<i32>, SourceError> {
+    let consumer = consumer(kafka)?;
+    let timeout = Duration::from_millis(kafka.metadata_timeout_ms);
+    let metadata =
+        consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| SourceError::Unreachable {
+                brokers: kafka.bootstrap_servers.clone(),
+                timeout,
+                reason: e.to_string(),
+            })?;
+    let missing = || SourceError::TopicMissing {
+        topic: topic.to_string(),
+        brokers: kafka.bootstrap_servers.clone(),
+    };
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(missing)?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Err(missing());
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// (low, high) watermarks per partition of `topic`. Blocking.
+pub fn watermarks(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, (i64, i64)>, SourceError> {
+    let consumer = consumer(kafka)?;
+    let timeout = Duration::from_millis(kafka.metadata_timeout_ms);
+    partitions
+        .iter()
+        .map(|&p| {
+            consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map(|w| (p, w))
+                .map_err(|e| SourceError::Watermarks {
+                    topic: topic.to_string(),
+                    partition: p,
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// A running consumer of a fixed set of partitions.
+pub struct KafkaSource {
+    rx: mpsc::Receiver<Result<Vec<SourceMessage>, SourceError>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Assigns the partitions and starts polling on a thread of its own. `capacity` bounds the
+    /// batches in flight between the poll thread and the caller.
+    pub fn start(
+        kafka: &KafkaConfig,
+        assignments: &[Assignment],
+        capacity: usize,
+    ) -> Result<KafkaSource, SourceError> {
+        let consumer = consumer(kafka)?;
+        let mut tpl = TopicPartitionList::new();
+        for a in assignments {
+            let offset = match a.start {
+                StartOffset::At(o) => Offset::Offset(o),
+                StartOffset::Earliest => Offset::Beginning,
+                StartOffset::Latest => Offset::End,
+            };
+            tpl.add_partition_offset(&a.topic, a.partition, offset)
+                .map_err(|e| SourceError::Client {
+                    reason: e.to_string(),
+                })?;
+        }
+        consumer.assign(&tpl).map_err(|e| SourceError::Client {
+            reason: e.to_string(),
+        })?;
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("sluice-kafka-poll".into())
+            .spawn(move || poll_loop(consumer, tx, thread_stop))
+            .map_err(|e| SourceError::Client {
+                reason: e.to_string(),
+            })?;
+        Ok(KafkaSource {
+            rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next batch of messages, in offset order per partition; `None` once stopped.
+    pub async fn next(&mut self) -> Option<Result<Vec<SourceMessage>, SourceError>> {
+        self.rx.recv().await
+    }
+
+    /// Stops polling and waits for the poll thread (at most one poll interval).
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.rx.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn poll_loop(
+    consumer: BaseConsumer,
+    tx: mpsc::Sender<Result<Vec<SourceMessage>, SourceError>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+    let mut batch: Vec<SourceMessage> = Vec::with_capacity(MAX_BATCH);
+    while !stop.load(Ordering::SeqCst) {
+        let wait = if batch.is_empty() {
+            POLL_WAIT
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(wait) {
+            Some(Ok(m)) => {
+                let topic = topics
+                    .entry(m.topic().to_string())
+                    .or_insert_with(|| Arc::from(m.topic()))
+                    .clone();
+                batch.push(SourceMessage {
+                    topic,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                });
+                if batch.len() < MAX_BATCH {
+                    continue;
+                }
+            }
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let _ = tx.blocking_send(Err(SourceError::Fatal {
+                    reason: code.to_string(),
+                }));
+                return;
+            }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                tracing::error!("committed offset is out of the topic's retained range; reading from the earliest retained offset (events in between were deleted by retention before being ingested)");
+            }
+            Some(Err(e)) => {
+                // Transport errors are retried by librdkafka itself; say so and go on.
+                tracing::warn!(error = %e, "kafka consumer error");
+            }
+            None => {}
+        }
+        if !batch.is_empty() {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+            if tx.blocking_send(Ok(full)).is_err() {
+                return;
+            }
+        }
+    }
+}

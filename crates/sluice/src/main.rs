@@ -1,0 +1,379 @@
+//! `sluice`: the command-line entry point. `sluice run` starts a worker; the other commands
+//! inspect what was committed or help set up a stack.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sluice_config::Config;
+use sluice_coord::PartKind;
+use sluice_sink::{collect_garbage, Storage};
+use sluice_worker::{open_coordinator, Failpoints, RunOptions};
+
+mod produce;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka to sorted Parquet parts on object storage, exactly once",
+    long_about = "Sluice reads Kafka topics, decodes JSON events into typed tables, and writes them as sorted \
+                  Parquet parts to object storage. Parts and the Kafka offsets that produced them are committed \
+                  together in ZooKeeper, so every event lands exactly once: in its table, or in the table's \
+                  quarantine with the reason it could not be decoded.\n\nSee config/sluice.example.toml for every \
+                  configuration field."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a worker: take the leases of the configured topics' partitions and ingest them.
+    Run {
+        /// The configuration file (tables, Kafka, coordination, storage).
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Worker identity in leases and logs [default: worker.id, else <hostname>-<pid>].
+        #[arg(long)]
+        worker_id: Option<String>,
+        /// Exit once every partition is committed up to the end it had when the worker started.
+        #[arg(long)]
+        stop_at_end: bool,
+    },
+    /// Validate a configuration file and report what it defines; with --connect, also reach
+    /// ZooKeeper, Kafka and storage.
+    Check {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        connect: bool,
+    },
+    /// List a table's committed parts: partition value, rows, offset range, bytes.
+    Parts {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Only this table [default: all tables of the config].
+        #[arg(long)]
+        table: Option<String>,
+        /// One JSON object per part instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each source partition's committed offset, lease epoch and holder.
+    Offsets {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete objects that were uploaded but never committed (crashes between upload and commit).
+    Gc {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Leave objects younger than this alone: a running worker may be about to commit them.
+        #[arg(long, default_value_t = 3_600_000)]
+        min_age_ms: u64,
+    },
+    /// Produce sample events (sequence-numbered web-analytics JSON) to a topic.
+    Produce(produce::ProduceArgs),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "sluice".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            worker_id,
+            stop_at_end,
+        } => run(config, worker_id, stop_at_end).await,
+        Command::Check { config, connect } => check(config, connect).await,
+        Command::Parts {
+            config,
+            table,
+            json,
+        } => parts(config, table, json).await,
+        Command::Offsets { config, json } => offsets(config, json).await,
+        Command::Gc { config, min_age_ms } => gc(config, min_age_ms).await,
+        Command::Produce(args) => produce::produce(args).await,
+    }
+}
+
+async fn run(path: PathBuf, worker_id: Option<String>, stop_at_end: bool) -> Result<()> {
+    let config = Arc::new(load(&path)?);
+    let failpoints = Failpoints::parse(std::env::var("SLUICE_FAILPOINT").ok().as_deref())?;
+    let worker_id = worker_id
+        .or_else(|| config.worker.id.clone())
+        .unwrap_or_else(default_worker_id);
+    tracing::info!(worker = %worker_id, config = %path.display(), tables = config.tables.len(), "starting worker");
+    let coord = open_coordinator(&config.coordination).await?;
+    let options = RunOptions {
+        worker_id,
+        stop_at_end,
+        failpoints,
+    };
+    let result = sluice_worker::run(
+        Arc::clone(&config),
+        Arc::clone(&coord),
+        options,
+        Box::pin(shutdown_signal()),
+    )
+    .await;
+    // Ending the session frees any lease left at once, instead of after the session timeout.
+    let _ = coord.close().await;
+    let s = result?;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "ingested {} events ({:.1} MB) in {:.2} s: {:.0} events/s, {:.1} MB/s; {} rows, {} quarantined, {} parts ({:.1} MB) in {} commits; {} uncommitted objects collected",
+        s.events,
+        s.event_bytes as f64 / 1e6,
+        secs,
+        s.events as f64 / secs,
+        s.event_bytes as f64 / 1e6 / secs,
+        s.rows,
+        s.quarantined,
+        s.parts,
+        s.part_bytes as f64 / 1e6,
+        s.commits,
+        s.garbage_collected
+    );
+    Ok(())
+}
+
+async fn check(path: PathBuf, connect: bool) -> Result<()> {
+    let config = load(&path)?;
+    println!("{}: valid", path.display());
+    for t in &config.tables {
+        println!(
+            "  table {} <- topic {} ({} columns, sorted by [{}], partitioned by {})",
+            t.name,
+            t.topic,
+            t.columns.len(),
+            t.sorting_key.join(", "),
+            t.partition_key
+                .as_ref()
+                .map_or("nothing".to_string(), |p| format!(
+                    "{:?} of {}",
+                    p.granularity, p.column
+                )
+                .to_lowercase())
+        );
+    }
+    if connect {
+        Storage::open(&config.storage)?;
+        println!("  storage {}: ok", config.storage.url);
+        let coord = open_coordinator(&config.coordination).await?;
+        coord.list_units().await?;
+        coord.close().await?;
+        println!("  coordination: ok");
+        for topic in config.topics() {
+            let kafka = config.kafka.clone();
+            let t = topic.clone();
+            let partitions =
+                tokio::task::spawn_blocking(move || sluice_source::partitions(&kafka, &t))
+                    .await??;
+            println!("  topic {topic}: {} partitions", partitions.len());
+        }
+    }
+    Ok(())
+}
+
+async fn parts(path: PathBuf, table: Option<String>, json: bool) -> Result<()> {
+    let config = load(&path)?;
+    let tables: Vec<String> = match table {
+        Some(t) => {
+            if !config.tables.iter().any(|c| c.name == t) {
+                bail!(
+                    "table `{t}` is not in {}; its tables are: {}",
+                    path.display(),
+                    config
+                        .tables
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            vec![t]
+        }
+        None => config.tables.iter().map(|t| t.name.clone()).collect(),
+    };
+    let coord = open_coordinator(&config.coordination).await?;
+    for t in tables {
+        let mut parts = coord.list_parts(&t).await?;
+        parts.sort_by(|a, b| {
+            (
+                a.kind == PartKind::Quarantine,
+                &a.partition_value,
+                &a.topic,
+                a.partition,
+                a.first_offset,
+            )
+                .cmp(&(
+                    b.kind == PartKind::Quarantine,
+                    &b.partition_value,
+                    &b.topic,
+                    b.partition,
+                    b.first_offset,
+                ))
+        });
+        if json {
+            for p in &parts {
+                println!("{}", serde_json::to_string(p)?);
+            }
+            continue;
+        }
+        let (rows, q): (u64, u64) = parts.iter().fold((0, 0), |(r, q), p| match p.kind {
+            PartKind::Data => (r + p.rows, q),
+            PartKind::Quarantine => (r, q + p.rows),
+        });
+        println!(
+            "table {t}: {} parts, {rows} rows, {q} quarantined",
+            parts.len()
+        );
+        println!(
+            "  {:<11} {:<13} {:>9} {:>10} {:>23} {:>6}  path",
+            "kind", "partition", "rows", "bytes", "offsets", "epoch"
+        );
+        for p in &parts {
+            println!(
+                "  {:<11} {:<13} {:>9} {:>10} {:>23} {:>6}  {}",
+                p.kind.to_string(),
+                if p.partition_value.is_empty() {
+                    "-"
+                } else {
+                    &p.partition_value
+                },
+                p.rows,
+                p.bytes,
+                format!(
+                    "{}/{} {}..{}",
+                    p.topic, p.partition, p.first_offset, p.last_offset
+                ),
+                p.lease_epoch,
+                p.path
+            );
+        }
+    }
+    coord.close().await?;
+    Ok(())
+}
+
+async fn offsets(path: PathBuf, json: bool) -> Result<()> {
+    let config = load(&path)?;
+    let coord = open_coordinator(&config.coordination).await?;
+    let topics: HashSet<String> = config.topics().into_iter().collect();
+    let units: Vec<_> = coord
+        .list_units()
+        .await?
+        .into_iter()
+        .filter(|u| topics.contains(&u.unit.topic))
+        .collect();
+    if json {
+        for u in &units {
+            println!("{}", serde_json::to_string(u)?);
+        }
+    } else {
+        println!(
+            "{:<30} {:>14} {:>6}  holder",
+            "unit", "next offset", "epoch"
+        );
+        for u in &units {
+            println!(
+                "{:<30} {:>14} {:>6}  {}",
+                u.unit.to_string(),
+                u.next_offset.map_or("-".to_string(), |o| o.to_string()),
+                u.epoch,
+                u.holder.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    coord.close().await?;
+    Ok(())
+}
+
+async fn gc(path: PathBuf, min_age_ms: u64) -> Result<()> {
+    let config = load(&path)?;
+    let storage = Storage::open(&config.storage)?;
+    let coord = open_coordinator(&config.coordination).await?;
+    for t in &config.tables {
+        let committed: HashSet<String> = coord
+            .list_parts(&t.name)
+            .await?
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        let report = collect_garbage(
+            &storage,
+            &t.name,
+            &committed,
+            None,
+            Duration::from_millis(min_age_ms),
+        )
+        .await
+        .with_context(|| format!("collecting garbage of table {}", t.name))?;
+        println!(
+            "table {}: examined {} objects, deleted {} uncommitted, left {} younger than {} ms",
+            t.name,
+            report.examined,
+            report.deleted.len(),
+            report.too_young,
+            min_age_ms
+        );
+    }
+    coord.close().await?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! kill -9 of the worker at each step of its cycle, then a restart: the result is still exactly
+//! once, and objects uploaded but never committed are collected.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use sluice_tests::{
+    committed, create_topic, describe, events, produce, run_sluice, sluice_bin, unique,
+    verify_exactly_once, wait_until, write_config, Stack, StorageKind,
+};
+
+const EVENTS: u64 = 2_400;
+const PARTITIONS: i32 = 3;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    events: Vec<sluice_tests::Event>,
+    located: std::collections::HashMap<(i32, i64), u64>,
+}
+
+async fn setup(name: &str) -> Result<Setup> {
+    let stack = Stack::from_env();
+    let dir = tempfile::tempdir()?;
+    let topic = unique(name);
+    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
+    let events = events(EVENTS, PARTITIONS);
+    let located = produce(&stack.kafka, &topic, &events).await?;
+    let storage = StorageKind::File(dir.path().join("data"));
+    let config = write_config(
+        dir.path(),
+        &stack,
+        &topic,
+        &format!("/sluice-test/{topic}"),
+        &storage,
+        300,
+    )?;
+    Ok(Setup {
+        _dir: dir,
+        config,
+        events,
+        located,
+    })
+}
+
+/// Runs to the end after a crash and checks the outcome; returns the run's stdout.
+async fn restart_and_verify(s: &Setup) -> Result<String> {
+    let out = run_sluice(
+        &[
+            "run",
+            "--config",
+            s.config.to_str().unwrap(),
+            "--stop-at-end",
+        ],
+        &[],
+        Duration::from_secs(180),
+    )
+    .await?;
+    ensure!(out.status.success(), "restart failed: {}", describe(&out));
+    verify_exactly_once(&s.config, &s.events, &s.located).await?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn crash_at(point: &str) -> Result<Setup> {
+    let s = setup(&format!("crash-{}", point.replace(['_', ':'], "-"))).await?;
+    let out = run_sluice(
+        &[
+            "run",
+            "--config",
+            s.config.to_str().unwrap(),
+            "--stop-at-end",
+        ],
+        &[("SLUICE_FAILPOINT", point)],
+        Duration::from_secs(180),
+    )
+    .await?;
+    ensure!(
+        out.status.signal() == Some(9),
+        "expected the worker to die of SIGKILL at {point}: {}",
+        describe(&out)
+    );
+    Ok(s)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_mid_batch() -> Result<()> {
+    let s = crash_at("mid_batch:1500").await?;
+    restart_and_verify(&s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_after_upload_before_commit() -> Result<()> {
+    let s = crash_at("after_upload:2").await?;
+    // The crash left uploaded objects that no commit registers.
+    let c = committed(&s.config, "events").await?;
+    let committed_paths: std::collections::HashSet<_> =
+        c.parts.iter().map(|p| p.path.clone()).collect();
+    let orphans = c
+        .storage
+        .list("events/")
+        .await?
+        .into_iter()
+        .filter(|o| !committed_paths.contains(&o.path))
+        .count();
+    ensure!(
+        orphans > 0,
+        "expected uncommitted objects after a crash between upload and commit"
+    );
+    let stdout = restart_and_verify(&s).await?;
+    ensure!(
+        stdout.contains(&format!("{orphans} uncommitted objects collected")),
+        "restart should collect {orphans} objects: {stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_right_after_commit() -> Result<()> {
+    let s = crash_at("after_commit:2").await?;
+    let c = committed(&s.config, "events").await?;
+    ensure!(
+        !c.parts.is_empty(),
+        "the crash came after a commit, so parts must be committed"
+    );
+    restart_and_verify(&s).await?;
+    Ok(())
+}
+
+/// An external kill -9 at an arbitrary moment of a running worker, after some commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_externally_while_running() -> Result<()> {
+    let s = setup("crash-external").await?;
+    let mut child = tokio::process::Command::new(sluice_bin())
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let config = s.config.clone();
+    wait_until(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        "a first commit",
+        || {
+            let config = config.clone();
+            async move { Ok(!committed(&config, "events").await?.parts.is_empty()) }
+        },
+    )
+    .await?;
+    child.start_kill()?; // SIGKILL
+    let status = child.wait().await?;
+    ensure!(
+        status.signal() == Some(9),
+        "worker was not killed: {status:?}"
+    );
+    restart_and_verify(&s).await?;
+    Ok(())
+}
