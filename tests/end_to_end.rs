@@ -97,3 +97,56 @@ async fn exactly_once_with_s3_storage() -> Result<()> {
     })
     .await
 }
+
+/// With row and age limits out of reach, the worker-wide memory budget alone forces flushes:
+/// many small commits per partition, and still every event exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_budget_forces_flushes() -> Result<()> {
+    const BUDGET_BYTES: u64 = 40_000;
+    let stack = Stack::from_env();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("budget");
+    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
+    let events = events(EVENTS, PARTITIONS);
+    let located = produce(&stack.kafka, &topic, &events).await?;
+    let storage = StorageKind::File(dir.path().join("data"));
+    let config = write_config(
+        dir.path(),
+        &stack,
+        &topic,
+        &format!("/sluice-test/{topic}"),
+        &storage,
+        1_000_000,
+    )?;
+    let text = std::fs::read_to_string(&config)?
+        .replace(
+            "[worker]\n",
+            &format!("[worker]\nmemory_budget_bytes = {BUDGET_BYTES}\n"),
+        )
+        .replace("max_age_ms = 300", "max_age_ms = 600000");
+    std::fs::write(&config, text)?;
+
+    let out = run_sluice(
+        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
+        &[],
+        Duration::from_secs(180),
+    )
+    .await?;
+    ensure!(out.status.success(), "worker failed: {}", describe(&out));
+    verify_exactly_once(&config, &events, &located).await?;
+
+    // Each commit covers one offset range of one partition; the data is ~10x the budget.
+    let c = sluice_tests::committed(&config, "events").await?;
+    let commits: std::collections::HashSet<(i32, i64)> = c
+        .parts
+        .iter()
+        .map(|p| (p.partition, p.first_offset))
+        .collect();
+    let total_bytes: usize = events
+        .iter()
+        .map(|e| e.payload.as_ref().map_or(0, Vec::len))
+        .sum();
+    let at_least = total_bytes as u64 / BUDGET_BYTES;
+    ensure!(commits.len() as u64 >= at_least, "{} commits for {total_bytes} bytes under a {BUDGET_BYTES}-byte budget; expected at least {at_least}", commits.len());
+    Ok(())
+}

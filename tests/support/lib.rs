@@ -101,7 +101,7 @@ pub const MAX_MESSAGE_BYTES: usize = 2048;
 const COUNTRIES: &[&str] = &["de", "fr", "us", "br", "jp", "ng"];
 const PATHS: &[&str] = &["/", "/docs", "/pricing", "/blog"];
 const DAY_MS: i64 = 86_400_000;
-const BASE_MS: i64 = 1_795_651_200_000;
+const BASE_MS: i64 = 1_795_132_800_000;
 
 /// `n` sequence-numbered events over `partitions` partitions; about one in eight is malformed,
 /// in each of the ways the decoder must quarantine.
@@ -287,7 +287,7 @@ pub async fn run_sluice(args: &[&str], env: &[(&str, &str)], limit: Duration) ->
     let mut cmd = tokio::process::Command::new(sluice_bin());
     cmd.args(args)
         .kill_on_drop(true)
-        .env("SLUICE_LOG", "info,rdkafka=warn");
+        .env("SLUICE_LOG", "info,rdkafka=warn,zookeeper_client=warn");
     for (k, v) in env {
         cmd.env(k, v);
     }

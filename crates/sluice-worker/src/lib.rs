@@ -365,6 +365,8 @@ async fn consume(
         tokio::time::interval(Duration::from_millis(config.worker.flush_check_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let budget = config.worker.memory_budget_bytes;
+    // Kept as a running total so the budget is checked after every message, not per batch.
+    let mut buffered_bytes: u64 = units.iter().map(OwnedUnit::bytes).sum();
 
     let result: Result<(), WorkerError> = async {
         loop {
@@ -380,17 +382,21 @@ async fn consume(
                         let Some(&u) = index.get(&(m.topic.to_string(), m.partition)) else { continue };
                         summary.events += 1;
                         summary.event_bytes += m.payload.as_ref().map_or(0, |p| p.len() as u64);
+                        let before = units[u].bytes();
                         units[u].push(m);
+                        buffered_bytes += units[u].bytes() - before;
                         failpoints.hit("mid_batch");
                         if units[u].over_size_limits() || (options.stop_at_end && units[u].reached_end()) {
+                            buffered_bytes -= units[u].bytes();
                             flush(coord, storage, &mut units[u], failpoints, summary).await?;
                         }
-                    }
-                    // Memory pressure: write out the largest buffers until under budget.
-                    while units.iter().map(OwnedUnit::bytes).sum::<u64>() > budget {
-                        let Some(largest) = (0..units.len()).max_by_key(|&i| units[i].bytes()) else { break };
-                        tracing::debug!(unit = %units[largest].id, bytes = units[largest].bytes(), "memory budget reached; flushing the largest buffer");
-                        flush(coord, storage, &mut units[largest], failpoints, summary).await?;
+                        // Memory pressure: write out the largest buffers until under budget.
+                        while buffered_bytes > budget {
+                            let Some(largest) = (0..units.len()).max_by_key(|&i| units[i].bytes()) else { break };
+                            tracing::debug!(unit = %units[largest].id, bytes = units[largest].bytes(), "memory budget reached; flushing the largest buffer");
+                            buffered_bytes -= units[largest].bytes();
+                            flush(coord, storage, &mut units[largest], failpoints, summary).await?;
+                        }
                     }
                     if options.stop_at_end && units.iter().all(|u| u.reached_end() && u.buffered.is_none()) {
                         return Ok(());
@@ -403,6 +409,7 @@ async fn consume(
                             flush(coord, storage, u, failpoints, summary).await?;
                         }
                     }
+                    buffered_bytes = units.iter().map(OwnedUnit::bytes).sum();
                 }
             }
         }

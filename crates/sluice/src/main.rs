@@ -86,7 +86,7 @@ enum Command {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,zookeeper_client=warn"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -29,7 +29,7 @@ const PATHS: &[&str] = &[
 ];
 /// Events are spread over three days from this instant (2026-11-20T00:00:00Z), so day
 /// partitioning has something to split.
-const BASE_MS: i64 = 1_795_651_200_000;
+const BASE_MS: i64 = 1_795_132_800_000;
 const SPREAD_MS: i64 = 3 * 86_400_000;
 /// Deliveries awaited per chunk; bounds memory while keeping the producer busy.
 const CHUNK: usize = 10_000;
