@@ -140,6 +140,15 @@ impl EmbeddedCoordinator {
 }
 
 impl Shared {
+    /// Frees every lease a session holds.
+    fn end_session(&mut self, session: u64) {
+        for entry in self.units.values_mut() {
+            if entry.holder.as_ref().is_some_and(|(s, _)| *s == session) {
+                entry.holder = None;
+            }
+        }
+    }
+
     fn persist(&self) -> Result<(), CoordError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let mut units: Vec<PersistedUnit> = self
@@ -283,16 +292,10 @@ impl Coordinator for EmbeddedCoordinator {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let mut shared = self.shared.lock().expect("embedded state lock poisoned");
-        for entry in shared.units.values_mut() {
-            if entry
-                .holder
-                .as_ref()
-                .is_some_and(|(s, _)| *s == self.session)
-            {
-                entry.holder = None;
-            }
-        }
+        self.shared
+            .lock()
+            .expect("embedded state lock poisoned")
+            .end_session(self.session);
         Ok(())
     }
 }
@@ -302,15 +305,7 @@ impl Drop for EmbeddedCoordinator {
         // A dropped handle is an ended session, as with ZooKeeper.
         if !self.closed.load(Ordering::SeqCst) {
             if let Ok(mut shared) = self.shared.lock() {
-                for entry in shared.units.values_mut() {
-                    if entry
-                        .holder
-                        .as_ref()
-                        .is_some_and(|(s, _)| *s == self.session)
-                    {
-                        entry.holder = None;
-                    }
-                }
+                shared.end_session(self.session);
             }
         }
     }

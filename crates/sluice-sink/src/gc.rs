@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sluice_coord::UnitId;
+use sluice_coord::{Coordinator, UnitId};
 
 use crate::{SinkError, Storage};
 
@@ -67,6 +67,27 @@ pub async fn collect_garbage(
         report.deleted.push(object.path);
     }
     Ok(report)
+}
+
+/// [`collect_garbage`] for `table` against the parts the coordinator has committed.
+pub async fn collect_table_garbage(
+    storage: &Storage,
+    coord: &dyn Coordinator,
+    table: &str,
+    only_units: Option<&HashSet<UnitId>>,
+    min_age: Duration,
+) -> Result<GcReport, SinkError> {
+    let committed: HashSet<String> = coord
+        .list_parts(table)
+        .await
+        .map_err(|e| SinkError::Registry {
+            table: table.to_string(),
+            reason: e.to_string(),
+        })?
+        .into_iter()
+        .map(|p| p.path)
+        .collect();
+    collect_garbage(storage, table, &committed, only_units, min_age).await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod gc;
 mod parts;
 mod storage;
 
-pub use gc::{collect_garbage, parse_part_name, GcReport};
+pub use gc::{collect_garbage, collect_table_garbage, parse_part_name, GcReport};
 pub use parts::{build_parts, part_path, quarantine_schema, EncodedPart, FlushSource};
 pub use storage::{ObjectInfo, Storage};
 
@@ -30,6 +30,8 @@ pub enum SinkError {
         path: String,
         reason: String,
     },
+    #[error("cannot list the committed parts of table `{table}`: {reason}")]
+    Registry { table: String, reason: String },
     #[error("object storage failed at {path}: {reason}")]
     Storage { path: String, reason: String },
 }

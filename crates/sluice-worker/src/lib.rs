@@ -22,7 +22,7 @@ use sluice_coord::{
     Commit, CoordError, Coordinator, EmbeddedCoordinator, Lease, UnitId, ZkCoordinator,
 };
 use sluice_decode::TableBuffer;
-use sluice_sink::{build_parts, collect_garbage, EncodedPart, FlushSource, Storage};
+use sluice_sink::{build_parts, collect_table_garbage, EncodedPart, FlushSource, Storage};
 use sluice_source::{Assignment, KafkaSource, SourceMessage, StartOffset};
 
 mod failpoint;
@@ -209,20 +209,9 @@ pub async fn run(
     // no one else can be about to commit them.
     let owned: HashSet<UnitId> = units.iter().map(|u| u.id.clone()).collect();
     for table in &config.tables {
-        let committed: HashSet<String> = coord
-            .list_parts(&table.name)
-            .await?
-            .into_iter()
-            .map(|p| p.path)
-            .collect();
-        let report = collect_garbage(
-            &storage,
-            &table.name,
-            &committed,
-            Some(&owned),
-            Duration::ZERO,
-        )
-        .await?;
+        let report =
+            collect_table_garbage(&storage, &*coord, &table.name, Some(&owned), Duration::ZERO)
+                .await?;
         if !report.deleted.is_empty() {
             tracing::info!(table = %table.name, deleted = report.deleted.len(), "collected uncommitted objects");
         }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_config::Config;
 use sluice_coord::PartKind;
-use sluice_sink::{collect_garbage, Storage};
+use sluice_sink::{collect_table_garbage, Storage};
 use sluice_worker::{open_coordinator, Failpoints, RunOptions};
 
 mod produce;
@@ -350,16 +350,10 @@ async fn gc(path: PathBuf, min_age_ms: u64) -> Result<()> {
     let storage = Storage::open(&config.storage)?;
     let coord = open_coordinator(&config.coordination).await?;
     for t in &config.tables {
-        let committed: HashSet<String> = coord
-            .list_parts(&t.name)
-            .await?
-            .into_iter()
-            .map(|p| p.path)
-            .collect();
-        let report = collect_garbage(
+        let report = collect_table_garbage(
             &storage,
+            &*coord,
             &t.name,
-            &committed,
             None,
             Duration::from_millis(min_age_ms),
         )
