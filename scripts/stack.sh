@@ -283,13 +283,22 @@ launch() {
     printf '%s\n' "$pid" >"$RUN_DIR/$name.pid"
 }
 
+# alive PID: the process exists and has not exited (a zombie has). Used while a server starts:
+# until its subshell has exec'd, its cmdline is still this script's, so is_ours would report a
+# healthy server as gone; the pid was launched a moment ago and cannot have been recycled.
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
 # wait_ready NAME PROBE: poll PROBE until it succeeds; fail at once if the process died, or at the
 # deadline, showing the end of the server's log either way.
 wait_ready() {
     local name=$1 probe=$2 pid deadline=$((SECONDS + READY_TIMEOUT)) start=$SECONDS
     pid=$(pid_of "$name") || die "$name: no pid file"
     while ! "$probe"; do
-        if ! is_ours "$name" "$pid"; then
+        if ! alive "$pid"; then
             warn "$name (pid $pid) exited during startup; last lines of $LOG_DIR/$name.log:"
             tail -n 40 "$LOG_DIR/$name.log" >&2 || true
             rm -f "$RUN_DIR/$name.pid" "$RUN_DIR/$name.cmd"

@@ -369,6 +369,11 @@ async fn consume(
                     let messages = batch.ok_or(WorkerError::SourceStopped)??;
                     for m in &messages {
                         let Some(&u) = index.get(&(m.topic.to_string(), m.partition)) else { continue };
+                        // Past the end this run was asked to reach: leave it for the next run.
+                        // (Pushing it would commit one message per flush from here on.)
+                        if options.stop_at_end && units[u].end.is_some_and(|end| m.offset >= end) {
+                            continue;
+                        }
                         summary.events += 1;
                         summary.event_bytes += m.payload.as_ref().map_or(0, |p| p.len() as u64);
                         let before = units[u].bytes();
