@@ -150,3 +150,40 @@ async fn memory_budget_forces_flushes() -> Result<()> {
     ensure!(commits.len() as u64 >= at_least, "{} commits for {total_bytes} bytes under a {BUDGET_BYTES}-byte budget; expected at least {at_least}", commits.len());
     Ok(())
 }
+
+/// The laptop set-up: the embedded coordinator (state in a local directory) instead of ZooKeeper.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_with_embedded_coordination() -> Result<()> {
+    let stack = Stack::from_env();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("embedded");
+    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
+    let events = events(EVENTS, PARTITIONS);
+    let located = produce(&stack.kafka, &topic, &events).await?;
+    let storage = StorageKind::File(dir.path().join("data"));
+    let config = write_config(dir.path(), &stack, &topic, "/unused", &storage, 400)?;
+    let state = dir.path().join("state");
+    let text = std::fs::read_to_string(&config)?.replace(
+        "[coordination]\n",
+        &format!(
+            "[coordination]\nbackend = \"embedded\"\nembedded_dir = \"{}\"\n",
+            state.display()
+        ),
+    );
+    std::fs::write(&config, text)?;
+
+    let out = run_sluice(
+        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
+        &[],
+        Duration::from_secs(180),
+    )
+    .await?;
+    ensure!(out.status.success(), "worker failed: {}", describe(&out));
+    ensure!(
+        state.join("coordinator.json").exists(),
+        "no embedded state written under {}",
+        state.display()
+    );
+    verify_exactly_once(&config, &events, &located).await?;
+    Ok(())
+}

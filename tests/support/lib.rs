@@ -16,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_config::Config;
-use sluice_coord::{Coordinator, PartKind, PartRecord, ZkCoordinator};
+use sluice_coord::{PartKind, PartRecord};
 use sluice_sink::Storage;
 
 /// The services of `scripts/stack.sh`, from the variables `scripts/stack.sh env` prints.
@@ -321,14 +321,7 @@ pub struct Committed {
 
 pub async fn committed(config_path: &Path, table: &str) -> Result<Committed> {
     let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let c = &config.coordination;
-    let coord = ZkCoordinator::connect(
-        &c.zookeeper_connect,
-        &c.root,
-        Duration::from_millis(c.session_timeout_ms),
-        Duration::from_secs(10),
-    )
-    .await?;
+    let coord = sluice_worker::open_coordinator(&config.coordination).await?;
     let parts = coord.list_parts(table).await?;
     let offsets = coord
         .list_units()

@@ -146,7 +146,10 @@ impl OwnedUnit {
         }
         self.buffered = Some(match self.buffered {
             Some((first, _)) => (first, m.offset),
-            None => (m.offset, m.offset),
+            None => {
+                tracing::debug!(unit = %self.id, offset = m.offset, "buffering");
+                (m.offset, m.offset)
+            }
         });
         self.position = Some(m.offset + 1);
     }
