@@ -6,63 +6,27 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use sluice_tests::{
-    committed, create_topic, describe, events, produce, run_sluice, sluice_bin, unique,
-    verify_exactly_once, wait_until, write_config, Stack, StorageKind,
+    committed, describe, prepare, run_sluice, sluice_bin, wait_until, Prepared, StorageKind,
 };
 
 const EVENTS: u64 = 2_400;
 const PARTITIONS: i32 = 3;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    events: Vec<sluice_tests::Event>,
-    located: std::collections::HashMap<(i32, i64), u64>,
-}
-
-async fn setup(name: &str) -> Result<Setup> {
-    let stack = Stack::from_env();
-    let dir = tempfile::tempdir()?;
-    let topic = unique(name);
-    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
-    let events = events(EVENTS, PARTITIONS);
-    let located = produce(&stack.kafka, &topic, &events).await?;
-    let storage = StorageKind::File(dir.path().join("data"));
-    let config = write_config(
-        dir.path(),
-        &stack,
-        &topic,
-        &format!("/sluice-test/{topic}"),
-        &storage,
-        300,
-    )?;
-    Ok(Setup {
-        _dir: dir,
-        config,
-        events,
-        located,
+async fn setup(name: &str) -> Result<Prepared> {
+    prepare(name, PARTITIONS, EVENTS, 300, |dir| {
+        StorageKind::File(dir.join("data"))
     })
+    .await
 }
 
 /// Runs to the end after a crash and checks the outcome; returns the run's stdout.
-async fn restart_and_verify(s: &Setup) -> Result<String> {
-    let out = run_sluice(
-        &[
-            "run",
-            "--config",
-            s.config.to_str().unwrap(),
-            "--stop-at-end",
-        ],
-        &[],
-        Duration::from_secs(180),
-    )
-    .await?;
-    ensure!(out.status.success(), "restart failed: {}", describe(&out));
-    verify_exactly_once(&s.config, &s.events, &s.located).await?;
+async fn restart_and_verify(s: &Prepared) -> Result<String> {
+    let out = s.run_to_end().await?;
+    s.verify().await?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn crash_at(point: &str) -> Result<Setup> {
+async fn crash_at(point: &str) -> Result<Prepared> {
     let s = setup(&format!("crash-{}", point.replace(['_', ':'], "-"))).await?;
     let out = run_sluice(
         &[

@@ -5,76 +5,40 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use sluice_tests::{
-    create_topic, describe, events, produce, run_sluice, unique, verify_exactly_once, write_config,
-    Stack, StorageKind,
-};
+use sluice_tests::{committed, describe, prepare, run_sluice, unique, Expect, StorageKind};
 
 const EVENTS: u64 = 3_000;
 const PARTITIONS: i32 = 4;
 
 async fn end_to_end(storage: impl FnOnce(&std::path::Path) -> StorageKind) -> Result<()> {
-    let stack = Stack::from_env();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("e2e");
-    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
-    let events = events(EVENTS, PARTITIONS);
-    let located = produce(&stack.kafka, &topic, &events).await?;
-    let config = write_config(
-        dir.path(),
-        &stack,
-        &topic,
-        &format!("/sluice-test/{topic}"),
-        &storage(dir.path()),
-        400,
-    )?;
-
-    let out = run_sluice(
-        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
-        &[],
-        Duration::from_secs(180),
-    )
-    .await?;
-    ensure!(out.status.success(), "worker failed: {}", describe(&out));
+    let d = prepare("e2e", PARTITIONS, EVENTS, 400, storage).await?;
+    let out = d.run_to_end().await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         stdout.contains(&format!("ingested {EVENTS} events")),
         "unexpected summary: {stdout}"
     );
-    verify_exactly_once(&config, &events, &located).await?;
+    d.verify().await?;
 
     // A second run finds everything committed and ingests nothing more.
-    let again = run_sluice(
-        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
-        &[],
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(
-        again.status.success(),
-        "second run failed: {}",
-        describe(&again)
-    );
+    let again = d.run_to_end().await?;
     ensure!(
         String::from_utf8_lossy(&again.stdout).contains("ingested 0 events"),
         "second run: {}",
         describe(&again)
     );
-    verify_exactly_once(&config, &events, &located).await?;
+    d.verify().await?;
 
     // `sluice parts` shows what was written.
     let parts = run_sluice(
-        &["parts", "--config", config.to_str().unwrap()],
+        &["parts", "--config", d.config_arg()],
         &[],
         Duration::from_secs(60),
     )
     .await?;
     ensure!(parts.status.success(), "parts failed: {}", describe(&parts));
     let listing = String::from_utf8_lossy(&parts.stdout);
-    let quarantined = events
-        .iter()
-        .filter(|e| e.expect != sluice_tests::Expect::Row)
-        .count();
+    let quarantined = d.events.iter().filter(|e| e.expect != Expect::Row).count();
     ensure!(
         listing.contains(&format!(
             "{} rows, {quarantined} quarantined",
@@ -103,87 +67,63 @@ async fn exactly_once_with_s3_storage() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_budget_forces_flushes() -> Result<()> {
     const BUDGET_BYTES: u64 = 40_000;
-    let stack = Stack::from_env();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("budget");
-    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
-    let events = events(EVENTS, PARTITIONS);
-    let located = produce(&stack.kafka, &topic, &events).await?;
-    let storage = StorageKind::File(dir.path().join("data"));
-    let config = write_config(
-        dir.path(),
-        &stack,
-        &topic,
-        &format!("/sluice-test/{topic}"),
-        &storage,
-        1_000_000,
-    )?;
-    let text = std::fs::read_to_string(&config)?
-        .replace(
+    let d = prepare("budget", PARTITIONS, EVENTS, 1_000_000, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
+    d.edit_config(|text| {
+        text.replace(
             "[worker]\n",
             &format!("[worker]\nmemory_budget_bytes = {BUDGET_BYTES}\n"),
         )
-        .replace("max_age_ms = 300", "max_age_ms = 600000");
-    std::fs::write(&config, text)?;
-
-    let out = run_sluice(
-        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
-        &[],
-        Duration::from_secs(180),
-    )
-    .await?;
-    ensure!(out.status.success(), "worker failed: {}", describe(&out));
-    verify_exactly_once(&config, &events, &located).await?;
+        .replace("max_age_ms = 300", "max_age_ms = 600000")
+    })?;
+    d.run_to_end().await?;
+    d.verify().await?;
 
     // Each commit covers one offset range of one partition; the data is ~10x the budget.
-    let c = sluice_tests::committed(&config, "events").await?;
+    let c = committed(&d.config, "events").await?;
     let commits: std::collections::HashSet<(i32, i64)> = c
         .parts
         .iter()
         .map(|p| (p.partition, p.first_offset))
         .collect();
-    let total_bytes: usize = events
+    let total_bytes: usize = d
+        .events
         .iter()
         .map(|e| e.payload.as_ref().map_or(0, Vec::len))
         .sum();
     let at_least = total_bytes as u64 / BUDGET_BYTES;
-    ensure!(commits.len() as u64 >= at_least, "{} commits for {total_bytes} bytes under a {BUDGET_BYTES}-byte budget; expected at least {at_least}", commits.len());
+    ensure!(
+        commits.len() as u64 >= at_least,
+        "{} commits for {total_bytes} bytes under a {BUDGET_BYTES}-byte budget; expected at least {at_least}",
+        commits.len()
+    );
     Ok(())
 }
 
 /// The laptop set-up: the embedded coordinator (state in a local directory) instead of ZooKeeper.
 #[tokio::test(flavor = "multi_thread")]
 async fn exactly_once_with_embedded_coordination() -> Result<()> {
-    let stack = Stack::from_env();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("embedded");
-    create_topic(&stack.kafka, &topic, PARTITIONS).await?;
-    let events = events(EVENTS, PARTITIONS);
-    let located = produce(&stack.kafka, &topic, &events).await?;
-    let storage = StorageKind::File(dir.path().join("data"));
-    let config = write_config(dir.path(), &stack, &topic, "/unused", &storage, 400)?;
-    let state = dir.path().join("state");
-    let text = std::fs::read_to_string(&config)?.replace(
-        "[coordination]\n",
-        &format!(
-            "[coordination]\nbackend = \"embedded\"\nembedded_dir = \"{}\"\n",
-            state.display()
-        ),
-    );
-    std::fs::write(&config, text)?;
-
-    let out = run_sluice(
-        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
-        &[],
-        Duration::from_secs(180),
-    )
+    let d = prepare("embedded", PARTITIONS, EVENTS, 400, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
     .await?;
-    ensure!(out.status.success(), "worker failed: {}", describe(&out));
+    let state = d.dir.path().join("state");
+    d.edit_config(|text| {
+        text.replace(
+            "[coordination]\n",
+            &format!(
+                "[coordination]\nbackend = \"embedded\"\nembedded_dir = \"{}\"\n",
+                state.display()
+            ),
+        )
+    })?;
+    d.run_to_end().await?;
     ensure!(
         state.join("coordinator.json").exists(),
         "no embedded state written under {}",
         state.display()
     );
-    verify_exactly_once(&config, &events, &located).await?;
-    Ok(())
+    d.verify().await
 }

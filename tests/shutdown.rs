@@ -5,34 +5,20 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use sluice_tests::{
-    committed, create_topic, describe, events, produce, run_sluice, sluice_bin, unique,
-    verify_exactly_once, write_config, Stack, StorageKind,
-};
+use sluice_tests::{committed, prepare, sluice_bin, StorageKind};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
-    let stack = Stack::from_env();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("sigterm");
-    create_topic(&stack.kafka, &topic, 3).await?;
-    let events = events(2_400, 3);
-    let located = produce(&stack.kafka, &topic, &events).await?;
-    let config = write_config(
-        dir.path(),
-        &stack,
-        &topic,
-        &format!("/sluice-test/{topic}"),
-        &StorageKind::File(dir.path().join("data")),
-        1_000_000,
-    )?;
+    let d = prepare("sigterm", 3, 2_400, 1_000_000, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
     // No flush policy can fire: only the drain on SIGTERM commits anything.
-    let text = std::fs::read_to_string(&config)?.replace("max_age_ms = 300", "max_age_ms = 600000");
-    std::fs::write(&config, text)?;
+    d.edit_config(|text| text.replace("max_age_ms = 300", "max_age_ms = 600000"))?;
 
     let mut child = tokio::process::Command::new(sluice_bin())
-        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["run", "--config", d.config_arg()])
         .env(
             "SLUICE_LOG",
             "info,sluice_worker=debug,rdkafka=warn,zookeeper_client=warn",
@@ -52,8 +38,8 @@ async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
     .await
     .context("no `buffering` log line within 60 s")??;
     ensure!(buffering, "the worker exited before buffering anything");
-    let mut log = String::new();
     let drain_log = tokio::spawn(async move {
+        let mut log = String::new();
         while let Ok(Some(line)) = lines.next_line().await {
             log.push_str(&line);
             log.push('\n');
@@ -61,7 +47,7 @@ async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
         log
     });
     ensure!(
-        committed(&config, "events").await?.parts.is_empty(),
+        committed(&d.config, "events").await?.parts.is_empty(),
         "something was committed before SIGTERM"
     );
 
@@ -82,7 +68,7 @@ async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
         log.contains("shutdown requested; draining"),
         "no drain in the log:\n{log}"
     );
-    let c = committed(&config, "events").await?;
+    let c = committed(&d.config, "events").await?;
     ensure!(!c.parts.is_empty(), "SIGTERM committed nothing:\n{log}");
     ensure!(
         c.offsets.values().all(|o| o.is_none_or(|o| o > 0)),
@@ -91,17 +77,11 @@ async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
     );
 
     // The leases were released: the next worker starts without waiting for a session expiry.
-    let out = run_sluice(
-        &["run", "--config", config.to_str().unwrap(), "--stop-at-end"],
-        &[],
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(out.status.success(), "restart failed: {}", describe(&out));
+    let out = d.run_to_end().await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !stderr.contains("waiting for the lease"),
         "the restart had to wait for leases: {stderr}"
     );
-    verify_exactly_once(&config, &events, &located).await
+    d.verify().await
 }

@@ -547,3 +547,74 @@ where
         tokio::time::sleep(every).await;
     }
 }
+
+/// A test deployment: its own topic with produced events, ZooKeeper root, storage and config.
+pub struct Prepared {
+    /// Holds the config and `file://` storage; removed on drop.
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub events: Vec<Event>,
+    pub located: HashMap<(i32, i64), u64>,
+}
+
+/// Creates a fresh topic named after `name`, produces `count` events to it, and writes a config
+/// flushing at `max_rows` with the storage `storage` picks for the deployment's directory.
+pub async fn prepare(
+    name: &str,
+    partitions: i32,
+    count: u64,
+    max_rows: usize,
+    storage: impl FnOnce(&Path) -> StorageKind,
+) -> Result<Prepared> {
+    let stack = Stack::from_env();
+    let dir = tempfile::tempdir()?;
+    let topic = unique(name);
+    create_topic(&stack.kafka, &topic, partitions).await?;
+    let events = events(count, partitions);
+    let located = produce(&stack.kafka, &topic, &events).await?;
+    let storage = storage(dir.path());
+    let config = write_config(
+        dir.path(),
+        &stack,
+        &topic,
+        &format!("/sluice-test/{topic}"),
+        &storage,
+        max_rows,
+    )?;
+    Ok(Prepared {
+        dir,
+        config,
+        events,
+        located,
+    })
+}
+
+impl Prepared {
+    pub fn config_arg(&self) -> &str {
+        self.config.to_str().expect("temp paths are UTF-8")
+    }
+
+    /// Rewrites the config text.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let text = edit(std::fs::read_to_string(&self.config)?);
+        std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
+    /// `sluice run --stop-at-end`, which must succeed; returns its output.
+    pub async fn run_to_end(&self) -> Result<Output> {
+        let out = run_sluice(
+            &["run", "--config", self.config_arg(), "--stop-at-end"],
+            &[],
+            Duration::from_secs(180),
+        )
+        .await?;
+        ensure!(out.status.success(), "worker failed: {}", describe(&out));
+        Ok(out)
+    }
+
+    /// [`verify_exactly_once`] for this deployment's events.
+    pub async fn verify(&self) -> Result<()> {
+        verify_exactly_once(&self.config, &self.events, &self.located).await
+    }
+}
