@@ -347,10 +347,11 @@ async fn consume(
             },
         })
         .collect();
-    let index: HashMap<(String, i32), usize> = units
+    // Keyed by the topic as the source hands it over, so a lookup clones a pointer, not a string.
+    let index: HashMap<(Arc<str>, i32), usize> = units
         .iter()
         .enumerate()
-        .map(|(i, u)| ((u.id.topic.clone(), u.id.partition), i))
+        .map(|(i, u)| ((Arc::from(u.id.topic.as_str()), u.id.partition), i))
         .collect();
     let mut source = KafkaSource::start(&config.kafka, &assignments, SOURCE_CHANNEL_BATCHES)?;
     let mut tick =
@@ -371,7 +372,7 @@ async fn consume(
                 batch = source.next() => {
                     let messages = batch.ok_or(WorkerError::SourceStopped)??;
                     for m in &messages {
-                        let Some(&u) = index.get(&(m.topic.to_string(), m.partition)) else { continue };
+                        let Some(&u) = index.get(&(Arc::clone(&m.topic), m.partition)) else { continue };
                         // Past the end this run was asked to reach: leave it for the next run.
                         // (Pushing it would commit one message per flush from here on.)
                         if options.stop_at_end && units[u].end.is_some_and(|end| m.offset >= end) {
