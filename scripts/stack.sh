@@ -372,7 +372,9 @@ start_zookeeper() {
     # Rewritten on every start so that a changed port takes effect.
     cat >"$ZK_CONF_DIR/zoo.cfg" <<EOF
 # Written by scripts/stack.sh on each start; edits are lost.
-tickTime=2000
+# A short tick makes session expiry (checked once per tick) follow the session timeout closely,
+# so a crashed worker's partitions are taken over promptly; the minimum session is 2 ticks.
+tickTime=500
 dataDir=$ZK_DATA_DIR
 clientPort=$ZK_PORT
 clientPortAddress=$HOST

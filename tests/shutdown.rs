@@ -80,7 +80,7 @@ async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
     let out = d.run_to_end().await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        !stderr.contains("waiting for the lease"),
+        !stderr.contains("waiting for the previous owner"),
         "the restart had to wait for leases: {stderr}"
     );
     d.verify().await

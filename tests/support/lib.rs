@@ -19,6 +19,8 @@ use sluice_config::Config;
 use sluice_coord::{PartKind, PartRecord};
 use sluice_sink::Storage;
 
+pub mod fleet;
+
 /// The services of `scripts/stack.sh`, from the variables `scripts/stack.sh env` prints.
 #[derive(Debug, Clone)]
 pub struct Stack {
@@ -106,7 +108,12 @@ const BASE_MS: i64 = 1_795_132_800_000;
 /// `n` sequence-numbered events over `partitions` partitions; about one in eight is malformed,
 /// in each of the ways the decoder must quarantine.
 pub fn events(n: u64, partitions: i32) -> Vec<Event> {
-    (0..n)
+    events_from(0, n, partitions)
+}
+
+/// [`events`] with sequence numbers `start..start + n`, for a stream produced in rounds.
+pub fn events_from(start: u64, n: u64, partitions: i32) -> Vec<Event> {
+    (start..start + n)
         .map(|seq| {
             let partition = (seq % partitions as u64) as i32;
             let ts = BASE_MS + (seq as i64 * 7_919_000).rem_euclid(3 * DAY_MS);
@@ -552,6 +559,8 @@ where
 pub struct Prepared {
     /// Holds the config and `file://` storage; removed on drop.
     pub dir: tempfile::TempDir,
+    pub topic: String,
+    pub partitions: i32,
     pub config: PathBuf,
     pub events: Vec<Event>,
     pub located: HashMap<(i32, i64), u64>,
@@ -583,6 +592,8 @@ pub async fn prepare(
     )?;
     Ok(Prepared {
         dir,
+        topic,
+        partitions,
         config,
         events,
         located,
@@ -611,6 +622,26 @@ impl Prepared {
         .await?;
         ensure!(out.status.success(), "worker failed: {}", describe(&out));
         Ok(out)
+    }
+
+    /// Produces `n` more events to the topic, numbered after the ones already produced.
+    pub async fn produce_more(&mut self, n: u64) -> Result<()> {
+        let stack = Stack::from_env();
+        let more = events_from(self.events.len() as u64, n, self.partitions);
+        let located = produce(&stack.kafka, &self.topic, &more).await?;
+        self.events.extend(more);
+        self.located.extend(located);
+        Ok(())
+    }
+
+    /// The end offset of every partition, from what was produced.
+    pub fn ends(&self) -> BTreeMap<i32, i64> {
+        let mut ends: BTreeMap<i32, i64> = (0..self.partitions).map(|p| (p, 0)).collect();
+        for &(p, o) in self.located.keys() {
+            let e = ends.entry(p).or_default();
+            *e = (*e).max(o + 1);
+        }
+        ends
     }
 
     /// [`verify_exactly_once`] for this deployment's events.

@@ -78,8 +78,16 @@ pub struct WorkerConfig {
     /// How often buffers are checked against `max_age_ms`.
     #[serde(default = "default_flush_check_interval_ms")]
     pub flush_check_interval_ms: u64,
-    /// How long to wait for a lease another (possibly dead) worker still holds before giving up.
-    /// Must exceed the coordination session timeout, so a crashed holder's lease can expire.
+    /// Relative capacity in the fleet: a worker's expected share of the partitions is its
+    /// weight over the sum of all members' weights (e.g. 2 on a machine with twice the cores).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Where operators can reach this worker (e.g. its `host:port`), shown by `sluice members`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// How long a partition this worker should own may stay leased by another worker before
+    /// that is reported: a warning in a fleet, an error with `--stop-at-end`. Must exceed the
+    /// coordination session timeout, so a crashed holder's lease can expire first.
     #[serde(default = "default_lease_wait_ms")]
     pub lease_wait_ms: u64,
     /// On SIGTERM/SIGINT, how long to spend flushing and committing before exiting anyway
@@ -94,6 +102,9 @@ pub const fn default_memory_budget_bytes() -> u64 {
 pub const fn default_flush_check_interval_ms() -> u64 {
     100
 }
+pub const fn default_weight() -> f64 {
+    1.0
+}
 pub const fn default_lease_wait_ms() -> u64 {
     60_000
 }
@@ -107,6 +118,8 @@ impl Default for WorkerConfig {
             id: None,
             memory_budget_bytes: default_memory_budget_bytes(),
             flush_check_interval_ms: default_flush_check_interval_ms(),
+            weight: default_weight(),
+            address: None,
             lease_wait_ms: default_lease_wait_ms(),
             shutdown_deadline_ms: default_shutdown_deadline_ms(),
         }
@@ -203,6 +216,10 @@ pub struct KafkaConfig {
     /// How long metadata and watermark requests may take before the broker counts as unreachable.
     #[serde(default = "default_metadata_timeout_ms")]
     pub metadata_timeout_ms: u64,
+    /// How often topics are re-read for partitions added since start-up; new partitions are
+    /// assigned and ingested without a restart.
+    #[serde(default = "default_metadata_refresh_ms")]
+    pub metadata_refresh_ms: u64,
 }
 
 pub const fn default_start_from() -> StartFrom {
@@ -210,6 +227,9 @@ pub const fn default_start_from() -> StartFrom {
 }
 pub const fn default_metadata_timeout_ms() -> u64 {
     10_000
+}
+pub const fn default_metadata_refresh_ms() -> u64 {
+    30_000
 }
 
 /// Where Parquet parts are written.
@@ -518,6 +538,14 @@ impl Config {
         }
         positive("worker.memory_budget_bytes", w.memory_budget_bytes)?;
         positive("worker.flush_check_interval_ms", w.flush_check_interval_ms)?;
+        if !(w.weight.is_finite() && w.weight > 0.0) {
+            return Err(invalid(
+                "worker.weight",
+                format!("{} is not a positive number", w.weight),
+                "use a positive weight such as 1 (the default) or the machine's core count",
+            ));
+        }
+        positive("kafka.metadata_refresh_ms", self.kafka.metadata_refresh_ms)?;
 
         let c = &self.coordination;
         if !c.root.starts_with('/') || (c.root.len() > 1 && c.root.ends_with('/')) {

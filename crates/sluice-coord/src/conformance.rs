@@ -7,7 +7,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::{Commit, CoordError, Coordinator, PartKind, PartRecord, UnitId};
+use crate::{Commit, CoordError, Coordinator, Member, PartKind, PartRecord, Signal, UnitId};
+
+/// How long a watch may take to fire after the change it watches.
+const SIGNAL_WITHIN: Duration = Duration::from_secs(10);
 
 /// A failed expectation, with the case it failed in.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +76,177 @@ where
     stale_lease_cannot_commit(open().await?, open().await?).await?;
     closed_session_frees_leases(open().await?, open().await?).await?;
     release_of_lost_lease_is_harmless(open().await?, open().await?).await?;
+    membership_is_unique_and_watched(open().await?, open().await?).await?;
+    lease_watch_fires_on_release(open().await?, open().await?).await?;
+    session_end_is_signalled(open().await?, open().await?).await?;
     Ok(())
+}
+
+/// A member for tests.
+pub fn sample_member(id: &str) -> Member {
+    Member {
+        id: id.to_string(),
+        weight: 1.0,
+        address: None,
+        host: "conformance".to_string(),
+        pid: std::process::id(),
+        joined_at_ms: 0,
+    }
+}
+
+async fn fires(case: &'static str, what: &str, signal: Signal) -> Outcome {
+    tokio::time::timeout(SIGNAL_WITHIN, signal)
+        .await
+        .map_err(|_| {
+            fail(
+                case,
+                format!("no signal within {SIGNAL_WITHIN:?} after {what}"),
+            )
+        })
+}
+
+async fn member_ids(
+    case: &'static str,
+    c: &dyn Coordinator,
+) -> Result<Vec<String>, ConformanceFailure> {
+    let (members, _) = c
+        .watch_members()
+        .await
+        .map_err(|e| fail(case, e.to_string()))?;
+    Ok(members.into_iter().map(|m| m.id).collect())
+}
+
+async fn membership_is_unique_and_watched(
+    a: Box<dyn Coordinator>,
+    b: Box<dyn Coordinator>,
+) -> Outcome {
+    const CASE: &str = "membership_is_unique_and_watched";
+    let id = unique("member");
+    a.join(&sample_member(&id))
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    match b.join(&sample_member(&id)).await {
+        Err(CoordError::MemberExists { .. }) => {}
+        other => {
+            return Err(fail(
+                CASE,
+                format!("a second live member with one id: {other:?}"),
+            ))
+        }
+    }
+    let (members, signal) = b
+        .watch_members()
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let Some(seen) = members.iter().find(|m| m.id == id) else {
+        return Err(fail(CASE, "a joined member is not listed"));
+    };
+    if *seen != sample_member(&id) {
+        return Err(fail(CASE, format!("member listed as {seen:?}")));
+    }
+    if members.windows(2).any(|w| w[0].id > w[1].id) {
+        return Err(fail(CASE, "members are not sorted by id"));
+    }
+    // b does not own the registration: its leave must not remove a's.
+    b.leave(&id).await.map_err(|e| fail(CASE, e.to_string()))?;
+    if !member_ids(CASE, &*a).await?.contains(&id) {
+        return Err(fail(CASE, "another session's leave removed the member"));
+    }
+    a.leave(&id).await.map_err(|e| fail(CASE, e.to_string()))?;
+    fires(CASE, "a leave", signal).await?;
+    if member_ids(CASE, &*b).await?.contains(&id) {
+        return Err(fail(CASE, "a member that left is still listed"));
+    }
+    // The id is free again, and membership ends with the session.
+    b.join(&sample_member(&id))
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let (_, signal) = a
+        .watch_members()
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    fires(CASE, "the member's session closed", signal).await?;
+    if member_ids(CASE, &*a).await?.contains(&id) {
+        return Err(fail(CASE, "a closed session's member is still listed"));
+    }
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn lease_watch_fires_on_release(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "lease_watch_fires_on_release";
+    let unit = UnitId::new(unique("watch"), 1);
+    let (holder, _) = b
+        .watch_lease(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if holder.is_some() {
+        return Err(fail(CASE, format!("a new unit has holder {holder:?}")));
+    }
+    let lease = a
+        .acquire_lease(&unit, "wa")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let (holder, signal) = b
+        .watch_lease(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if holder.as_deref() != Some("wa") {
+        return Err(fail(CASE, format!("holder {holder:?}, expected wa")));
+    }
+    a.release_lease(&lease)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    fires(CASE, "the lease was released", signal).await?;
+    let (holder, signal) = b
+        .watch_lease(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    if holder.is_some() {
+        return Err(fail(
+            CASE,
+            format!("released lease still held by {holder:?}"),
+        ));
+    }
+    a.acquire_lease(&unit, "wa")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    fires(CASE, "the lease was taken", signal).await?;
+    let (_, signal) = b
+        .watch_lease(&unit)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    fires(CASE, "the holder's session closed", signal).await?;
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+async fn session_end_is_signalled(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "session_end_is_signalled";
+    let ended = a.session_ended();
+    let other = b.session_ended();
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    fires(CASE, "close", ended).await?;
+    // Another session is unaffected.
+    if tokio::time::timeout(Duration::from_millis(200), other)
+        .await
+        .is_ok()
+    {
+        return Err(fail(CASE, "closing one session ended another"));
+    }
+    match a
+        .acquire_lease(&UnitId::new(unique("ended"), 0), "wa")
+        .await
+    {
+        Err(CoordError::SessionEnded { .. }) => {}
+        other => {
+            return Err(fail(
+                CASE,
+                format!("a closed session acquired a lease: {other:?}"),
+            ))
+        }
+    }
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
 }
 
 async fn fresh_unit(c: Box<dyn Coordinator>) -> Outcome {

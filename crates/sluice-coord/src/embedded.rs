@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Commit, CoordError, Coordinator, Lease, PartRecord, UnitId, UnitState};
+use crate::{
+    Commit, CoordError, Coordinator, Lease, Member, PartRecord, Signal, UnitId, UnitState,
+};
 
 const STATE_FILE: &str = "coordinator.json";
 const LOCK_FILE: &str = "coordinator.lock";
@@ -44,8 +46,13 @@ struct UnitEntry {
 struct Shared {
     units: HashMap<UnitId, UnitEntry>,
     parts: BTreeMap<String, Vec<PartRecord>>,
+    /// Live members by id, with the session that registered each.
+    members: BTreeMap<String, (u64, Member)>,
     dir: Option<PathBuf>,
     _lock: Option<File>,
+    /// Bumped on every change of members or leases, for watches (coarse: they may fire
+    /// spuriously, which the contract allows).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Embedded coordinator handle; [`EmbeddedCoordinator::new_session`] gives another handle on
@@ -55,6 +62,7 @@ pub struct EmbeddedCoordinator {
     shared: Arc<Mutex<Shared>>,
     session: u64,
     closed: AtomicBool,
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -72,8 +80,10 @@ impl EmbeddedCoordinator {
         Self::from_shared(Shared {
             units: HashMap::new(),
             parts: BTreeMap::new(),
+            members: BTreeMap::new(),
             dir: None,
             _lock: None,
+            changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -107,8 +117,10 @@ impl EmbeddedCoordinator {
         Ok(Self::from_shared(Shared {
             units,
             parts: persisted.parts,
+            members: BTreeMap::new(),
             dir: Some(dir.to_path_buf()),
             _lock: Some(lock),
+            changes: tokio::sync::watch::channel(0).0,
         }))
     }
 
@@ -117,6 +129,7 @@ impl EmbeddedCoordinator {
             shared: Arc::new(Mutex::new(shared)),
             session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             closed: AtomicBool::new(false),
+            ended: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -126,7 +139,20 @@ impl EmbeddedCoordinator {
             shared: Arc::clone(&self.shared),
             session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             closed: AtomicBool::new(false),
+            ended: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// A signal for the next change of shared state, or for the end of this session.
+    fn change_signal(&self, shared: &Shared) -> Signal {
+        let mut changes = shared.changes.subscribe();
+        let mut ended = self.ended.subscribe();
+        Box::pin(async move {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = ended.wait_for(|e| *e) => {}
+            }
+        })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Shared>, CoordError> {
@@ -147,6 +173,12 @@ impl Shared {
                 entry.holder = None;
             }
         }
+        self.members.retain(|_, (s, _)| *s != session);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn persist(&self) -> Result<(), CoordError> {
@@ -191,6 +223,7 @@ impl Coordinator for EmbeddedCoordinator {
         entry.epoch += 1;
         entry.holder = Some((self.session, worker_id.to_string()));
         let epoch = entry.epoch;
+        shared.changed();
         shared.persist()?;
         Ok(Lease {
             unit: unit.clone(),
@@ -202,6 +235,7 @@ impl Coordinator for EmbeddedCoordinator {
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), CoordError> {
         let mut shared = self.lock()?;
+        let mut released = false;
         if let Some(entry) = shared.units.get_mut(&lease.unit) {
             if entry.epoch == lease.epoch
                 && entry
@@ -210,7 +244,11 @@ impl Coordinator for EmbeddedCoordinator {
                     .is_some_and(|(s, _)| *s == self.session)
             {
                 entry.holder = None;
+                released = true;
             }
+        }
+        if released {
+            shared.changed();
         }
         Ok(())
     }
@@ -288,6 +326,55 @@ impl Coordinator for EmbeddedCoordinator {
         Ok(out)
     }
 
+    async fn join(&self, member: &Member) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        if shared.members.contains_key(&member.id) {
+            return Err(CoordError::MemberExists {
+                id: member.id.clone(),
+            });
+        }
+        shared
+            .members
+            .insert(member.id.clone(), (self.session, member.clone()));
+        shared.changed();
+        Ok(())
+    }
+
+    async fn leave(&self, member_id: &str) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        if shared
+            .members
+            .get(member_id)
+            .is_some_and(|(s, _)| *s == self.session)
+        {
+            shared.members.remove(member_id);
+            shared.changed();
+        }
+        Ok(())
+    }
+
+    async fn watch_members(&self) -> Result<(Vec<Member>, Signal), CoordError> {
+        let shared = self.lock()?;
+        let members = shared.members.values().map(|(_, m)| m.clone()).collect();
+        Ok((members, self.change_signal(&shared)))
+    }
+
+    async fn watch_lease(&self, unit: &UnitId) -> Result<(Option<String>, Signal), CoordError> {
+        let shared = self.lock()?;
+        let holder = shared
+            .units
+            .get(unit)
+            .and_then(|e| e.holder.as_ref().map(|(_, w)| w.clone()));
+        Ok((holder, self.change_signal(&shared)))
+    }
+
+    fn session_ended(&self) -> Signal {
+        let mut ended = self.ended.subscribe();
+        Box::pin(async move {
+            let _ = ended.wait_for(|e| *e).await;
+        })
+    }
+
     async fn close(&self) -> Result<(), CoordError> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -296,6 +383,7 @@ impl Coordinator for EmbeddedCoordinator {
             .lock()
             .expect("embedded state lock poisoned")
             .end_session(self.session);
+        self.ended.send_replace(true);
         Ok(())
     }
 }
@@ -307,6 +395,7 @@ impl Drop for EmbeddedCoordinator {
             if let Ok(mut shared) = self.shared.lock() {
                 shared.end_session(self.session);
             }
+            self.ended.send_replace(true);
         }
     }
 }

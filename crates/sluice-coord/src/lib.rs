@@ -15,13 +15,23 @@
 //! * A part is visible in [`Coordinator::list_parts`] iff the commit that carried it succeeded.
 //! * A lease ends by [`Coordinator::release_lease`], by [`Coordinator::close`], or when the
 //!   holder's session ends (ZooKeeper session expiry; process exit for the embedded backend).
+//! * A **member** is a worker registered with [`Coordinator::join`]. At most one live member per
+//!   id exists; membership ends with [`Coordinator::leave`] or with the session, like a lease.
+//!   [`assignment`] turns the member list into the same unit-to-worker map in every process.
+//! * Watches ([`Coordinator::watch_members`], [`Coordinator::watch_lease`],
+//!   [`Coordinator::session_ended`]) return a [`Signal`] that resolves after the watched thing
+//!   may have changed. A signal may fire spuriously (callers re-read), but never stays silent
+//!   after a change; every signal also fires when the session ends.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod assignment;
 pub mod conformance;
 mod embedded;
 mod zookeeper;
@@ -125,8 +135,27 @@ pub struct UnitState {
     pub holder: Option<String>,
 }
 
+/// A worker in the fleet, as it registered itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique among live members (`worker.id`).
+    pub id: String,
+    /// Relative capacity: a member's expected share of the units is its weight over the sum.
+    pub weight: f64,
+    /// Where the worker can be reached (`worker.address`), if it said.
+    pub address: Option<String>,
+    pub host: String,
+    pub pid: u32,
+    pub joined_at_ms: i64,
+}
+
+/// Resolves once a watched thing may have changed; see the crate docs.
+pub type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
+    #[error("a live worker already registered as `{id}`; give each worker its own `worker.id` (or wait for the old session to expire)")]
+    MemberExists { id: String },
     #[error("cannot reach ZooKeeper at {connect} within {timeout:?}: {reason}; check that ZooKeeper runs and `coordination.zookeeper_connect` is right")]
     Unreachable {
         connect: String,
@@ -175,6 +204,23 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// Committed state of every unit the registry knows.
     async fn list_units(&self) -> Result<Vec<UnitState>, CoordError>;
 
-    /// Ends this handle's session: its leases are released.
+    /// Registers this session as a fleet member; [`CoordError::MemberExists`] if a live session
+    /// already did under the same id (this one included).
+    async fn join(&self, member: &Member) -> Result<(), CoordError>;
+
+    /// Ends this session's membership (a graceful leave), keeping its leases.
+    async fn leave(&self, member_id: &str) -> Result<(), CoordError>;
+
+    /// The live members, sorted by id, and a signal for the next change of that list.
+    async fn watch_members(&self) -> Result<(Vec<Member>, Signal), CoordError>;
+
+    /// The worker id holding `unit`'s lease, if any, and a signal for the next change of it.
+    async fn watch_lease(&self, unit: &UnitId) -> Result<(Option<String>, Signal), CoordError>;
+
+    /// Resolves when this handle's session has ended (expired, closed): its leases and its
+    /// membership are gone, and its commits can no longer succeed.
+    fn session_ended(&self) -> Signal;
+
+    /// Ends this handle's session: its leases and membership are released.
     async fn close(&self) -> Result<(), CoordError>;
 }

@@ -7,6 +7,7 @@
 //! R/units/<topic>/<partition>/offset   persistent; data = next offset ("" before the first commit)
 //! R/units/<topic>/<partition>/lease    ephemeral;  data = {"worker": .., "epoch": ..}
 //! R/tables/<table>/parts/<partition value>/<topic>-<partition>/<part name>   data = PartRecord JSON
+//! R/members/<worker id>                ephemeral;  data = Member JSON
 //! ```
 //!
 //! Taking a lease creates the ephemeral `lease` node and bumps `epoch` in one multi-op, so every
@@ -27,7 +28,9 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
 
-use crate::{Commit, CoordError, Coordinator, Lease, PartRecord, UnitId, UnitState};
+use crate::{
+    Commit, CoordError, Coordinator, Lease, Member, PartRecord, Signal, UnitId, UnitState,
+};
 
 /// How many znode reads `list_parts` keeps in flight.
 const LIST_CONCURRENCY: usize = 64;
@@ -47,6 +50,8 @@ pub struct ZkCoordinator {
     offset_versions: Mutex<HashMap<UnitId, i32>>,
     /// Part shard directories known to exist, to skip re-creating them on every commit.
     known_dirs: Mutex<HashSet<String>>,
+    /// Set by `close`: dropping the client does not always deliver a terminal session state.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ZkCoordinator {
@@ -125,7 +130,12 @@ impl ZkCoordinator {
             root: root.trim_end_matches('/').to_string(),
             offset_versions: Mutex::new(HashMap::new()),
             known_dirs: Mutex::new(HashSet::new()),
+            closed: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    fn member_path(&self, id: &str) -> String {
+        format!("{}/members/{}", self.root, encode_segment(id))
     }
 
     fn client(&self) -> Result<zk::Client, CoordError> {
@@ -510,10 +520,121 @@ impl Coordinator for ZkCoordinator {
         Ok(out)
     }
 
+    async fn join(&self, member: &Member) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let dir = format!("{}/members", self.root);
+        self.ensure_dir(&client, &dir).await?;
+        let path = self.member_path(&member.id);
+        let data = serde_json::to_vec(member).expect("member serializes");
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        match client.create(&path, &data, &ephemeral).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NodeExists) => Err(CoordError::MemberExists {
+                id: member.id.clone(),
+            }),
+            Err(e) => Err(backend(&path, e)),
+        }
+    }
+
+    async fn leave(&self, member_id: &str) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let path = self.member_path(member_id);
+        // Only our own registration: another live worker may have taken the id since.
+        match client.check_stat(&path).await {
+            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
+                match client.delete(&path, Some(stat.version)).await {
+                    Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                    Err(e) => Err(backend(&path, e)),
+                }
+            }
+            Ok(_) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(backend(&path, e)),
+        }
+    }
+
+    async fn watch_members(&self) -> Result<(Vec<Member>, Signal), CoordError> {
+        let client = self.client()?;
+        let dir = format!("{}/members", self.root);
+        self.ensure_dir(&client, &dir).await?;
+        let (children, _, watcher) = client
+            .get_and_watch_children(&dir)
+            .await
+            .map_err(|e| backend(&dir, e))?;
+        let mut members = Vec::with_capacity(children.len());
+        for child in children {
+            let path = format!("{dir}/{child}");
+            match client.get_data(&path).await {
+                Ok((data, _)) => {
+                    members.push(serde_json::from_slice::<Member>(&data).map_err(|e| {
+                        CoordError::Corrupt {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?)
+                }
+                // Left between the listing and the read; the watch fires for it.
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(backend(&path, e)),
+            }
+        }
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((
+            members,
+            Box::pin(async move {
+                watcher.changed().await;
+            }),
+        ))
+    }
+
+    async fn watch_lease(&self, unit: &UnitId) -> Result<(Option<String>, Signal), CoordError> {
+        let client = self.client()?;
+        let path = format!("{}/lease", self.unit_dir(unit));
+        let (stat, watcher) = client
+            .check_and_watch_stat(&path)
+            .await
+            .map_err(|e| backend(&path, e))?;
+        let holder = match stat {
+            Some(_) => Self::read_lease_holder(&client, &path)
+                .await?
+                .map(|h| h.worker),
+            None => None,
+        };
+        Ok((
+            holder,
+            Box::pin(async move {
+                watcher.changed().await;
+            }),
+        ))
+    }
+
+    fn session_ended(&self) -> Signal {
+        let state = self
+            .client
+            .read()
+            .expect("client lock poisoned")
+            .as_ref()
+            .map(zk::Client::state_watcher);
+        let mut closed = self.closed.subscribe();
+        Box::pin(async move {
+            let Some(mut watcher) = state else { return };
+            let ended = async move {
+                let mut s = watcher.state();
+                while !s.is_terminated() {
+                    s = watcher.changed().await;
+                }
+            };
+            tokio::select! {
+                () = ended => {}
+                _ = closed.wait_for(|c| *c) => {}
+            }
+        })
+    }
+
     async fn close(&self) -> Result<(), CoordError> {
-        // Dropping the last handle closes the session, which deletes its ephemeral leases.
+        // Dropping the last handle closes the session, which deletes its ephemeral nodes.
         let client = self.client.write().expect("client lock poisoned").take();
         drop(client);
+        self.closed.send_replace(true);
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Garbage collection of objects that were uploaded but never committed (a crash between upload
 //! and commit, or a zombie's upload). They are never read: readers go through the registry.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sluice_coord::{Coordinator, UnitId};
@@ -17,31 +17,56 @@ pub struct GcReport {
     pub too_young: usize,
 }
 
-/// Parses a part object's file name `<topic>-<partition>-<first>-<last>-v<version>.parquet`
-/// into its unit and offset range.
-pub fn parse_part_name(path: &str) -> Option<(UnitId, i64, i64, u32)> {
-    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
-    let mut it = name.rsplitn(5, '-');
-    let version = it.next()?.strip_prefix('v')?.parse().ok()?;
-    let last = it.next()?.parse().ok()?;
-    let first = it.next()?.parse().ok()?;
-    let partition = it.next()?.parse().ok()?;
-    let topic = it.next()?;
-    Some((UnitId::new(topic, partition), first, last, version))
+/// A part object's file name `<topic>-<partition>-<first>-<last>-e<epoch>-v<version>.parquet`,
+/// parsed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartName {
+    pub unit: UnitId,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub lease_epoch: u64,
+    pub definition_version: u32,
 }
 
-/// Deletes the objects of `table` that are not in `committed`, are older than `min_age`, and,
-/// when `only_units` is given, belong to one of those units.
+/// Parses a part object's path (see [`PartName`]); `None` if it is not a part.
+pub fn parse_part_name(path: &str) -> Option<PartName> {
+    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let mut it = name.rsplitn(6, '-');
+    let definition_version = it.next()?.strip_prefix('v')?.parse().ok()?;
+    let lease_epoch = it.next()?.strip_prefix('e')?.parse().ok()?;
+    let last_offset = it.next()?.parse().ok()?;
+    let first_offset = it.next()?.parse().ok()?;
+    let partition = it.next()?.parse().ok()?;
+    let topic = it.next()?;
+    Some(PartName {
+        unit: UnitId::new(topic, partition),
+        first_offset,
+        last_offset,
+        lease_epoch,
+        definition_version,
+    })
+}
+
+/// Which uncommitted objects a pass may delete.
+#[derive(Debug, Clone, Copy)]
+pub enum GcScope<'a> {
+    /// Any unit's, older than a minimum age (`sluice gc`).
+    OlderThan(Duration),
+    /// Those of the given units written under a lease epoch below the given one: what a new
+    /// lease holder may delete at any age, since those leases can no longer commit.
+    EarlierLeases(&'a HashMap<UnitId, u64>),
+}
+
+/// Deletes the objects of `table` that are not in `committed` and that `scope` allows.
 ///
-/// Only a unit's lease holder uploads parts of that unit, so a holder may collect its units'
-/// uncommitted objects of any age; collecting other units' objects needs a `min_age` longer
-/// than any flush could take, or an in-flight upload could be deleted before its commit.
+/// An object younger than any flush could take may be an in-flight upload of the unit's current
+/// holder; [`GcScope::EarlierLeases`] never touches the current lease's objects, and
+/// [`GcScope::OlderThan`] needs a minimum age well above a flush's duration.
 pub async fn collect_garbage(
     storage: &Storage,
     table: &str,
     committed: &HashSet<String>,
-    only_units: Option<&HashSet<UnitId>>,
-    min_age: Duration,
+    scope: GcScope<'_>,
 ) -> Result<GcReport, SinkError> {
     let mut report = GcReport::default();
     let now = chrono::Utc::now();
@@ -50,20 +75,25 @@ pub async fn collect_garbage(
         if committed.contains(&object.path) {
             continue;
         }
-        let Some((unit, ..)) = parse_part_name(&object.path) else {
+        let Some(name) = parse_part_name(&object.path) else {
             tracing::warn!(path = %object.path, "object under a table directory is not a part; leaving it alone");
             continue;
         };
-        if only_units.is_some_and(|units| !units.contains(&unit)) {
-            continue;
-        }
-        let age = (now - object.last_modified).to_std().unwrap_or_default();
-        if age < min_age {
-            report.too_young += 1;
-            continue;
+        match scope {
+            GcScope::EarlierLeases(units) => match units.get(&name.unit) {
+                Some(&epoch) if name.lease_epoch < epoch => {}
+                _ => continue,
+            },
+            GcScope::OlderThan(min_age) => {
+                let age = (now - object.last_modified).to_std().unwrap_or_default();
+                if age < min_age {
+                    report.too_young += 1;
+                    continue;
+                }
+            }
         }
         storage.delete(&object.path).await?;
-        tracing::info!(path = %object.path, unit = %unit, "deleted uncommitted object");
+        tracing::info!(path = %object.path, unit = %name.unit, epoch = name.lease_epoch, "deleted uncommitted object");
         report.deleted.push(object.path);
     }
     Ok(report)
@@ -74,8 +104,7 @@ pub async fn collect_table_garbage(
     storage: &Storage,
     coord: &dyn Coordinator,
     table: &str,
-    only_units: Option<&HashSet<UnitId>>,
-    min_age: Duration,
+    scope: GcScope<'_>,
 ) -> Result<GcReport, SinkError> {
     let committed: HashSet<String> = coord
         .list_parts(table)
@@ -87,7 +116,7 @@ pub async fn collect_table_garbage(
         .into_iter()
         .map(|p| p.path)
         .collect();
-    collect_garbage(storage, table, &committed, only_units, min_age).await
+    collect_garbage(storage, table, &committed, scope).await
 }
 
 #[cfg(test)]
@@ -96,13 +125,19 @@ mod tests {
 
     #[test]
     fn part_names_parse_back_even_with_dashes_in_the_topic() {
-        let (unit, first, last, v) = parse_part_name(
-            "t/data/2026-11-23/web-events-3-00000000000000000010-00000000000000000099-v2.parquet",
+        let name = parse_part_name(
+            "t/data/2026-11-23/web-events-3-00000000000000000010-00000000000000000099-e4-v2.parquet",
         )
         .unwrap();
         assert_eq!(
-            (unit, first, last, v),
-            (UnitId::new("web-events", 3), 10, 99, 2)
+            name,
+            PartName {
+                unit: UnitId::new("web-events", 3),
+                first_offset: 10,
+                last_offset: 99,
+                lease_epoch: 4,
+                definition_version: 2,
+            }
         );
         assert!(parse_part_name("t/data/readme.txt").is_none());
     }

@@ -8,7 +8,9 @@ mod gc;
 mod parts;
 mod storage;
 
-pub use gc::{collect_garbage, collect_table_garbage, parse_part_name, GcReport};
+pub use gc::{
+    collect_garbage, collect_table_garbage, parse_part_name, GcReport, GcScope, PartName,
+};
 pub use parts::{build_parts, part_path, quarantine_schema, EncodedPart, FlushSource};
 pub use storage::{ObjectInfo, Storage};
 

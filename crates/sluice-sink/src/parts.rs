@@ -58,12 +58,15 @@ pub fn part_path(
     partition_value: &str,
     source: &FlushSource,
 ) -> String {
+    // The lease epoch is in the name so a zombie's late upload never overwrites, and a new
+    // owner's garbage collection never deletes, an object of another lease.
     let file = format!(
-        "{}-{}-{:020}-{:020}-v{}.parquet",
+        "{}-{}-{:020}-{:020}-e{}-v{}.parquet",
         source.unit.topic,
         source.unit.partition,
         source.first_offset,
         source.last_offset,
+        source.lease_epoch,
         table.version
     );
     match kind {
@@ -464,9 +467,9 @@ type = "string"
         assert_eq!(
             names,
             vec![
-                "events/data/1970-01-02/web-2-00000000000000000010-00000000000000000015-v1.parquet",
-                "events/data/1970-01-03/web-2-00000000000000000010-00000000000000000015-v1.parquet",
-                "events/quarantine/web-2-00000000000000000010-00000000000000000015-v1.parquet",
+                "events/data/1970-01-02/web-2-00000000000000000010-00000000000000000015-e7-v1.parquet",
+                "events/data/1970-01-03/web-2-00000000000000000010-00000000000000000015-e7-v1.parquet",
+                "events/quarantine/web-2-00000000000000000010-00000000000000000015-e7-v1.parquet",
             ]
         );
         let read = |p: &EncodedPart| {

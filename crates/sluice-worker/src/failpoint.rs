@@ -1,23 +1,31 @@
-//! Crash injection for the crash tests: `SLUICE_FAILPOINT=<point>:<n>` makes the process
-//! SIGKILL itself the n-th time it reaches `<point>`, so a test can kill -9 a worker at an exact
-//! step of its cycle instead of racing a timer. Points: `mid_batch` (counted per message pushed into
-//! the buffers: events buffered, not flushed), `after_upload` (parts uploaded, not committed), `after_commit` (committed, buffers
-//! not yet reset). Unset in production: `hit` is then a counter increment.
+//! Fault injection for the crash and zombie tests: `SLUICE_FAILPOINT=<point>:<n>[:<action>]`
+//! makes the process SIGKILL (action `kill`, the default) or SIGSTOP (action `stop`) itself the
+//! n-th time it reaches `<point>`, so a test can kill -9 or freeze a worker at an exact step of
+//! its cycle instead of racing a timer. Points: `mid_batch` (counted per message pushed into the
+//! buffers: events buffered, not flushed), `after_upload` and `before_commit` (parts uploaded,
+//! not committed), `after_commit` (committed, buffers not yet reset). A stopped process resumes
+//! right there on SIGCONT. Unset in production: `hit` is then a counter increment.
 
 use std::collections::HashMap;
 
 use crate::WorkerError;
 
-pub const POINTS: &[&str] = &["mid_batch", "after_upload", "after_commit"];
+pub const POINTS: &[&str] = &["mid_batch", "after_upload", "before_commit", "after_commit"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Kill,
+    Stop,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Failpoints {
-    armed: Option<(String, u64)>,
+    armed: Option<(String, u64, Action)>,
     counts: HashMap<&'static str, u64>,
 }
 
 impl Failpoints {
-    /// Parses `<point>:<n>`; `None` or an empty string arms nothing.
+    /// Parses `<point>:<n>[:kill|stop]`; `None` or an empty string arms nothing.
     pub fn parse(spec: Option<&str>) -> Result<Failpoints, WorkerError> {
         let Some(spec) = spec.filter(|s| !s.is_empty()) else {
             return Ok(Failpoints::default());
@@ -26,9 +34,15 @@ impl Failpoints {
             spec: spec.to_string(),
             reason,
         };
-        let (point, n) = spec
-            .split_once(':')
-            .ok_or_else(|| err("expected <point>:<n>".into()))?;
+        let mut fields = spec.split(':');
+        let (Some(point), Some(n)) = (fields.next(), fields.next()) else {
+            return Err(err("expected <point>:<n>[:kill|stop]".into()));
+        };
+        let action = match fields.next() {
+            None | Some("kill") => Action::Kill,
+            Some("stop") => Action::Stop,
+            Some(other) => return Err(err(format!("unknown action `{other}`; use kill or stop"))),
+        };
         if !POINTS.contains(&point) {
             return Err(err(format!(
                 "unknown point; use one of {}",
@@ -41,13 +55,13 @@ impl Failpoints {
             .filter(|n| *n > 0)
             .ok_or_else(|| err("n must be a positive integer".into()))?;
         Ok(Failpoints {
-            armed: Some((point.to_string(), n)),
+            armed: Some((point.to_string(), n, action)),
             counts: HashMap::new(),
         })
     }
 
     pub fn hit(&mut self, point: &'static str) {
-        let Some((armed, n)) = &self.armed else {
+        let Some((armed, n, action)) = &self.armed else {
             return;
         };
         if armed != point {
@@ -55,18 +69,34 @@ impl Failpoints {
         }
         let count = self.counts.entry(point).or_insert(0);
         *count += 1;
-        if *count == *n {
-            tracing::warn!(
-                point,
-                "failpoint reached; killing this process with SIGKILL"
-            );
-            let pid = std::process::id().to_string();
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid])
-                .status();
-            // SIGKILL is delivered asynchronously; never run past the failpoint.
-            loop {
-                std::thread::park();
+        if *count != *n {
+            return;
+        }
+        let pid = std::process::id().to_string();
+        match action {
+            Action::Kill => {
+                tracing::warn!(
+                    point,
+                    "failpoint reached; killing this process with SIGKILL"
+                );
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid])
+                    .status();
+                // SIGKILL is delivered asynchronously; never run past the failpoint.
+                loop {
+                    std::thread::park();
+                }
+            }
+            Action::Stop => {
+                tracing::warn!(
+                    point,
+                    "failpoint reached; stopping this process with SIGSTOP until SIGCONT"
+                );
+                // `kill` returns once the signal is queued; the process stops right after, with
+                // this thread still here, and carries on past the failpoint on SIGCONT.
+                let _ = std::process::Command::new("kill")
+                    .args(["-STOP", &pid])
+                    .status();
             }
         }
     }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_config::Config;
 use sluice_coord::PartKind;
-use sluice_sink::{collect_table_garbage, Storage};
+use sluice_sink::{collect_table_garbage, GcScope, Storage};
 use sluice_worker::{open_coordinator, Failpoints, RunOptions};
 
 mod produce;
@@ -68,6 +68,16 @@ enum Command {
     Offsets {
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the fleet: live workers with their weights and addresses, which partitions each
+    /// holds (with lease epochs) and which rendezvous hashing assigns it, and partitions that
+    /// have no holder or are being handed over.
+    Members {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// One JSON document instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -147,6 +157,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => parts(config, table, json).await,
         Command::Offsets { config, json } => offsets(config, json).await,
+        Command::Members { config, json } => members(config, json).await,
         Command::Gc { config, min_age_ms } => gc(config, min_age_ms).await,
         Command::Produce(args) => produce::produce(args).await,
     }
@@ -159,25 +170,17 @@ async fn run(path: PathBuf, worker_id: Option<String>, stop_at_end: bool) -> Res
         .or_else(|| config.worker.id.clone())
         .unwrap_or_else(default_worker_id);
     tracing::info!(worker = %worker_id, config = %path.display(), tables = config.tables.len(), "starting worker");
-    let coord = open_coordinator(&config.coordination).await?;
     let options = RunOptions {
         worker_id,
         stop_at_end,
         failpoints,
     };
-    let result = sluice_worker::run(
-        Arc::clone(&config),
-        Arc::clone(&coord),
-        options,
-        Box::pin(shutdown_signal()),
-    )
-    .await;
-    // Ending the session frees any lease left at once, instead of after the session timeout.
-    let _ = coord.close().await;
+    let result =
+        sluice_worker::run(Arc::clone(&config), options, Box::pin(shutdown_signal())).await;
     let s = result?;
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "ingested {} events ({:.1} MB) in {:.2} s: {:.0} events/s, {:.1} MB/s; {} rows, {} quarantined, {} parts ({:.1} MB) in {} commits; {} uncommitted objects collected",
+        "ingested {} events ({:.1} MB) in {:.2} s: {:.0} events/s, {:.1} MB/s; {} rows, {} quarantined, {} parts ({:.1} MB) in {} commits; {} uncommitted objects collected; {} rejoins",
         s.events,
         s.event_bytes as f64 / 1e6,
         secs,
@@ -188,7 +191,8 @@ async fn run(path: PathBuf, worker_id: Option<String>, stop_at_end: bool) -> Res
         s.parts,
         s.part_bytes as f64 / 1e6,
         s.commits,
-        s.garbage_collected
+        s.garbage_collected,
+        s.rejoins
     );
     Ok(())
 }
@@ -345,6 +349,112 @@ async fn offsets(path: PathBuf, json: bool) -> Result<()> {
     Ok(())
 }
 
+async fn members(path: PathBuf, json: bool) -> Result<()> {
+    let config = load(&path)?;
+    let coord = open_coordinator(&config.coordination).await?;
+    let topics: HashSet<String> = config.topics().into_iter().collect();
+    let (members, _) = coord.watch_members().await?;
+    let units: Vec<_> = coord
+        .list_units()
+        .await?
+        .into_iter()
+        .filter(|u| topics.contains(&u.unit.topic))
+        .collect();
+    coord.close().await?;
+    let assigned = |u: &sluice_coord::UnitId| {
+        sluice_coord::assignment::owner(u, &members).map(|m| m.id.clone())
+    };
+    if json {
+        let doc = serde_json::json!({
+            "members": members.iter().map(|m| serde_json::json!({
+                "id": m.id,
+                "weight": m.weight,
+                "address": m.address,
+                "host": m.host,
+                "pid": m.pid,
+                "joined_at_ms": m.joined_at_ms,
+                "holds": units.iter().filter(|u| u.holder.as_deref() == Some(m.id.as_str()))
+                    .map(|u| serde_json::json!({"unit": u.unit.to_string(), "epoch": u.epoch}))
+                    .collect::<Vec<_>>(),
+                "assigned": units.iter().filter(|u| assigned(&u.unit).as_deref() == Some(m.id.as_str()))
+                    .map(|u| u.unit.to_string())
+                    .collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "units": units.iter().map(|u| serde_json::json!({
+                "unit": u.unit.to_string(),
+                "topic": u.unit.topic,
+                "partition": u.unit.partition,
+                "holder": u.holder,
+                "assigned": assigned(&u.unit),
+                "epoch": u.epoch,
+                "next_offset": u.next_offset,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let unheld = units.iter().filter(|u| u.holder.is_none()).count();
+    let moving = units
+        .iter()
+        .filter(|u| u.holder.is_some() && u.holder != assigned(&u.unit))
+        .count();
+    println!(
+        "{} members, {} partitions: {} held, {} without a holder, {} held by a worker other than their assignee (handover in progress)",
+        members.len(),
+        units.len(),
+        units.len() - unheld,
+        unheld,
+        moving
+    );
+    println!();
+    println!(
+        "{:<24} {:>6} {:<22} {:<24} {:>5} {:>8}  partitions held (lease epoch)",
+        "member", "weight", "address", "host/pid", "holds", "assigned"
+    );
+    for m in &members {
+        let holds: Vec<String> = units
+            .iter()
+            .filter(|u| u.holder.as_deref() == Some(m.id.as_str()))
+            .map(|u| format!("{} ({})", u.unit, u.epoch))
+            .collect();
+        let n_assigned = units
+            .iter()
+            .filter(|u| assigned(&u.unit).as_deref() == Some(m.id.as_str()))
+            .count();
+        println!(
+            "{:<24} {:>6} {:<22} {:<24} {:>5} {:>8}  {}",
+            m.id,
+            m.weight,
+            m.address.as_deref().unwrap_or("-"),
+            format!("{}/{}", m.host, m.pid),
+            holds.len(),
+            n_assigned,
+            holds.join(", ")
+        );
+    }
+    let odd: Vec<_> = units
+        .iter()
+        .filter(|u| u.holder.is_none() || u.holder != assigned(&u.unit))
+        .collect();
+    if !odd.is_empty() {
+        println!();
+        println!(
+            "{:<30} {:<24} {:<24} {:>6}",
+            "partition", "holder", "assigned to", "epoch"
+        );
+        for u in odd {
+            println!(
+                "{:<30} {:<24} {:<24} {:>6}",
+                u.unit.to_string(),
+                u.holder.as_deref().unwrap_or("-"),
+                assigned(&u.unit).as_deref().unwrap_or("-"),
+                u.epoch
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn gc(path: PathBuf, min_age_ms: u64) -> Result<()> {
     let config = load(&path)?;
     let storage = Storage::open(&config.storage)?;
@@ -354,8 +464,7 @@ async fn gc(path: PathBuf, min_age_ms: u64) -> Result<()> {
             &storage,
             &*coord,
             &t.name,
-            None,
-            Duration::from_millis(min_age_ms),
+            GcScope::OlderThan(Duration::from_millis(min_age_ms)),
         )
         .await
         .with_context(|| format!("collecting garbage of table {}", t.name))?;

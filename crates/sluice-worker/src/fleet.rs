@@ -1,0 +1,598 @@
+//! One coordination session of a worker: join the fleet, own the partitions rendezvous hashing
+//! gives it, consume them, and hand them over when the membership changes.
+//!
+//! The loop waits on six things at once: the session ending (stop everything at once: the
+//! leases are gone), shutdown (leave, drain, release), a membership change (rebalance), a lease
+//! this worker waits for changing (rebalance), a batch from Kafka (decode, flush when due), and a
+//! tick (age flushes, partition discovery, progress checks).
+//!
+//! Handover keeps exactly-once without any coordination between the two workers: the old owner
+//! flushes, commits and only then releases the lease; the new owner can only take the lease
+//! after that (or after the old session expired, when whatever it had not committed is simply
+//! re-read from the committed offset) and resumes from the committed offset.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use sluice_config::{Config, StartFrom, TableConfig};
+use sluice_coord::{assignment, CoordError, Coordinator, Member, UnitId};
+use sluice_sink::{collect_table_garbage, GcScope, Storage};
+use sluice_source::{Assignment, KafkaSource, SourceMessage, StartOffset};
+
+use crate::unit::OwnedUnit;
+use crate::{Failpoints, RunOptions, RunSummary, WorkerError};
+
+/// Batches in flight between the Kafka poll thread and the loop.
+const SOURCE_CHANNEL_BATCHES: usize = 8;
+
+type UnitSignal = Pin<Box<dyn Future<Output = UnitId> + Send>>;
+
+pub(crate) struct Session<'a> {
+    config: &'a Config,
+    coord: Arc<dyn Coordinator>,
+    storage: &'a Storage,
+    options: &'a RunOptions,
+    failpoints: &'a mut Failpoints,
+    summary: &'a mut RunSummary,
+    me: Member,
+    tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>>,
+    /// Every partition of every topic a table reads.
+    universe: BTreeSet<UnitId>,
+    members: Vec<Member>,
+    owned: Vec<OwnedUnit>,
+    /// Units assigned to this worker whose lease another worker still holds, since when, and
+    /// whether that was reported.
+    waiting: HashMap<UnitId, (Instant, bool)>,
+    source: Option<KafkaSource>,
+    /// (topic as the source hands it over, partition) to the index in `owned`.
+    index: HashMap<(Arc<str>, i32), usize>,
+    /// Running total of `owned` buffer bytes, so the budget is checked after every message.
+    buffered_bytes: u64,
+    /// With `stop_at_end`: each unit's (low, high) watermarks when this worker first saw it.
+    ends: HashMap<UnitId, (i64, i64)>,
+    /// With `stop_at_end`: when the other workers' progress was last read.
+    last_fleet_check: Option<Instant>,
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new(
+        config: &'a Config,
+        coord: Arc<dyn Coordinator>,
+        storage: &'a Storage,
+        options: &'a RunOptions,
+        failpoints: &'a mut Failpoints,
+        summary: &'a mut RunSummary,
+    ) -> Self {
+        let mut tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>> = HashMap::new();
+        for t in &config.tables {
+            tables_by_topic
+                .entry(t.topic.clone())
+                .or_default()
+                .push(Arc::new(t.clone()));
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let me = Member {
+            id: options.worker_id.clone(),
+            weight: config.worker.weight,
+            address: config.worker.address.clone(),
+            host,
+            pid: std::process::id(),
+            joined_at_ms: chrono_now_ms(),
+        };
+        Session {
+            config,
+            coord,
+            storage,
+            options,
+            failpoints,
+            summary,
+            me,
+            tables_by_topic,
+            universe: BTreeSet::new(),
+            members: Vec::new(),
+            owned: Vec::new(),
+            waiting: HashMap::new(),
+            source: None,
+            index: HashMap::new(),
+            buffered_bytes: 0,
+            ends: HashMap::new(),
+            last_fleet_check: None,
+        }
+    }
+
+    /// Runs until shutdown (`Ok` after draining), until `stop_at_end` is satisfied (`Ok`), or
+    /// until an error; [`WorkerError::is_lost_session`] errors mean: rejoin with a new session.
+    pub(crate) async fn run(
+        mut self,
+        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Result<(), WorkerError> {
+        let result = self.run_inner(shutdown).await;
+        if let Some(source) = self.source.take() {
+            source.stop().await;
+        }
+        result
+    }
+
+    async fn run_inner(
+        &mut self,
+        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Result<(), WorkerError> {
+        let mut session_ended = self.coord.session_ended();
+        self.join().await?;
+        self.refresh_universe().await?;
+        let (members, mut members_changed) = self.coord.watch_members().await?;
+        self.members = members;
+        let mut lease_changed = self.rebalance().await?;
+
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            self.config.worker.flush_check_interval_ms,
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refresh_every = Duration::from_millis(self.config.kafka.metadata_refresh_ms);
+        let mut next_refresh = Instant::now() + refresh_every;
+
+        loop {
+            if self.options.stop_at_end && self.at_end().await? {
+                tracing::info!("every partition is committed up to its end; stopping");
+                self.leave_and_drain().await;
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                () = &mut session_ended => {
+                    tracing::error!(worker = %self.me.id, owned = self.owned.len(), "coordination session ended; stopped fetching and committing, buffered events are left to the next owners");
+                    return Err(WorkerError::SessionLost);
+                }
+                () = &mut *shutdown => {
+                    tracing::info!("shutdown requested; draining: leaving the fleet, committing, releasing leases");
+                    self.leave_and_drain().await;
+                    return Ok(());
+                }
+                () = &mut members_changed => {
+                    let (members, signal) = self.coord.watch_members().await?;
+                    members_changed = signal;
+                    if members != self.members {
+                        tracing::info!(members = ?members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), "membership changed");
+                        self.members = members;
+                        lease_changed = self.rebalance().await?;
+                    }
+                }
+                Some(_unit) = lease_changed.next() => {
+                    lease_changed = self.rebalance().await?;
+                }
+                batch = next_batch(&mut self.source) => {
+                    let messages = batch.ok_or(WorkerError::SourceStopped)??;
+                    self.consume(&messages).await?;
+                }
+                _ = tick.tick() => {
+                    self.flush_aged().await?;
+                    self.check_waiting()?;
+                    if Instant::now() >= next_refresh {
+                        next_refresh = Instant::now() + refresh_every;
+                        if self.refresh_universe().await? {
+                            lease_changed = self.rebalance().await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers as a member. A member of the same id from an earlier session (this worker
+    /// before a crash) blocks it until that session expires.
+    async fn join(&mut self) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let wait = Duration::from_millis(self.config.worker.lease_wait_ms);
+        let mut logged = false;
+        loop {
+            let (_, changed) = self.coord.watch_members().await?;
+            match self.coord.join(&self.me).await {
+                Ok(()) => {
+                    tracing::info!(worker = %self.me.id, weight = self.me.weight, "joined the fleet");
+                    return Ok(());
+                }
+                Err(CoordError::MemberExists { id }) => {
+                    let left = wait.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(CoordError::MemberExists { id }.into());
+                    }
+                    if !logged {
+                        tracing::info!(worker = %id, "a member with this id is still registered (an earlier run whose session has not expired?); waiting for it to go");
+                        logged = true;
+                    }
+                    let _ = tokio::time::timeout(left, changed).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Re-reads the topics' partitions; true if the set of units changed.
+    async fn refresh_universe(&mut self) -> Result<bool, WorkerError> {
+        let mut universe = BTreeSet::new();
+        for topic in self.tables_by_topic.keys() {
+            let kafka = self.config.kafka.clone();
+            let t = topic.clone();
+            let partitions =
+                tokio::task::spawn_blocking(move || sluice_source::partitions(&kafka, &t))
+                    .await
+                    .map_err(|e| WorkerError::Task(e.to_string()))??;
+            universe.extend(
+                partitions
+                    .into_iter()
+                    .map(|p| UnitId::new(topic.clone(), p)),
+            );
+        }
+        if universe == self.universe {
+            return Ok(false);
+        }
+        if !self.universe.is_empty() {
+            let added: Vec<String> = universe
+                .difference(&self.universe)
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(?added, "partitions added to the topics");
+        }
+        if self.options.stop_at_end {
+            let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
+            for u in universe.iter().filter(|u| !self.ends.contains_key(u)) {
+                by_topic
+                    .entry(u.topic.clone())
+                    .or_default()
+                    .push(u.partition);
+            }
+            for (topic, ids) in by_topic {
+                let kafka = self.config.kafka.clone();
+                let t = topic.clone();
+                let marks = tokio::task::spawn_blocking(move || {
+                    sluice_source::watermarks(&kafka, &t, &ids)
+                })
+                .await
+                .map_err(|e| WorkerError::Task(e.to_string()))??;
+                for (p, mark) in marks {
+                    self.ends.insert(UnitId::new(topic.clone(), p), mark);
+                }
+            }
+        }
+        // Partitions are never removed from a Kafka topic; keep what we knew if a broker
+        // answered with less.
+        self.universe.extend(universe);
+        Ok(true)
+    }
+
+    /// Hands over what is no longer ours, takes what now is, and restarts the source if the
+    /// owned set changed. Returns signals for the leases still to wait for.
+    async fn rebalance(&mut self) -> Result<FuturesUnordered<UnitSignal>, WorkerError> {
+        let desired: BTreeSet<UnitId> = self
+            .universe
+            .iter()
+            .filter(|u| assignment::owner(u, &self.members).is_some_and(|m| m.id == self.me.id))
+            .cloned()
+            .collect();
+        let mut changed = false;
+
+        // Hand over: flush, commit, then release, so the next owner resumes exactly there.
+        let mut i = 0;
+        while i < self.owned.len() {
+            if desired.contains(&self.owned[i].id) {
+                i += 1;
+                continue;
+            }
+            let mut unit = self.owned.swap_remove(i);
+            unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
+                .await?;
+            if let Err(e) = self.coord.release_lease(&unit.lease).await {
+                tracing::warn!(unit = %unit.id, error = %e, "cannot release lease; it ends with the session");
+            }
+            tracing::info!(unit = %unit.id, epoch = unit.lease.epoch, committed = ?unit.position, "handed over");
+            changed = true;
+        }
+
+        // Take over: every unit of ours we do not hold yet.
+        let signals = FuturesUnordered::new();
+        let held: BTreeSet<UnitId> = self.owned.iter().map(|u| u.id.clone()).collect();
+        let mut acquired = Vec::new();
+        self.waiting
+            .retain(|u, _| desired.contains(u) && !held.contains(u));
+        for unit in desired.difference(&held) {
+            match self.coord.acquire_lease(unit, &self.me.id).await {
+                Ok(lease) => {
+                    self.waiting.remove(unit);
+                    acquired.push(lease);
+                }
+                Err(CoordError::LeaseHeld { holder, .. }) => {
+                    let (now_holder, signal) = self.coord.watch_lease(unit).await?;
+                    if self
+                        .waiting
+                        .insert(unit.clone(), (Instant::now(), false))
+                        .is_none()
+                    {
+                        tracing::info!(unit = %unit, holder = %holder, "waiting for the previous owner to hand the partition over (or for its session to expire)");
+                    }
+                    let unit = unit.clone();
+                    if now_holder.is_none() {
+                        // Released between the attempt and the watch: look again at once.
+                        signals.push(Box::pin(async move { unit }) as UnitSignal);
+                    } else {
+                        signals.push(Box::pin(async move {
+                            signal.await;
+                            unit
+                        }) as UnitSignal);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !acquired.is_empty() {
+            self.take_over(acquired).await?;
+            changed = true;
+        }
+        if changed {
+            self.restart_source().await?;
+            tracing::info!(
+                members = self.members.len(),
+                owned = self.owned.len(),
+                waiting = self.waiting.len(),
+                units = self.universe.len(),
+                "rebalanced"
+            );
+        }
+        Ok(signals)
+    }
+
+    /// Sets up freshly leased units: committed offsets, garbage of earlier leases, ends.
+    async fn take_over(&mut self, leases: Vec<sluice_coord::Lease>) -> Result<(), WorkerError> {
+        let mut epochs = HashMap::new();
+        let mut new_units = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let position = self.coord.committed_offset(&lease.unit).await?;
+            tracing::info!(unit = %lease.unit, epoch = lease.epoch, committed = ?position, "lease acquired");
+            epochs.insert(lease.unit.clone(), lease.epoch);
+            let tables = &self.tables_by_topic[&lease.unit.topic];
+            new_units.push(OwnedUnit::new(lease, tables, position));
+        }
+        // Objects uploaded under earlier leases and never committed can go now: those leases can
+        // no longer commit. The current lease's objects are never touched.
+        for table in &self.config.tables {
+            if !new_units.iter().any(|u| u.id.topic == table.topic) {
+                continue;
+            }
+            let report = collect_table_garbage(
+                self.storage,
+                &*self.coord,
+                &table.name,
+                GcScope::EarlierLeases(&epochs),
+            )
+            .await?;
+            if !report.deleted.is_empty() {
+                tracing::info!(table = %table.name, deleted = report.deleted.len(), "collected uncommitted objects of earlier leases");
+            }
+            self.summary.garbage_collected += report.deleted.len();
+        }
+        for u in &mut new_units {
+            if let Some(&(low, high)) = self.ends.get(&u.id) {
+                u.end = Some(high);
+                // An empty or fully-deleted partition has nothing to reach.
+                if u.position.is_none() && high <= low {
+                    u.position = Some(high);
+                }
+            }
+        }
+        self.owned.extend(new_units);
+        self.owned.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(())
+    }
+
+    /// Replaces the Kafka consumer with one assigned exactly the owned units, each from its
+    /// position. Messages the old one had fetched are dropped and fetched again.
+    async fn restart_source(&mut self) -> Result<(), WorkerError> {
+        if let Some(source) = self.source.take() {
+            source.stop().await;
+        }
+        self.index = self
+            .owned
+            .iter()
+            .enumerate()
+            .map(|(i, u)| ((Arc::from(u.id.topic.as_str()), u.id.partition), i))
+            .collect();
+        self.buffered_bytes = self.owned.iter().map(OwnedUnit::bytes).sum();
+        let assignments: Vec<Assignment> = self
+            .owned
+            .iter()
+            .filter(|u| !(self.options.stop_at_end && u.reached_end()))
+            .map(|u| Assignment {
+                topic: u.id.topic.clone(),
+                partition: u.id.partition,
+                start: match u.position {
+                    Some(o) => StartOffset::At(o),
+                    None => match self.config.kafka.start_from {
+                        StartFrom::Earliest => StartOffset::Earliest,
+                        StartFrom::Latest => StartOffset::Latest,
+                    },
+                },
+            })
+            .collect();
+        if !assignments.is_empty() {
+            self.source = Some(KafkaSource::start(
+                &self.config.kafka,
+                &assignments,
+                SOURCE_CHANNEL_BATCHES,
+            )?);
+        }
+        Ok(())
+    }
+
+    async fn consume(&mut self, messages: &[SourceMessage]) -> Result<(), WorkerError> {
+        let budget = self.config.worker.memory_budget_bytes;
+        for m in messages {
+            let Some(&u) = self.index.get(&(Arc::clone(&m.topic), m.partition)) else {
+                continue;
+            };
+            let unit = &mut self.owned[u];
+            // Past the end this run was asked to reach: leave it for the next run.
+            // (Pushing it would commit one message per flush from here on.)
+            if self.options.stop_at_end && unit.end.is_some_and(|end| m.offset >= end) {
+                continue;
+            }
+            if !unit.wants(m) {
+                continue;
+            }
+            self.summary.events += 1;
+            self.summary.event_bytes += m.payload.as_ref().map_or(0, |p| p.len() as u64);
+            let before = unit.bytes();
+            unit.push(m);
+            self.buffered_bytes += unit.bytes() - before;
+            self.failpoints.hit("mid_batch");
+            let unit = &mut self.owned[u];
+            if unit.over_size_limits() || (self.options.stop_at_end && unit.reached_end()) {
+                self.buffered_bytes -= unit.bytes();
+                unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
+                    .await?;
+            }
+            // Memory pressure: write out the largest buffers until under budget.
+            while self.buffered_bytes > budget {
+                let Some(largest) = (0..self.owned.len()).max_by_key(|&i| self.owned[i].bytes())
+                else {
+                    break;
+                };
+                let unit = &mut self.owned[largest];
+                tracing::debug!(unit = %unit.id, bytes = unit.bytes(), "memory budget reached; flushing the largest buffer");
+                self.buffered_bytes -= unit.bytes();
+                unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_aged(&mut self) -> Result<(), WorkerError> {
+        let now = Instant::now();
+        for u in self.owned.iter_mut() {
+            if u.buffered.is_some() && u.over_age_limit(now) {
+                u.flush(&*self.coord, self.storage, self.failpoints, self.summary)
+                    .await?;
+            }
+        }
+        self.buffered_bytes = self.owned.iter().map(OwnedUnit::bytes).sum();
+        Ok(())
+    }
+
+    /// Reports units this worker should own that someone else has held for too long.
+    fn check_waiting(&mut self) -> Result<(), WorkerError> {
+        let limit = Duration::from_millis(self.config.worker.lease_wait_ms);
+        for (unit, (since, reported)) in self.waiting.iter_mut() {
+            if *reported || since.elapsed() < limit {
+                continue;
+            }
+            if self.options.stop_at_end {
+                return Err(WorkerError::LeaseWait {
+                    unit: unit.clone(),
+                    waited: since.elapsed(),
+                });
+            }
+            tracing::warn!(unit = %unit, waited_ms = since.elapsed().as_millis() as u64, "a partition assigned to this worker is still leased by another; is a worker with a stale view of the fleet stuck?");
+            *reported = true;
+        }
+        Ok(())
+    }
+
+    /// With `stop_at_end`: whether every partition of the topics, this worker's and the
+    /// others', is committed up to the end it had when this worker first saw it. Waiting for the
+    /// others too keeps a worker from stopping while a crashed member's partitions are still
+    /// unowned: it takes them over once that member's session expires.
+    async fn at_end(&mut self) -> Result<bool, WorkerError> {
+        let mine_done = self.waiting.is_empty()
+            && self
+                .owned
+                .iter()
+                .all(|u| u.reached_end() && u.buffered.is_none());
+        if !mine_done {
+            return Ok(false);
+        }
+        // Other workers' progress lives in the coordinator: read it at most every 200 ms.
+        if self
+            .last_fleet_check
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+        {
+            return Ok(false);
+        }
+        self.last_fleet_check = Some(Instant::now());
+        for unit in &self.universe {
+            if self.owned.iter().any(|u| &u.id == unit) {
+                continue;
+            }
+            let Some(&(low, high)) = self.ends.get(unit) else {
+                return Ok(false);
+            };
+            if high <= low {
+                continue;
+            }
+            if self
+                .coord
+                .committed_offset(unit)
+                .await?
+                .is_none_or(|o| o < high)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Graceful leave: deregister first, so the others start waiting for our leases, then
+    /// commit and release unit by unit within the shutdown deadline. Whatever misses the
+    /// deadline is released uncommitted and re-read by its next owner: nothing is lost.
+    async fn leave_and_drain(&mut self) {
+        if let Some(source) = self.source.take() {
+            source.stop().await;
+        }
+        if let Err(e) = self.coord.leave(&self.me.id).await {
+            tracing::warn!(error = %e, "cannot leave the fleet; membership ends with the session");
+        }
+        let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
+        let started = Instant::now();
+        let mut units = std::mem::take(&mut self.owned);
+        for unit in &mut units {
+            let left = deadline.saturating_sub(started.elapsed());
+            let flushed = tokio::time::timeout(
+                left,
+                unit.flush(&*self.coord, self.storage, self.failpoints, self.summary),
+            )
+            .await;
+            match flushed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(unit = %unit.id, error = %e, "cannot commit while draining; the next owner re-reads from the committed offset");
+                }
+                Err(_) => {
+                    tracing::warn!(unit = %unit.id, ?deadline, "shutdown deadline passed before this partition was committed; the next owner re-reads it from the committed offset");
+                }
+            }
+            if let Err(e) = self.coord.release_lease(&unit.lease).await {
+                tracing::warn!(unit = %unit.id, error = %e, "cannot release lease; it ends with the session");
+            }
+        }
+    }
+}
+
+async fn next_batch(
+    source: &mut Option<KafkaSource>,
+) -> Option<Result<Vec<SourceMessage>, sluice_source::SourceError>> {
+    match source {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
