@@ -73,6 +73,9 @@ impl WorkerError {
     }
 }
 
+/// After an error, how long to wait for the client to report that its session has ended.
+const SESSION_END_GRACE: Duration = Duration::from_secs(2);
+
 /// How a run behaves beyond its config.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -142,12 +145,24 @@ pub async fn run(
         )
         .run(&mut shutdown)
         .await;
+        // Any error once the session is gone is a lost session, whatever the request that
+        // noticed it first said (after a pause, a request sent on the dead connection times out
+        // before the client learns that the session expired).
+        let lost = match &outcome {
+            Ok(()) => false,
+            Err(e) => {
+                e.is_lost_session()
+                    || tokio::time::timeout(SESSION_END_GRACE, coord.session_ended())
+                        .await
+                        .is_ok()
+            }
+        };
         // Ending the session frees any lease left at once, instead of after the session timeout.
         let _ = coord.close().await;
         drop(coord);
         match outcome {
             Ok(()) => break,
-            Err(e) if e.is_lost_session() => {
+            Err(e) if lost => {
                 summary.rejoins += 1;
                 tracing::warn!(error = %e, rejoins = summary.rejoins, "lost ownership; rejoining the fleet with a new session");
             }

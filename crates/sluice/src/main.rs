@@ -316,16 +316,24 @@ async fn parts(path: PathBuf, table: Option<String>, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn offsets(path: PathBuf, json: bool) -> Result<()> {
-    let config = load(&path)?;
-    let coord = open_coordinator(&config.coordination).await?;
+/// The units the coordinator knows of the config's topics (a deployment root may hold others).
+async fn config_units(
+    config: &Config,
+    coord: &dyn sluice_coord::Coordinator,
+) -> Result<Vec<sluice_coord::UnitState>> {
     let topics: HashSet<String> = config.topics().into_iter().collect();
-    let units: Vec<_> = coord
+    Ok(coord
         .list_units()
         .await?
         .into_iter()
         .filter(|u| topics.contains(&u.unit.topic))
-        .collect();
+        .collect())
+}
+
+async fn offsets(path: PathBuf, json: bool) -> Result<()> {
+    let config = load(&path)?;
+    let coord = open_coordinator(&config.coordination).await?;
+    let units = config_units(&config, &*coord).await?;
     if json {
         for u in &units {
             println!("{}", serde_json::to_string(u)?);
@@ -352,14 +360,8 @@ async fn offsets(path: PathBuf, json: bool) -> Result<()> {
 async fn members(path: PathBuf, json: bool) -> Result<()> {
     let config = load(&path)?;
     let coord = open_coordinator(&config.coordination).await?;
-    let topics: HashSet<String> = config.topics().into_iter().collect();
     let (members, _) = coord.watch_members().await?;
-    let units: Vec<_> = coord
-        .list_units()
-        .await?
-        .into_iter()
-        .filter(|u| topics.contains(&u.unit.topic))
-        .collect();
+    let units = config_units(&config, &*coord).await?;
     coord.close().await?;
     let assigned = |u: &sluice_coord::UnitId| {
         sluice_coord::assignment::owner(u, &members).map(|m| m.id.clone())
