@@ -390,3 +390,41 @@ async fn seeded_chaos_keeps_every_event_exactly_once() -> Result<()> {
         .await
         .with_context(|| format!("seed {seed}: {history:?}"))
 }
+
+/// A worker restarted under its id while its crashed predecessor's session lives waits for that
+/// registration to go; SIGTERM meanwhile ends it cleanly (no signal arrives unhandled).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_under_the_same_id_waits_and_stops_cleanly_on_sigterm() -> Result<()> {
+    const PARTITIONS: i32 = 2;
+    let d = deployment("fleet-same-id", PARTITIONS, 200, 100).await?;
+    let first = spawn(&d, "w1")?;
+    wait_balanced(&d.config, &d.topic, PARTITIONS, &["w1"], SETTLE).await?;
+    first.kill().await?;
+    let second = spawn(&d, "w1")?;
+    wait_until(
+        SETTLE,
+        Duration::from_millis(50),
+        "the restart to wait for its old registration",
+        || {
+            let log = second.log_text();
+            async move {
+                Ok(log
+                    .matches("a member with this id is still registered")
+                    .count()
+                    >= 1)
+            }
+        },
+    )
+    .await?;
+    let log = second.terminate(SETTLE).await?;
+    ensure!(
+        log.contains("shutdown requested before joining the fleet"),
+        "{}",
+        tail(&log, 2000)
+    );
+    // A third start takes everything over once the crashed session has expired.
+    let third = spawn(&d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+    third.terminate(SETTLE).await?;
+    d.verify().await
+}

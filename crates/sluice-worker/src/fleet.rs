@@ -124,7 +124,16 @@ impl<'a> Session<'a> {
         shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Result<(), WorkerError> {
         let mut session_ended = self.coord.session_ended();
-        self.join().await?;
+        // Joining may wait for this id's previous session to expire; a shutdown meanwhile ends
+        // the run at once (nothing is owned yet).
+        tokio::select! {
+            biased;
+            () = &mut *shutdown => {
+                tracing::info!("shutdown requested before joining the fleet");
+                return Ok(());
+            }
+            joined = self.join() => joined?,
+        }
         self.refresh_universe().await?;
         let (members, mut members_changed) = self.coord.watch_members().await?;
         self.members = members;

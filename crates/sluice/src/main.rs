@@ -117,20 +117,19 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed here, at once, not when the future
+/// is first polled: a SIGTERM that arrives while the worker is still starting must drain it,
+/// not kill it with the default disposition.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
 }
 
 #[tokio::main]
@@ -164,6 +163,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 async fn run(path: PathBuf, worker_id: Option<String>, stop_at_end: bool) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let config = Arc::new(load(&path)?);
     let failpoints = Failpoints::parse(std::env::var("SLUICE_FAILPOINT").ok().as_deref())?;
     let worker_id = worker_id
@@ -175,8 +175,7 @@ async fn run(path: PathBuf, worker_id: Option<String>, stop_at_end: bool) -> Res
         stop_at_end,
         failpoints,
     };
-    let result =
-        sluice_worker::run(Arc::clone(&config), options, Box::pin(shutdown_signal())).await;
+    let result = sluice_worker::run(Arc::clone(&config), options, Box::pin(shutdown)).await;
     let s = result?;
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!(
