@@ -140,6 +140,37 @@ mod tests {
         }
     }
 
+    /// The README's figures: the share of 1,024 partitions moving on a join and a leave.
+    #[test]
+    fn large_topic_moves_close_to_one_over_n() {
+        let us = units("events", 1024);
+        let fleet_of =
+            |n: usize| -> Vec<Member> { (1..=n).map(|i| member(&format!("w{i}"), 1.0)).collect() };
+        for n in [3usize, 7] {
+            let before = assign(&us, &fleet_of(n));
+            let joined = assign(&us, &fleet_of(n + 1));
+            let left = assign(&us, &fleet_of(n)[1..]);
+            let share = |after: &BTreeMap<UnitId, String>| {
+                us.iter().filter(|u| before[*u] != after[*u]).count() as f64 / us.len() as f64
+            };
+            let (join, leave) = (share(&joined), share(&left));
+            println!(
+                "{n} -> {}: {:.1} % moved (ideal {:.1} %); {n} -> {}: {:.1} % moved (ideal {:.1} %)",
+                n + 1,
+                join * 100.0,
+                100.0 / (n + 1) as f64,
+                n - 1,
+                leave * 100.0,
+                100.0 / n as f64
+            );
+            assert!(
+                (join - 1.0 / (n + 1) as f64).abs() < 0.03,
+                "join moved {join}"
+            );
+            assert!((leave - 1.0 / n as f64).abs() < 0.03, "leave moved {leave}");
+        }
+    }
+
     fn fleet(ids: &BTreeSet<u16>) -> Vec<Member> {
         ids.iter()
             .map(|i| member(&format!("worker-{i}"), 1.0))
