@@ -184,8 +184,12 @@ impl<'a> Session<'a> {
                     self.check_waiting()?;
                     if Instant::now() >= next_refresh {
                         next_refresh = Instant::now() + refresh_every;
-                        if self.refresh_universe().await? {
-                            lease_changed = self.rebalance().await?;
+                        // A broker hiccup here must not stop ingestion: the partitions known
+                        // so far stay valid, and the next refresh tries again.
+                        match self.refresh_universe().await {
+                            Ok(true) => lease_changed = self.rebalance().await?,
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot re-read the topics' partitions; trying again at the next refresh"),
                         }
                     }
                 }
@@ -296,9 +300,9 @@ impl<'a> Session<'a> {
             let mut unit = self.owned.swap_remove(i);
             unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
                 .await?;
-            if let Err(e) = self.coord.release_lease(&unit.lease).await {
-                tracing::warn!(unit = %unit.id, error = %e, "cannot release lease; it ends with the session");
-            }
+            // A lease left held would block its new owner for as long as this session lives:
+            // failing here ends the session (and so the lease), and the worker rejoins.
+            self.coord.release_lease(&unit.lease).await?;
             tracing::info!(unit = %unit.id, epoch = unit.lease.epoch, committed = ?unit.position, "handed over");
             changed = true;
         }

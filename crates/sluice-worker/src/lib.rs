@@ -75,6 +75,10 @@ impl WorkerError {
 
 /// After an error, how long to wait for the client to report that its session has ended.
 const SESSION_END_GRACE: Duration = Duration::from_secs(2);
+/// A session that lasted this long before failing was not a persistent failure.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// How many sessions in a row may fail sooner than [`STABLE_SESSION`] before the worker stops.
+const MAX_QUICK_REJOINS: u32 = 5;
 
 /// How a run behaves beyond its config.
 #[derive(Debug, Clone)]
@@ -133,7 +137,9 @@ pub async fn run(
     let storage = Storage::open(&config.storage)?;
     let mut summary = RunSummary::default();
     let mut failpoints = options.failpoints.clone();
+    let mut quick_failures = 0u32;
     loop {
+        let session_started = Instant::now();
         let coord = open_coordinator(&config.coordination).await?;
         let outcome = fleet::Session::new(
             &config,
@@ -145,13 +151,15 @@ pub async fn run(
         )
         .run(&mut shutdown)
         .await;
-        // Any error once the session is gone is a lost session, whatever the request that
-        // noticed it first said (after a pause, a request sent on the dead connection times out
-        // before the client learns that the session expired).
-        let lost = match &outcome {
+        // Rejoin after a lost session, and after any coordination error: a new session starts
+        // from what is committed, so it is always safe. Any error once the session is gone
+        // counts too, whatever the request that noticed it first said (after a pause, a request
+        // sent on the dead connection times out before the client learns the session expired).
+        let rejoin = match &outcome {
             Ok(()) => false,
             Err(e) => {
                 e.is_lost_session()
+                    || matches!(e, WorkerError::Coordination(_))
                     || tokio::time::timeout(SESSION_END_GRACE, coord.session_ended())
                         .await
                         .is_ok()
@@ -160,13 +168,28 @@ pub async fn run(
         // Ending the session frees any lease left at once, instead of after the session timeout.
         let _ = coord.close().await;
         drop(coord);
-        match outcome {
+        let e = match outcome {
             Ok(()) => break,
-            Err(e) if lost => {
-                summary.rejoins += 1;
-                tracing::warn!(error = %e, rejoins = summary.rejoins, "lost ownership; rejoining the fleet with a new session");
-            }
+            Err(e) if rejoin => e,
             Err(e) => return Err(e),
+        };
+        // A session that fails again soon after starting is a persistent problem (corrupt
+        // coordination data, say), not a lost session: give up after a few in a row.
+        quick_failures = if session_started.elapsed() < STABLE_SESSION {
+            quick_failures + 1
+        } else {
+            1
+        };
+        if quick_failures > MAX_QUICK_REJOINS {
+            tracing::error!(error = %e, "coordination keeps failing right after rejoining; stopping");
+            return Err(e);
+        }
+        summary.rejoins += 1;
+        tracing::warn!(error = %e, rejoins = summary.rejoins, "lost ownership; rejoining the fleet with a new session");
+        let backoff = Duration::from_millis(200 * (1 << quick_failures.min(5)));
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(backoff) => {}
         }
     }
     summary.elapsed = started.elapsed();
