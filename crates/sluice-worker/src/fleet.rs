@@ -74,9 +74,7 @@ impl<'a> Session<'a> {
                 .or_default()
                 .push(Arc::new(t.clone()));
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
+        let host = crate::hostname();
         let me = Member {
             id: options.worker_id.clone(),
             weight: config.worker.weight,
@@ -107,7 +105,7 @@ impl<'a> Session<'a> {
     }
 
     /// Runs until shutdown (`Ok` after draining), until `stop_at_end` is satisfied (`Ok`), or
-    /// until an error; [`WorkerError::is_lost_session`] errors mean: rejoin with a new session.
+    /// until an error; [`WorkerError::calls_for_rejoin`] errors mean: rejoin with a new session.
     pub(crate) async fn run(
         mut self,
         shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,

@@ -59,18 +59,22 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
-    /// Errors after which the worker owns nothing any more and may simply rejoin: whatever it
-    /// had not committed is re-read by the partitions' next owners.
-    pub fn is_lost_session(&self) -> bool {
+    /// Errors after which the worker rejoins with a new session instead of stopping: it lost
+    /// its session or a lease, or coordination failed. A new session starts from what is
+    /// committed, so this is always safe; whatever was not committed is re-read.
+    pub fn calls_for_rejoin(&self) -> bool {
         matches!(
             self,
-            WorkerError::SessionLost
-                | WorkerError::LeaseLost { .. }
-                | WorkerError::Coordination(
-                    CoordError::SessionEnded { .. } | CoordError::LeaseLost { .. }
-                )
+            WorkerError::SessionLost | WorkerError::LeaseLost { .. } | WorkerError::Coordination(_)
         )
     }
+}
+
+/// The machine's host name, for worker ids and the member record.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "sluice".to_string())
 }
 
 /// After an error, how long to wait for the client to report that its session has ended.
@@ -158,8 +162,7 @@ pub async fn run(
         let rejoin = match &outcome {
             Ok(()) => false,
             Err(e) => {
-                e.is_lost_session()
-                    || matches!(e, WorkerError::Coordination(_))
+                e.calls_for_rejoin()
                     || tokio::time::timeout(SESSION_END_GRACE, coord.session_ended())
                         .await
                         .is_ok()

@@ -111,9 +111,7 @@ fn load(path: &std::path::Path) -> Result<Config> {
 }
 
 fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "sluice".to_string());
+    let host = sluice_worker::hostname();
     format!("{host}-{}", std::process::id())
 }
 
