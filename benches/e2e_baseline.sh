@@ -5,6 +5,7 @@
 # its summary line (events/s, MB/s) and peak RSS.
 #
 #   EVENTS=500000 benches/e2e_baseline.sh
+#   TELEMETRY=0 EVENTS=500000 benches/e2e_baseline.sh   # the same without the metrics endpoint
 #
 # The stack's broker uses sqlite storage by default (exact watermarks, which --stop-at-end
 # needs); it serves about 70-100k msg/s here and so bounds this figure. Not part of the tests.
@@ -25,8 +26,13 @@ sed -e "s/127.0.0.1:22181/${SLUICE_ZK}/" -e "s/127.0.0.1:29092/${SLUICE_KAFKA}/"
     -e "s#file://.stack/quickstart-data#file://.stack/bench-data#" \
     -e "s/max_age_ms = 2000/max_age_ms = 10000/" -e "s/max_rows = 50000/max_rows = 200000/" \
     config/quickstart.toml > "$config"
+if [ "${TELEMETRY:-1}" = 0 ]; then
+    printf '\n[telemetry]\nenabled = false\n' >> "$config"
+else
+    printf '\n[telemetry]\nlisten_address = "127.0.0.1:0"\nrefresh_ms = %s\n' "${REFRESH_MS:-5000}" >> "$config"
+fi
 
 "$sluice" produce --brokers "$SLUICE_KAFKA" --topic "$topic" --partitions 4 --count "$events" 2>/dev/null
-echo "== one worker, $events events, 4 partitions"
+echo "== one worker, $events events, 4 partitions, telemetry ${TELEMETRY:-1}"
 SLUICE_LOG=warn /usr/bin/time -f "peak RSS %M KB, %U s user + %S s system CPU, %e s wall" \
     "$sluice" run --config "$config" --stop-at-end

@@ -6,6 +6,9 @@
 # running afterwards so you can look around; `scripts/stack.sh stop` ends it.
 #
 #   EVENTS=100000 scripts/quickstart.sh      # more events (default 20000)
+#   SERVE=1 scripts/quickstart.sh            # then keep the workers running, with their live
+#                                            # dashboards on http://127.0.0.1:9601/ to :9603/,
+#                                            # until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +28,14 @@ echo "== producing ${events} sample events (one in 1000 malformed) to quickstart
 "$sluice" produce --brokers "$SLUICE_KAFKA" --topic quickstart-events --partitions 4 \
     --count "$events" --malformed-every 1000
 
+echo "== lag before ingesting (sluice lag: ZooKeeper and Kafka only, no worker needed)"
+"$sluice" lag --config "$config" | tail -n 4
+
 echo "== running three workers until they have caught up (logs: .stack/quickstart-*.log)"
 pids=()
-for id in qs-1 qs-2 qs-3; do
-    "$sluice" run --config "$config" --worker-id "$id" --stop-at-end >".stack/quickstart-$id.log" 2>&1 &
+for n in 1 2 3; do
+    "$sluice" run --config "$config" --worker-id "qs-$n" --stop-at-end --listen-address "127.0.0.1:960$n" \
+        >".stack/quickstart-qs-$n.log" 2>&1 &
     pids+=("$!")
 done
 # Show the fleet once all three have joined (or whatever it is when they are done already).
@@ -46,10 +53,27 @@ for id in qs-1 qs-2 qs-3; do
 done
 if [ "$failed" != 0 ]; then echo "a worker failed; see .stack/quickstart-*.log" >&2; exit 1; fi
 
-echo "== committed offsets"
-"$sluice" offsets --config "$config"
+echo "== lag after (every partition committed up to its end)"
+"$sluice" lag --config "$config"
 echo "== committed parts"
 "$sluice" parts --config "$config"
 echo
 echo "Parquet parts are under .stack/quickstart-data/page_views/ (data/<day>/ and quarantine/)."
-echo "Run this again to ingest more; stop the services with: scripts/stack.sh stop"
+
+if [ "${SERVE:-0}" = 1 ]; then
+    echo "== serving: three workers keep ingesting; produce more with"
+    echo "   $sluice produce --brokers $SLUICE_KAFKA --topic quickstart-events --partitions 4 --count 100000"
+    pids=()
+    for n in 1 2 3; do
+        "$sluice" run --config "$config" --worker-id "qs-$n" --listen-address "127.0.0.1:960$n" \
+            >>".stack/quickstart-qs-$n.log" 2>&1 &
+        pids+=("$!")
+        echo "   qs-$n: dashboard http://127.0.0.1:960$n/  metrics http://127.0.0.1:960$n/metrics"
+    done
+    trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait "${pids[@]}"; echo "workers stopped"' INT TERM
+    echo "   Ctrl-C stops the workers (they commit what they hold first)."
+    wait "${pids[@]}" || true
+    exit 0
+fi
+echo "Run this again to ingest more, or with SERVE=1 to keep workers and their dashboards up;"
+echo "stop the services with: scripts/stack.sh stop"

@@ -7,6 +7,8 @@
 #   scripts/stack.sh status   say what runs and whether it answers (exit 0 only if all are healthy)
 #   scripts/stack.sh env      print the `export` lines the tests and the quickstart read
 #   scripts/stack.sh reset    stop, then delete the state dir (ZooKeeper data, broker db, S3 data)
+#   scripts/stack.sh test-tools  install the telemetry tests' judges if missing: promtool
+#                             (Debian's prometheus package) and headless chromium
 #
 # A fresh machine (and CI) starts bare, so `start` installs everything itself: ZooKeeper from
 # Debian's package, Tansu and s3s-fs with `cargo install` into a tools dir that outlives the
@@ -122,6 +124,21 @@ as_root() {
     else
         die "need root (or sudo) to run: $*"
     fi
+}
+
+# The telemetry tests judge the metrics and alert rules with promtool and load the dashboard in a
+# real browser; neither is on a fresh machine.
+cmd_test_tools() {
+    local missing=()
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v chromium >/dev/null || missing+=(chromium)
+    ((${#missing[@]} == 0)) && return 0
+    say "installing ${missing[*]} from Debian's packages (apt-get; a minute or two)"
+    as_root apt-get update -q
+    # The recommended extras (fonts beyond the default, the node exporter) are not needed.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    command -v promtool >/dev/null || die "apt-get installed prometheus but promtool is not on PATH"
+    command -v chromium >/dev/null || die "apt-get installed chromium but it is not on PATH"
 }
 
 ensure_zookeeper() {
@@ -502,6 +519,7 @@ main() {
         status) cmd_status ;;
         env) print_env ;;
         reset) cmd_reset ;;
+        test-tools) cmd_test_tools ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac

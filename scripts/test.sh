@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command. On a bare machine it installs and starts the real services (ZooKeeper, the
-# Tansu broker, the s3s-fs S3 server; see scripts/stack.sh), checks formatting and lints, builds,
+# Tansu broker, the s3s-fs S3 server; see scripts/stack.sh) and the telemetry tests' judges
+# (promtool, headless Chromium; `scripts/stack.sh test-tools`), checks formatting and lints, builds,
 # and runs every test against those services. It stops the services it started, and only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ stop_stack() {
 trap stop_stack EXIT
 
 scripts/stack.sh start
+scripts/stack.sh test-tools
 eval "$(scripts/stack.sh env)"
 
 echo "== cargo fmt --check"

@@ -127,3 +127,24 @@ async fn missing_topic_is_named() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_telemetry_port_in_use_is_refused_naming_the_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Something else already listens there.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let err = refused(&edited(dir.path(), |t| {
+        t.replace(
+            "listen_address = \"127.0.0.1:0\"",
+            &format!("listen_address = \"127.0.0.1:{port}\""),
+        )
+    })?)
+    .await?;
+    ensure!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("telemetry.listen_address"),
+        "{err}"
+    );
+    Ok(())
+}

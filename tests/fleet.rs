@@ -8,25 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_tests::fleet::{fleet_state, tail, wait_balanced, wait_caught_up, Worker};
-use sluice_tests::{committed, prepare, wait_until, Prepared, StorageKind};
+use sluice_tests::fleet::{
+    deployment, fleet_state, spawn, tail, wait_balanced, wait_caught_up, Worker,
+};
+use sluice_tests::{committed, wait_until};
 
 /// The tests' ZooKeeper session timeout (tests/support `write_config`).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 const SETTLE: Duration = Duration::from_secs(60);
-
-async fn deployment(name: &str, partitions: i32, events: u64, max_rows: usize) -> Result<Prepared> {
-    let d = prepare(name, partitions, events, max_rows, |dir| {
-        StorageKind::File(dir.join("data"))
-    })
-    .await?;
-    std::fs::create_dir_all(d.dir.path().join("logs"))?;
-    Ok(d)
-}
-
-fn spawn(d: &Prepared, id: &str) -> Result<Worker> {
-    Worker::spawn(&d.config, id, &[], &d.dir.path().join("logs"))
-}
 
 async fn terminate_all(workers: impl IntoIterator<Item = Worker>) -> Result<()> {
     for w in workers {

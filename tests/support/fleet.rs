@@ -11,7 +11,27 @@ use anyhow::{bail, Context, Result};
 use sluice_config::Config;
 use sluice_coord::{assignment, Member, UnitId};
 
-use crate::{sluice_bin, wait_until};
+use crate::{prepare, sluice_bin, wait_until, Prepared, StorageKind};
+
+/// A fresh deployment with `file://` storage and a `logs/` directory for its workers.
+pub async fn deployment(
+    name: &str,
+    partitions: i32,
+    events: u64,
+    max_rows: usize,
+) -> Result<Prepared> {
+    let d = prepare(name, partitions, events, max_rows, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
+    std::fs::create_dir_all(d.dir.path().join("logs"))?;
+    Ok(d)
+}
+
+/// Starts a worker of the deployment, logging under its `logs/`.
+pub fn spawn(d: &Prepared, id: &str) -> Result<Worker> {
+    Worker::spawn(&d.config, id, &[], &d.dir.path().join("logs"))
+}
 
 /// A `sluice run` process with its output in a log file.
 pub struct Worker {

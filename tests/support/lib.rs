@@ -20,6 +20,7 @@ use sluice_coord::{PartKind, PartRecord};
 use sluice_sink::Storage;
 
 pub mod fleet;
+pub mod web;
 
 /// The services of `scripts/stack.sh`, from the variables `scripts/stack.sh env` prints.
 #[derive(Debug, Clone)]
@@ -172,6 +173,17 @@ pub async fn produce(
     topic: &str,
     events: &[Event],
 ) -> Result<HashMap<(i32, i64), u64>> {
+    produce_at(brokers, topic, events, None).await
+}
+
+/// [`produce`] with every record's Kafka timestamp set to `timestamp_ms` (default: now), for
+/// a backlog of a known age.
+pub async fn produce_at(
+    brokers: &str,
+    topic: &str,
+    events: &[Event],
+    timestamp_ms: Option<i64>,
+) -> Result<HashMap<(i32, i64), u64>> {
     let producer: FutureProducer = kafka_config(brokers).create()?;
     let mut located = HashMap::new();
     for chunk in events.chunks(2000) {
@@ -183,6 +195,9 @@ pub async fn produce(
                 .partition(e.partition);
             if let Some(p) = &e.payload {
                 record = record.payload(p);
+            }
+            if let Some(ts) = timestamp_ms {
+                record = record.timestamp(ts);
             }
             let delivery = producer
                 .send_result(record)
@@ -244,6 +259,11 @@ connect_timeout_ms = 5000
 [kafka]
 bootstrap_servers = "{kafka}"
 metadata_timeout_ms = 5000
+
+[telemetry]
+# Any free port: several workers share this machine.
+listen_address = "127.0.0.1:0"
+refresh_ms = 500
 
 {storage_toml}
 
@@ -626,9 +646,14 @@ impl Prepared {
 
     /// Produces `n` more events to the topic, numbered after the ones already produced.
     pub async fn produce_more(&mut self, n: u64) -> Result<()> {
+        self.produce_more_at(n, None).await
+    }
+
+    /// [`Prepared::produce_more`] with the records' Kafka timestamps set to `timestamp_ms`.
+    pub async fn produce_more_at(&mut self, n: u64, timestamp_ms: Option<i64>) -> Result<()> {
         let stack = Stack::from_env();
         let more = events_from(self.events.len() as u64, n, self.partitions);
-        let located = produce(&stack.kafka, &self.topic, &more).await?;
+        let located = produce_at(&stack.kafka, &self.topic, &more, timestamp_ms).await?;
         self.events.extend(more);
         self.located.extend(located);
         Ok(())

@@ -59,9 +59,64 @@ pub struct Config {
     /// Where Parquet parts are written.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Metrics, health endpoints and the dashboard.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The tables; each reads one topic. Written as `[[table]]` blocks.
     #[serde(rename = "table")]
     pub tables: Vec<TableConfig>,
+}
+
+/// The worker's HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and the live
+/// dashboard at `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Whether the worker serves the endpoint at all.
+    #[serde(default = "default_telemetry_enabled")]
+    pub enabled: bool,
+    /// `host:port` to bind. Loopback by default: the page and the metrics need no
+    /// authentication, so expose them deliberately. Port 0 picks a free port (logged, and shown
+    /// as the member's address by `sluice members` when `worker.address` is unset).
+    #[serde(default = "default_listen_address")]
+    pub listen_address: String,
+    /// How often watermarks and lag are refreshed (metrics, dashboard samples).
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// How much history the dashboard keeps and charts.
+    #[serde(default = "default_dashboard_history_s")]
+    pub dashboard_history_s: u64,
+    /// Lag in seconds above which the dashboard shows a partition and its topic in red.
+    #[serde(default = "default_lag_alert_s")]
+    pub lag_alert_s: f64,
+}
+
+pub const fn default_telemetry_enabled() -> bool {
+    true
+}
+pub fn default_listen_address() -> String {
+    "127.0.0.1:9600".to_string()
+}
+pub const fn default_refresh_ms() -> u64 {
+    5_000
+}
+pub const fn default_dashboard_history_s() -> u64 {
+    900
+}
+pub const fn default_lag_alert_s() -> f64 {
+    60.0
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: default_telemetry_enabled(),
+            listen_address: default_listen_address(),
+            refresh_ms: default_refresh_ms(),
+            dashboard_history_s: default_dashboard_history_s(),
+            lag_alert_s: default_lag_alert_s(),
+        }
+    }
 }
 
 /// Settings of this worker process.
@@ -546,6 +601,32 @@ impl Config {
             ));
         }
         positive("kafka.metadata_refresh_ms", self.kafka.metadata_refresh_ms)?;
+        let t = &self.telemetry;
+        if t.listen_address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "telemetry.listen_address",
+                format!("`{}` is not an `ip:port` address", t.listen_address),
+                "use e.g. `127.0.0.1:9600`, `0.0.0.0:9600` to listen on every interface, or port 0 for a free port",
+            ));
+        }
+        positive("telemetry.refresh_ms", t.refresh_ms)?;
+        if t.dashboard_history_s * 1000 < t.refresh_ms {
+            return Err(invalid(
+                "telemetry.dashboard_history_s",
+                format!(
+                    "{} s of history is shorter than one refresh ({} ms)",
+                    t.dashboard_history_s, t.refresh_ms
+                ),
+                "keep at least a few refreshes of history, e.g. 900 (the default)",
+            ));
+        }
+        if !(t.lag_alert_s.is_finite() && t.lag_alert_s > 0.0) {
+            return Err(invalid(
+                "telemetry.lag_alert_s",
+                format!("{} is not a positive number of seconds", t.lag_alert_s),
+                "use e.g. 60 (the default)",
+            ));
+        }
 
         let c = &self.coordination;
         if !c.root.starts_with('/') || (c.root.len() > 1 && c.root.ends_with('/')) {
@@ -900,5 +981,31 @@ source = "geo.country"
     fn storage_scheme_is_checked() {
         let e = err_of(&format!("{MINIMAL}\n[storage]\nurl = \"gs://bucket\"\n"));
         assert!(e.contains("storage.url"), "{e}");
+    }
+
+    #[test]
+    fn telemetry_defaults_to_loopback() {
+        let c = Config::from_toml_str(MINIMAL, "test.toml").unwrap();
+        assert!(c.telemetry.enabled);
+        assert_eq!(c.telemetry.listen_address, "127.0.0.1:9600");
+    }
+
+    #[test]
+    fn telemetry_listen_address_must_be_ip_and_port() {
+        let e = err_of(&format!(
+            "{MINIMAL}\n[telemetry]\nlisten_address = \"localhost\"\n"
+        ));
+        assert!(
+            e.contains("telemetry.listen_address") && e.contains("127.0.0.1:9600"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn telemetry_history_must_hold_a_refresh() {
+        let e = err_of(&format!(
+            "{MINIMAL}\n[telemetry]\nrefresh_ms = 10000\ndashboard_history_s = 5\n"
+        ));
+        assert!(e.contains("telemetry.dashboard_history_s"), "{e}");
     }
 }

@@ -107,31 +107,7 @@ fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer, SourceError> {
 
 /// The partition ids of `topic`. Blocking: call it from a blocking thread.
 pub fn partitions(kafka: &KafkaConfig, topic: &str) -> Result<Vec<i32>, SourceError> {
-    let consumer = consumer(kafka)?;
-    let timeout = Duration::from_millis(kafka.metadata_timeout_ms);
-    let metadata =
-        consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| SourceError::Unreachable {
-                brokers: kafka.bootstrap_servers.clone(),
-                timeout,
-                reason: e.to_string(),
-            })?;
-    let missing = || SourceError::TopicMissing {
-        topic: topic.to_string(),
-        brokers: kafka.bootstrap_servers.clone(),
-    };
-    let t = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .ok_or_else(missing)?;
-    if t.error().is_some() || t.partitions().is_empty() {
-        return Err(missing());
-    }
-    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-    ids.sort_unstable();
-    Ok(ids)
+    KafkaProbe::new(kafka)?.partitions(topic)
 }
 
 /// (low, high) watermarks per partition of `topic`. Blocking.
@@ -140,21 +116,189 @@ pub fn watermarks(
     topic: &str,
     partitions: &[i32],
 ) -> Result<HashMap<i32, (i64, i64)>, SourceError> {
-    let consumer = consumer(kafka)?;
-    let timeout = Duration::from_millis(kafka.metadata_timeout_ms);
-    partitions
-        .iter()
-        .map(|&p| {
-            consumer
-                .fetch_watermarks(topic, p, timeout)
-                .map(|w| (p, w))
-                .map_err(|e| SourceError::Watermarks {
-                    topic: topic.to_string(),
-                    partition: p,
-                    reason: e.to_string(),
-                })
+    KafkaProbe::new(kafka)?.watermarks(topic, partitions)
+}
+
+/// Assigns exactly these (topic, partition, start) to the consumer.
+fn assign<'a>(
+    consumer: &BaseConsumer,
+    positions: impl Iterator<Item = (&'a str, i32, Offset)>,
+) -> Result<(), SourceError> {
+    let client = |e: KafkaError| SourceError::Client {
+        reason: e.to_string(),
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in positions {
+        tpl.add_partition_offset(topic, partition, offset)
+            .map_err(client)?;
+    }
+    consumer.assign(&tpl).map_err(client)
+}
+
+/// A Kafka client for questions about topics rather than their data: partitions, watermarks,
+/// the timestamp of a message at an offset. Keep one for repeated questions (lag refreshes):
+/// a new client costs the broker connections and metadata requests. Every method blocks.
+pub struct KafkaProbe {
+    consumer: BaseConsumer,
+    kafka: KafkaConfig,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProbe")
+            .field("brokers", &self.kafka.bootstrap_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaProbe {
+    pub fn new(kafka: &KafkaConfig) -> Result<KafkaProbe, SourceError> {
+        // One message per partition is all a timestamp probe needs: keep the fetches small.
+        let consumer: BaseConsumer = client_config(kafka)
+            .set("max.partition.fetch.bytes", "65536")
+            .set("fetch.max.bytes", "1048576")
+            .set("queued.max.messages.kbytes", "1024")
+            .set("client.id", "sluice-probe")
+            .create()
+            .map_err(|e: KafkaError| SourceError::Client {
+                reason: e.to_string(),
+            })?;
+        Ok(KafkaProbe {
+            consumer,
+            kafka: kafka.clone(),
+            timeout: Duration::from_millis(kafka.metadata_timeout_ms),
         })
-        .collect()
+    }
+
+    /// The partition ids of `topic`, sorted.
+    pub fn partitions(&self, topic: &str) -> Result<Vec<i32>, SourceError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|e| SourceError::Unreachable {
+                brokers: self.kafka.bootstrap_servers.clone(),
+                timeout: self.timeout,
+                reason: e.to_string(),
+            })?;
+        let missing = || SourceError::TopicMissing {
+            topic: topic.to_string(),
+            brokers: self.kafka.bootstrap_servers.clone(),
+        };
+        let t = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(missing)?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return Err(missing());
+        }
+        let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// (low, high) watermarks per partition: one ListOffsets request per partition leader for
+    /// the low ends and one for the high ends (timestamps -2 and -1 are Kafka's "earliest" and
+    /// "latest"), instead of two round trips per partition.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, (i64, i64)>, SourceError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let failed = |partition: i32, reason: String| SourceError::Watermarks {
+            topic: topic.to_string(),
+            partition,
+            reason,
+        };
+        let ends = |which: Offset| -> Result<HashMap<i32, i64>, SourceError> {
+            let mut tpl = TopicPartitionList::new();
+            for &p in partitions {
+                tpl.add_partition_offset(topic, p, which)
+                    .map_err(|e| failed(p, e.to_string()))?;
+            }
+            let answer = self
+                .consumer
+                .offsets_for_times(tpl, self.timeout)
+                .map_err(|e| failed(partitions[0], e.to_string()))?;
+            answer
+                .elements()
+                .iter()
+                .map(|e| {
+                    if let Err(err) = e.error() {
+                        return Err(failed(e.partition(), err.to_string()));
+                    }
+                    match e.offset() {
+                        Offset::Offset(o) => Ok((e.partition(), o)),
+                        other => Err(failed(e.partition(), format!("broker answered {other:?}"))),
+                    }
+                })
+                .collect()
+        };
+        let low = ends(Offset::Beginning)?;
+        let high = ends(Offset::End)?;
+        partitions
+            .iter()
+            .map(|&p| match (low.get(&p), high.get(&p)) {
+                (Some(&l), Some(&h)) => Ok((p, (l, h))),
+                _ => Err(failed(p, "no offsets in the broker's answer".to_string())),
+            })
+            .collect()
+    }
+
+    /// The timestamp (ms since the epoch) of the message at each (topic, partition, offset) (or
+    /// the first after it), for lag in seconds. A partition whose message does not arrive
+    /// within `wait` (or has no timestamp) is missing from the answer.
+    pub fn timestamps_at(
+        &self,
+        positions: &[(String, i32, i64)],
+        wait: Duration,
+    ) -> Result<HashMap<(String, i32), i64>, SourceError> {
+        let mut found = HashMap::new();
+        if positions.is_empty() {
+            return Ok(found);
+        }
+        assign(
+            &self.consumer,
+            positions
+                .iter()
+                .map(|(t, p, o)| (t.as_str(), *p, Offset::Offset(*o))),
+        )?;
+        let wanted: HashMap<(&str, i32), i64> = positions
+            .iter()
+            .map(|(t, p, o)| ((t.as_str(), *p), *o))
+            .collect();
+        let deadline = std::time::Instant::now() + wait;
+        while found.len() < wanted.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left.min(POLL_WAIT)) {
+                Some(Ok(m)) => {
+                    let key = (m.topic(), m.partition());
+                    // Earlier probes' messages may still be queued: only the asked-for count.
+                    if wanted.get(&key).is_some_and(|&o| m.offset() >= o) {
+                        if let Some(ts) = m.timestamp().to_millis() {
+                            found
+                                .entry((m.topic().to_string(), m.partition()))
+                                .or_insert(ts);
+                        }
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "lag probe: consumer error"),
+                None => {}
+            }
+        }
+        // Stop fetching until the next probe.
+        self.consumer.unassign().map_err(|e| SourceError::Client {
+            reason: e.to_string(),
+        })?;
+        Ok(found)
+    }
 }
 
 /// A running consumer of a fixed set of partitions.
@@ -179,21 +323,17 @@ impl KafkaSource {
         capacity: usize,
     ) -> Result<KafkaSource, SourceError> {
         let consumer = consumer(kafka)?;
-        let mut tpl = TopicPartitionList::new();
-        for a in assignments {
-            let offset = match a.start {
-                StartOffset::At(o) => Offset::Offset(o),
-                StartOffset::Earliest => Offset::Beginning,
-                StartOffset::Latest => Offset::End,
-            };
-            tpl.add_partition_offset(&a.topic, a.partition, offset)
-                .map_err(|e| SourceError::Client {
-                    reason: e.to_string(),
-                })?;
-        }
-        consumer.assign(&tpl).map_err(|e| SourceError::Client {
-            reason: e.to_string(),
-        })?;
+        assign(
+            &consumer,
+            assignments.iter().map(|a| {
+                let offset = match a.start {
+                    StartOffset::At(o) => Offset::Offset(o),
+                    StartOffset::Earliest => Offset::Beginning,
+                    StartOffset::Latest => Offset::End,
+                };
+                (a.topic.as_str(), a.partition, offset)
+            }),
+        )?;
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);

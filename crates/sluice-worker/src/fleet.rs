@@ -22,6 +22,7 @@ use sluice_config::{Config, StartFrom, TableConfig};
 use sluice_coord::{assignment, CoordError, Coordinator, Member, UnitId};
 use sluice_sink::{collect_table_garbage, GcScope, Storage};
 use sluice_source::{Assignment, KafkaSource, SourceMessage, StartOffset};
+use sluice_telemetry::{metrics as m, Readiness, Telemetry};
 
 use crate::unit::OwnedUnit;
 use crate::{Failpoints, RunOptions, RunSummary, WorkerError};
@@ -56,6 +57,8 @@ pub(crate) struct Session<'a> {
     ends: HashMap<UnitId, (i64, i64)>,
     /// With `stop_at_end`: when the other workers' progress was last read.
     last_fleet_check: Option<Instant>,
+    /// Metrics, readiness and the dashboard's state, when the endpoint is enabled.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl<'a> Session<'a> {
@@ -66,6 +69,7 @@ impl<'a> Session<'a> {
         options: &'a RunOptions,
         failpoints: &'a mut Failpoints,
         summary: &'a mut RunSummary,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> Self {
         let mut tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>> = HashMap::new();
         for t in &config.tables {
@@ -78,7 +82,11 @@ impl<'a> Session<'a> {
         let me = Member {
             id: options.worker_id.clone(),
             weight: config.worker.weight,
-            address: config.worker.address.clone(),
+            address: config
+                .worker
+                .address
+                .clone()
+                .or_else(|| telemetry.as_ref().and_then(|t| t.url())),
             host,
             pid: std::process::id(),
             joined_at_ms: chrono_now_ms(),
@@ -101,6 +109,37 @@ impl<'a> Session<'a> {
             buffered_bytes: 0,
             ends: HashMap::new(),
             last_fleet_check: None,
+            telemetry,
+        }
+    }
+
+    /// Refreshes readiness and the worker-level gauges.
+    fn report(&self, session_up: bool) {
+        if let Some(t) = &self.telemetry {
+            let assigned = self
+                .universe
+                .iter()
+                .filter(|u| assignment::owner(u, &self.members).is_some_and(|m| m.id == self.me.id))
+                .count();
+            t.update(
+                Readiness {
+                    session_up,
+                    assigned,
+                    owned: self.owned.len(),
+                    waiting: self.waiting.len(),
+                },
+                self.buffered_bytes,
+            );
+            t.set_totals(self.summary.events, self.summary.quarantined);
+            t.set_oldest_buffered(
+                self.owned
+                    .iter()
+                    .filter_map(|u| {
+                        let (first, _) = u.buffered?;
+                        Some((u.id.clone(), (first, u.first_timestamp_ms?)))
+                    })
+                    .collect(),
+            );
         }
     }
 
@@ -132,6 +171,9 @@ impl<'a> Session<'a> {
             }
             joined = self.join() => joined?,
         }
+        if let Some(t) = &self.telemetry {
+            t.set_coordinator(Some(Arc::clone(&self.coord)));
+        }
         self.refresh_universe().await?;
         let (members, mut members_changed) = self.coord.watch_members().await?;
         self.members = members;
@@ -153,6 +195,7 @@ impl<'a> Session<'a> {
             tokio::select! {
                 biased;
                 () = &mut session_ended => {
+                    self.report(false);
                     tracing::error!(worker = %self.me.id, owned = self.owned.len(), "coordination session ended; stopped fetching and committing, buffered events are left to the next owners");
                     return Err(WorkerError::SessionLost);
                 }
@@ -180,6 +223,7 @@ impl<'a> Session<'a> {
                 _ = tick.tick() => {
                     self.flush_aged().await?;
                     self.check_waiting()?;
+                    self.report(true);
                     if Instant::now() >= next_refresh {
                         next_refresh = Instant::now() + refresh_every;
                         // A broker hiccup here must not stop ingestion: the partitions known
@@ -280,6 +324,7 @@ impl<'a> Session<'a> {
     /// Hands over what is no longer ours, takes what now is, and restarts the source if the
     /// owned set changed. Returns signals for the leases still to wait for.
     async fn rebalance(&mut self) -> Result<FuturesUnordered<UnitSignal>, WorkerError> {
+        metrics::counter!(m::REBALANCES).increment(1);
         let desired: BTreeSet<UnitId> = self
             .universe
             .iter()
@@ -301,6 +346,7 @@ impl<'a> Session<'a> {
             // A lease left held would block its new owner for as long as this session lives:
             // failing here ends the session (and so the lease), and the worker rejoins.
             self.coord.release_lease(&unit.lease).await?;
+            metrics::counter!(m::HANDOVERS).increment(1);
             tracing::info!(unit = %unit.id, epoch = unit.lease.epoch, committed = ?unit.position, "handed over");
             changed = true;
         }
@@ -354,6 +400,7 @@ impl<'a> Session<'a> {
                 "rebalanced"
             );
         }
+        self.report(true);
         Ok(signals)
     }
 
@@ -563,6 +610,7 @@ impl<'a> Session<'a> {
         if let Some(source) = self.source.take() {
             source.stop().await;
         }
+        self.report(false);
         if let Err(e) = self.coord.leave(&self.me.id).await {
             tracing::warn!(error = %e, "cannot leave the fleet; membership ends with the session");
         }

@@ -31,6 +31,7 @@ mod fleet;
 mod unit;
 
 pub use failpoint::Failpoints;
+pub use sluice_telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -54,6 +55,8 @@ pub enum WorkerError {
     SourceStopped,
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Telemetry(#[from] sluice_telemetry::TelemetryError),
     #[error("invalid failpoint specification `{spec}`: {reason}")]
     Failpoint { spec: String, reason: String },
 }
@@ -139,6 +142,41 @@ pub async fn run(
 ) -> Result<RunSummary, WorkerError> {
     let started = Instant::now();
     let storage = Storage::open(&config.storage)?;
+    let telemetry = start_telemetry(&config, &options).await?;
+    let sampler = telemetry
+        .as_ref()
+        .map(|t| tokio::spawn(Arc::clone(t).run_sampler()));
+    let outcome = run_sessions(&config, &options, &storage, telemetry, &mut shutdown).await;
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    let mut summary = outcome?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Starts the HTTP endpoint if enabled; returns the shared state.
+async fn start_telemetry(
+    config: &Arc<Config>,
+    options: &RunOptions,
+) -> Result<Option<Arc<Telemetry>>, WorkerError> {
+    if !config.telemetry.enabled {
+        return Ok(None);
+    }
+    let telemetry = Telemetry::new(&options.worker_id, Arc::clone(config))?;
+    let bound = sluice_telemetry::serve(Arc::clone(&telemetry)).await?;
+    let url = format!("http://{bound}");
+    tracing::info!(address = %bound, dashboard = %format!("{url}/"), metrics = %format!("{url}/metrics"), "serving the dashboard, metrics and health endpoints");
+    Ok(Some(telemetry))
+}
+
+async fn run_sessions(
+    config: &Arc<Config>,
+    options: &RunOptions,
+    storage: &Storage,
+    telemetry: Option<Arc<Telemetry>>,
+    shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Result<RunSummary, WorkerError> {
     let mut summary = RunSummary::default();
     let mut failpoints = options.failpoints.clone();
     let mut quick_failures = 0u32;
@@ -146,15 +184,21 @@ pub async fn run(
         let session_started = Instant::now();
         let coord = open_coordinator(&config.coordination).await?;
         let outcome = fleet::Session::new(
-            &config,
+            config,
             Arc::clone(&coord),
-            &storage,
-            &options,
+            storage,
+            options,
             &mut failpoints,
             &mut summary,
+            telemetry.clone(),
         )
-        .run(&mut shutdown)
+        .run(shutdown)
         .await;
+        if let Some(t) = &telemetry {
+            // The session's buffers are gone with it.
+            t.set_coordinator(None);
+            t.set_oldest_buffered(Default::default());
+        }
         // Rejoin after a lost session, and after any coordination error: a new session starts
         // from what is committed, so it is always safe. Any error once the session is gone
         // counts too, whatever the request that noticed it first said (after a pause, a request
@@ -188,13 +232,13 @@ pub async fn run(
             return Err(e);
         }
         summary.rejoins += 1;
+        metrics::counter!(sluice_telemetry::metrics::SESSION_REJOINS).increment(1);
         tracing::warn!(error = %e, rejoins = summary.rejoins, "lost ownership; rejoining the fleet with a new session");
         let backoff = Duration::from_millis(200 * (1 << quick_failures.min(5)));
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut *shutdown => break,
             () = tokio::time::sleep(backoff) => {}
         }
     }
-    summary.elapsed = started.elapsed();
     Ok(summary)
 }

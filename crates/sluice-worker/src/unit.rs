@@ -9,6 +9,7 @@ use sluice_coord::{Commit, CoordError, Coordinator, Lease, UnitId};
 use sluice_decode::TableBuffer;
 use sluice_sink::{build_parts, EncodedPart, FlushSource, Storage};
 use sluice_source::SourceMessage;
+use sluice_telemetry::metrics as m;
 
 use crate::{Failpoints, RunSummary, WorkerError};
 
@@ -22,15 +23,25 @@ pub(crate) struct OwnedUnit {
     pub(crate) tables: Vec<(Arc<TableConfig>, TableBuffer)>,
     /// Offsets of the first and last buffered message.
     pub(crate) buffered: Option<(i64, i64)>,
+    /// Kafka timestamp of the first buffered message: the oldest uncommitted one, for lag.
+    pub(crate) first_timestamp_ms: Option<i64>,
     /// With `stop_at_end`: the high watermark to reach.
     pub(crate) end: Option<i64>,
     /// Next offset to consume: committed or buffered.
     pub(crate) position: Option<i64>,
+    consumed_events: metrics::Counter,
+    consumed_bytes: metrics::Counter,
 }
 
 impl OwnedUnit {
     pub(crate) fn new(lease: Lease, tables: &[Arc<TableConfig>], position: Option<i64>) -> Self {
+        let labels = [
+            ("topic", lease.unit.topic.clone()),
+            ("partition", lease.unit.partition.to_string()),
+        ];
         OwnedUnit {
+            consumed_events: metrics::counter!(m::PARTITION_CONSUMED_EVENTS, &labels),
+            consumed_bytes: metrics::counter!(m::PARTITION_CONSUMED_BYTES, &labels),
             id: lease.unit.clone(),
             lease,
             tables: tables
@@ -38,6 +49,7 @@ impl OwnedUnit {
                 .map(|t| (Arc::clone(t), TableBuffer::new(t)))
                 .collect(),
             buffered: None,
+            first_timestamp_ms: None,
             end: None,
             position,
         }
@@ -75,6 +87,9 @@ impl OwnedUnit {
     }
 
     pub(crate) fn push(&mut self, m: &SourceMessage) {
+        self.consumed_events.increment(1);
+        self.consumed_bytes
+            .increment(m.payload.as_ref().map_or(0, |p| p.len() as u64));
         for (_, buffer) in &mut self.tables {
             buffer.push(m.offset, m.timestamp_ms, m.payload.as_deref());
         }
@@ -82,6 +97,7 @@ impl OwnedUnit {
             Some((first, _)) => (first, m.offset),
             None => {
                 tracing::debug!(unit = %self.id, offset = m.offset, "buffering");
+                self.first_timestamp_ms = m.timestamp_ms;
                 (m.offset, m.offset)
             }
         });
@@ -127,6 +143,16 @@ impl OwnedUnit {
         }
         let rows: u64 = drained.iter().map(|(_, d)| d.batch.num_rows() as u64).sum();
         let quarantined: u64 = drained.iter().map(|(_, d)| d.quarantine.len() as u64).sum();
+        // Counted per (table, reason) now, recorded only once the commit succeeds.
+        let mut by_reason: std::collections::BTreeMap<(String, &'static str), u64> =
+            std::collections::BTreeMap::new();
+        for (table, d) in &drained {
+            for q in &d.quarantine {
+                *by_reason
+                    .entry((table.name.clone(), q.reason.code()))
+                    .or_default() += 1;
+            }
+        }
 
         // Sorting and Parquet encoding are CPU work: off the async runtime.
         let parts: Vec<EncodedPart> = tokio::task::spawn_blocking(move || {
@@ -155,7 +181,10 @@ impl OwnedUnit {
             next_offset: last_offset + 1,
             parts: parts.iter().map(|p| p.record.clone()).collect(),
         };
-        match coord.commit(&self.lease, &commit).await {
+        let commit_started = Instant::now();
+        let committed = coord.commit(&self.lease, &commit).await;
+        metrics::histogram!(m::COMMIT_DURATION).record(commit_started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {}
             Err(CoordError::Ambiguous { reason, .. }) => {
                 // The reply was lost; the registry knows whether the commit happened.
@@ -182,6 +211,20 @@ impl OwnedUnit {
         summary.part_bytes += part_bytes;
         summary.commits += 1;
         self.buffered = None;
+        self.first_timestamp_ms = None;
+        metrics::histogram!(m::FLUSH_DURATION).record(flush_started.elapsed().as_secs_f64());
+        for p in &commit.parts {
+            let table = [("table", p.table.clone())];
+            metrics::counter!(m::TABLE_PARTS_WRITTEN, &table).increment(1);
+            metrics::counter!(m::TABLE_BYTES_COMMITTED, &table).increment(p.bytes);
+            if p.kind == sluice_coord::PartKind::Data {
+                metrics::counter!(m::TABLE_ROWS_COMMITTED, &table).increment(p.rows);
+            }
+        }
+        for ((table, reason), n) in by_reason {
+            metrics::counter!(m::TABLE_QUARANTINED_ROWS, "table" => table, "reason" => reason)
+                .increment(n);
+        }
         tracing::info!(
             unit = %self.id,
             epoch = self.lease.epoch,

@@ -13,6 +13,7 @@ use sluice_coord::PartKind;
 use sluice_sink::{collect_table_garbage, GcScope, Storage};
 use sluice_worker::{open_coordinator, Failpoints, RunOptions};
 
+mod lag;
 mod produce;
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,11 @@ enum Command {
         /// Exit once every partition is committed up to the end it had when the worker started.
         #[arg(long)]
         stop_at_end: bool,
+        /// Serve /metrics, /healthz, /readyz and the dashboard here instead of
+        /// telemetry.listen_address (e.g. a different port per worker on one host; port 0 picks
+        /// a free one).
+        #[arg(long, value_name = "IP:PORT")]
+        listen_address: Option<String>,
     },
     /// Validate a configuration file and report what it defines; with --connect, also reach
     /// ZooKeeper, Kafka and storage.
@@ -81,6 +87,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show every partition's lag: owner, committed offset, end (high watermark), lag in
+    /// messages and in seconds (age of the oldest uncommitted event), with totals per topic.
+    /// Reads ZooKeeper and Kafka only, so it works with no worker running.
+    Lag(lag::LagArgs),
     /// Delete objects that were uploaded but never committed (crashes between upload and commit).
     Gc {
         #[arg(short, long, env = "SLUICE_CONFIG")]
@@ -106,7 +116,7 @@ fn init_tracing() {
         .init();
 }
 
-fn load(path: &std::path::Path) -> Result<Config> {
+pub(crate) fn load(path: &std::path::Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -146,7 +156,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             config,
             worker_id,
             stop_at_end,
-        } => run(config, worker_id, stop_at_end).await,
+            listen_address,
+        } => run(config, worker_id, stop_at_end, listen_address).await,
         Command::Check { config, connect } => check(config, connect).await,
         Command::Parts {
             config,
@@ -155,14 +166,26 @@ async fn dispatch(cli: Cli) -> Result<()> {
         } => parts(config, table, json).await,
         Command::Offsets { config, json } => offsets(config, json).await,
         Command::Members { config, json } => members(config, json).await,
+        Command::Lag(args) => lag::lag(args).await,
         Command::Gc { config, min_age_ms } => gc(config, min_age_ms).await,
         Command::Produce(args) => produce::produce(args).await,
     }
 }
 
-async fn run(path: PathBuf, worker_id: Option<String>, stop_at_end: bool) -> Result<()> {
+async fn run(
+    path: PathBuf,
+    worker_id: Option<String>,
+    stop_at_end: bool,
+    listen_address: Option<String>,
+) -> Result<()> {
     let shutdown = shutdown_signal()?;
-    let config = Arc::new(load(&path)?);
+    let mut config = load(&path)?;
+    if let Some(address) = listen_address {
+        config.telemetry.listen_address = address;
+        // The same validation as the file's field, naming the flag's value.
+        config.validate()?;
+    }
+    let config = Arc::new(config);
     let failpoints = Failpoints::parse(std::env::var("SLUICE_FAILPOINT").ok().as_deref())?;
     let worker_id = worker_id
         .or_else(|| config.worker.id.clone())

@@ -1,0 +1,330 @@
+//! The worker's HTTP endpoint and the state behind it.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | Prometheus text exposition of [`crate::metrics`] |
+//! | `/healthz` | 200 while the process serves requests (liveness) |
+//! | `/readyz` | 200 when the worker holds its session and every partition assigned to it, else 503; the body says which |
+//! | `/` | the live dashboard (HTML and JavaScript compiled into the binary; no other request leaves the page) |
+//! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history |
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use sluice_config::Config;
+use sluice_coord::Coordinator;
+use sluice_source::KafkaProbe;
+
+use crate::lag::{fleet_report, FleetReport, OldestBuffered};
+use crate::metrics as m;
+use crate::TelemetryError;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What `/readyz` answers from; the worker updates it as it joins, rebalances and loses its
+/// session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// The worker holds a coordination session and is a fleet member.
+    pub session_up: bool,
+    /// Partitions rendezvous hashing assigns to this worker.
+    pub assigned: usize,
+    /// Partitions whose lease this worker holds.
+    pub owned: usize,
+    /// Assigned partitions whose lease another worker still holds (a handover in progress, or a
+    /// crashed holder whose session has not expired).
+    pub waiting: usize,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.session_up && self.waiting == 0
+    }
+}
+
+/// One point of the dashboard's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_ms: i64,
+    pub topics: Vec<crate::lag::TopicLag>,
+    /// This worker's counters at that moment (rates are drawn from their differences).
+    pub consumed_events: u64,
+    pub quarantined_rows: u64,
+}
+
+/// Telemetry state shared by the worker, the sampler and the HTTP handlers.
+pub struct Telemetry {
+    worker_id: String,
+    config: Arc<Config>,
+    handle: PrometheusHandle,
+    readiness: Mutex<Readiness>,
+    coord: Mutex<Option<Arc<dyn Coordinator>>>,
+    latest: Mutex<Option<FleetReport>>,
+    /// Why the last refresh failed, if it did.
+    last_error: Mutex<Option<String>>,
+    history: Mutex<VecDeque<Sample>>,
+    consumed_events: AtomicU64,
+    quarantined_rows: AtomicU64,
+    /// The worker's own partitions' oldest buffered messages (see [`OldestBuffered`]).
+    oldest: Mutex<OldestBuffered>,
+    /// Where [`serve`] bound.
+    bound: std::sync::OnceLock<SocketAddr>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A handler that panicked mid-update leaves plain data behind, still good to read.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Telemetry {
+    /// Installs the metrics recorder (once per process) and sets up the shared state.
+    pub fn new(worker_id: &str, config: Arc<Config>) -> Result<Arc<Telemetry>, TelemetryError> {
+        let refresh = Duration::from_millis(config.telemetry.refresh_ms);
+        let handle = m::install(refresh * 3)?;
+        Ok(Arc::new(Telemetry {
+            worker_id: worker_id.to_string(),
+            config,
+            handle,
+            readiness: Mutex::new(Readiness::default()),
+            coord: Mutex::new(None),
+            latest: Mutex::new(None),
+            last_error: Mutex::new(None),
+            history: Mutex::new(VecDeque::new()),
+            consumed_events: AtomicU64::new(0),
+            quarantined_rows: AtomicU64::new(0),
+            oldest: Mutex::new(OldestBuffered::new()),
+            bound: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// `http://<bound address>` once [`serve`] has bound, to show as the member's address.
+    pub fn url(&self) -> Option<String> {
+        self.bound.get().map(|a| format!("http://{a}"))
+    }
+
+    /// The coordination session the sampler reads through (`None` between sessions).
+    pub fn set_coordinator(&self, coord: Option<Arc<dyn Coordinator>>) {
+        *lock(&self.coord) = coord;
+    }
+
+    /// Called by the worker as its state changes and on every tick: gauges that are not
+    /// refreshed disappear from the exposition (see [`m::install`]).
+    pub fn update(&self, r: Readiness, buffered_bytes: u64) {
+        metrics::gauge!(m::SESSION_UP).set(if r.session_up { 1.0 } else { 0.0 });
+        metrics::gauge!(m::OWNED_PARTITIONS).set(r.owned as f64);
+        metrics::gauge!(m::ASSIGNED_PARTITIONS).set(r.assigned as f64);
+        metrics::gauge!(m::BUFFERED_BYTES).set(buffered_bytes as f64);
+        metrics::gauge!(m::MEMORY_BUDGET_BYTES).set(self.config.worker.memory_budget_bytes as f64);
+        *lock(&self.readiness) = r;
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        lock(&self.readiness).clone()
+    }
+
+    /// This worker's running totals, for the dashboard's own-throughput chart (the labelled
+    /// Prometheus counters are recorded where the events are).
+    pub fn set_totals(&self, consumed_events: u64, quarantined_rows: u64) {
+        self.consumed_events
+            .store(consumed_events, Ordering::Relaxed);
+        self.quarantined_rows
+            .store(quarantined_rows, Ordering::Relaxed);
+    }
+
+    /// The worker's own partitions' first uncommitted (offset, Kafka timestamp), so that lag
+    /// refreshes need not fetch them from Kafka.
+    pub fn set_oldest_buffered(&self, oldest: OldestBuffered) {
+        *lock(&self.oldest) = oldest;
+    }
+
+    /// The latest report, if a refresh has succeeded.
+    pub fn latest(&self) -> Option<FleetReport> {
+        lock(&self.latest).clone()
+    }
+
+    /// Refreshes the fleet report, the per-partition gauges of the partitions this worker
+    /// holds, and the history, every `telemetry.refresh_ms`, until the task is aborted.
+    pub async fn run_sampler(self: Arc<Self>) {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.config.telemetry.refresh_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One Kafka client for every refresh: a new one per refresh costs the broker more
+        // than the questions do.
+        let mut probe: Option<Arc<KafkaProbe>> = None;
+        loop {
+            tick.tick().await;
+            self.handle.run_upkeep();
+            let coord = lock(&self.coord).clone();
+            let Some(coord) = coord else { continue };
+            let p = match &probe {
+                Some(p) => Arc::clone(p),
+                None => match KafkaProbe::new(&self.config.kafka) {
+                    Ok(p) => Arc::clone(probe.insert(Arc::new(p))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create the Kafka client for lag refreshes; trying again at the next one");
+                        continue;
+                    }
+                },
+            };
+            let known = lock(&self.oldest).clone();
+            match fleet_report(&self.config, &*coord, &p, &known).await {
+                Ok(report) => {
+                    self.record(report);
+                    *lock(&self.last_error) = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot refresh lag; metrics and dashboard keep the previous figures");
+                    *lock(&self.last_error) = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Takes in one report: gauges, history, latest.
+    pub fn record(&self, report: FleetReport) {
+        for u in report
+            .units
+            .iter()
+            .filter(|u| u.owner.as_deref() == Some(self.worker_id.as_str()))
+        {
+            let labels = [
+                ("topic", u.topic.clone()),
+                ("partition", u.partition.to_string()),
+            ];
+            if let Some(c) = u.committed {
+                metrics::gauge!(m::PARTITION_COMMITTED_OFFSET, &labels).set(c as f64);
+            }
+            metrics::gauge!(m::PARTITION_HIGH_WATERMARK, &labels).set(u.high_watermark as f64);
+            metrics::gauge!(m::PARTITION_LAG_MESSAGES, &labels).set(u.lag_messages as f64);
+            if let Some(s) = u.lag_seconds {
+                metrics::gauge!(m::PARTITION_LAG_SECONDS, &labels).set(s);
+            }
+        }
+        for t in &report.topics {
+            metrics::gauge!(m::TOPIC_UNOWNED_PARTITIONS, "topic" => t.topic.clone())
+                .set(t.unowned as f64);
+        }
+        let sample = Sample {
+            t_ms: report.taken_at_ms,
+            topics: report.topics.clone(),
+            consumed_events: self.consumed_events.load(Ordering::Relaxed),
+            quarantined_rows: self.quarantined_rows.load(Ordering::Relaxed),
+        };
+        let keep_from =
+            report.taken_at_ms - self.config.telemetry.dashboard_history_s as i64 * 1000;
+        {
+            let mut history = lock(&self.history);
+            history.push_back(sample);
+            while history.front().is_some_and(|s| s.t_ms < keep_from) {
+                history.pop_front();
+            }
+        }
+        *lock(&self.latest) = Some(report);
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({
+            "worker": self.worker_id,
+            "lag_alert_s": self.config.telemetry.lag_alert_s,
+            "refresh_ms": self.config.telemetry.refresh_ms,
+            "readiness": self.readiness(),
+            "ready": self.readiness().is_ready(),
+            "report": self.latest(),
+            "last_error": lock(&self.last_error).clone(),
+            "history": lock(&self.history).iter().collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Binds `telemetry.listen_address` and serves the endpoint in the background; returns the
+/// bound address (the real port when the configured one is 0).
+pub async fn serve(telemetry: Arc<Telemetry>) -> Result<SocketAddr, TelemetryError> {
+    let address = telemetry.config.telemetry.listen_address.clone();
+    let listener =
+        tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|e| TelemetryError::Bind {
+                address: address.clone(),
+                reason: e.to_string(),
+            })?;
+    let bound = listener.local_addr().map_err(|e| TelemetryError::Bind {
+        address,
+        reason: e.to_string(),
+    })?;
+    let _ = telemetry.bound.set(bound);
+    let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/state", get(api_state))
+        .with_state(telemetry);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics and dashboard endpoint stopped; the worker goes on ingesting");
+        }
+    });
+    Ok(bound)
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn metrics_text(State(t): State<Arc<Telemetry>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        t.handle.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(t): State<Arc<Telemetry>>) -> Response {
+    let r = t.readiness();
+    let status = if r.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let why = if !r.session_up {
+        "not a fleet member: no coordination session (starting, or rejoining after losing it)"
+            .to_string()
+    } else if r.waiting > 0 {
+        format!(
+            "waiting for {} of {} assigned partitions still leased by another worker",
+            r.waiting, r.assigned
+        )
+    } else {
+        format!("holding every assigned partition ({})", r.assigned)
+    };
+    (
+        status,
+        Json(serde_json::json!({"ready": r.is_ready(), "why": why, "readiness": r})),
+    )
+        .into_response()
+}
+
+async fn api_state(State(t): State<Arc<Telemetry>>) -> Json<serde_json::Value> {
+    Json(t.state())
+}

@@ -1,0 +1,35 @@
+//! Telemetry: what an on-call engineer needs to see whether ingestion keeps up.
+//!
+//! * [`metrics`]: the Prometheus metrics every worker records (names, units, labels) and the
+//!   recorder that renders them.
+//! * [`lag`]: the lag of every partition, straight from the coordinator (committed offsets,
+//!   lease holders) and Kafka (watermarks, the timestamp of the oldest uncommitted message). It
+//!   needs no running worker: `sluice lag` and the dashboard share it.
+//! * [`http`]: the worker's endpoint: `/metrics`, `/healthz`, `/readyz`, the dashboard at `/`
+//!   and the JSON behind it at `/api/state`.
+//!
+//! Label cardinality is bounded by design: per-partition series carry only `topic` and
+//! `partition` of partitions the worker holds; per-table series carry `table` (and a fixed set
+//! of quarantine `reason` codes); nothing is labelled by offset, worker or event content.
+
+pub mod http;
+pub mod lag;
+pub mod metrics;
+
+pub use http::{serve, Readiness, Telemetry};
+pub use lag::{fleet_report, FleetReport, OldestBuffered, TopicLag, UnitLag};
+
+/// Errors of the telemetry stage.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(transparent)]
+    Coordination(#[from] sluice_coord::CoordError),
+    #[error(transparent)]
+    Source(#[from] sluice_source::SourceError),
+    #[error("cannot listen on {address} (telemetry.listen_address): {reason}; pick a free port, or 0 for any free port")]
+    Bind { address: String, reason: String },
+    #[error("the metrics recorder cannot be installed: {reason}")]
+    Recorder { reason: String },
+    #[error("a background task failed: {0}")]
+    Task(String),
+}

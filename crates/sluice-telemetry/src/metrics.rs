@@ -1,0 +1,206 @@
+//! The metrics, by name. Names follow Prometheus conventions: a `sluice_` prefix, base units in
+//! the name (`_seconds`, `_bytes`), `_total` on counters (the exporter adds nothing itself).
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `sluice_partition_committed_offset` | gauge | topic, partition |
+//! | `sluice_partition_high_watermark` | gauge | topic, partition |
+//! | `sluice_partition_lag_messages` | gauge | topic, partition |
+//! | `sluice_partition_lag_seconds` | gauge | topic, partition |
+//! | `sluice_partition_consumed_events_total` | counter | topic, partition |
+//! | `sluice_partition_consumed_bytes_total` | counter | topic, partition |
+//! | `sluice_topic_unowned_partitions` | gauge | topic |
+//! | `sluice_table_rows_committed_total` | counter | table |
+//! | `sluice_table_bytes_committed_total` | counter | table |
+//! | `sluice_table_parts_written_total` | counter | table |
+//! | `sluice_table_quarantined_rows_total` | counter | table, reason |
+//! | `sluice_flush_duration_seconds` | histogram | |
+//! | `sluice_commit_duration_seconds` | histogram | |
+//! | `sluice_buffered_bytes` | gauge | |
+//! | `sluice_memory_budget_bytes` | gauge | |
+//! | `sluice_owned_partitions` | gauge | |
+//! | `sluice_assigned_partitions` | gauge | |
+//! | `sluice_rebalances_total` | counter | |
+//! | `sluice_handovers_total` | counter | |
+//! | `sluice_session_rejoins_total` | counter | |
+//! | `sluice_coordination_session_up` | gauge | |
+//!
+//! Every worker reports the fleet-wide `sluice_topic_unowned_partitions` (take the `max` over
+//! workers). The partition gauges are those of the partitions this worker holds; after a handover the
+//! old holder stops updating them and they disappear from its exposition after three refreshes,
+//! so summing over workers never counts a partition twice for long.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+use crate::TelemetryError;
+
+pub const PARTITION_COMMITTED_OFFSET: &str = "sluice_partition_committed_offset";
+pub const PARTITION_HIGH_WATERMARK: &str = "sluice_partition_high_watermark";
+pub const PARTITION_LAG_MESSAGES: &str = "sluice_partition_lag_messages";
+pub const PARTITION_LAG_SECONDS: &str = "sluice_partition_lag_seconds";
+pub const PARTITION_CONSUMED_EVENTS: &str = "sluice_partition_consumed_events_total";
+pub const PARTITION_CONSUMED_BYTES: &str = "sluice_partition_consumed_bytes_total";
+pub const TOPIC_UNOWNED_PARTITIONS: &str = "sluice_topic_unowned_partitions";
+pub const TABLE_ROWS_COMMITTED: &str = "sluice_table_rows_committed_total";
+pub const TABLE_BYTES_COMMITTED: &str = "sluice_table_bytes_committed_total";
+pub const TABLE_PARTS_WRITTEN: &str = "sluice_table_parts_written_total";
+pub const TABLE_QUARANTINED_ROWS: &str = "sluice_table_quarantined_rows_total";
+pub const FLUSH_DURATION: &str = "sluice_flush_duration_seconds";
+pub const COMMIT_DURATION: &str = "sluice_commit_duration_seconds";
+pub const BUFFERED_BYTES: &str = "sluice_buffered_bytes";
+pub const MEMORY_BUDGET_BYTES: &str = "sluice_memory_budget_bytes";
+pub const OWNED_PARTITIONS: &str = "sluice_owned_partitions";
+pub const ASSIGNED_PARTITIONS: &str = "sluice_assigned_partitions";
+pub const REBALANCES: &str = "sluice_rebalances_total";
+pub const HANDOVERS: &str = "sluice_handovers_total";
+pub const SESSION_REJOINS: &str = "sluice_session_rejoins_total";
+pub const SESSION_UP: &str = "sluice_coordination_session_up";
+
+/// Every metric name, for tests and docs.
+pub const ALL: &[&str] = &[
+    PARTITION_COMMITTED_OFFSET,
+    PARTITION_HIGH_WATERMARK,
+    PARTITION_LAG_MESSAGES,
+    PARTITION_LAG_SECONDS,
+    PARTITION_CONSUMED_EVENTS,
+    PARTITION_CONSUMED_BYTES,
+    TOPIC_UNOWNED_PARTITIONS,
+    TABLE_ROWS_COMMITTED,
+    TABLE_BYTES_COMMITTED,
+    TABLE_PARTS_WRITTEN,
+    TABLE_QUARANTINED_ROWS,
+    FLUSH_DURATION,
+    COMMIT_DURATION,
+    BUFFERED_BYTES,
+    MEMORY_BUDGET_BYTES,
+    OWNED_PARTITIONS,
+    ASSIGNED_PARTITIONS,
+    REBALANCES,
+    HANDOVERS,
+    SESSION_REJOINS,
+    SESSION_UP,
+];
+
+/// Flush and commit latencies: from a few milliseconds (a small commit) to a minute (a large
+/// flush against slow storage).
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle) and
+/// describes every metric. Gauges not updated for `gauge_idle` disappear from the exposition:
+/// that is how a handed-over partition's series leave the old holder's.
+pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, TelemetryError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder_error = |e: metrics_exporter_prometheus::BuildError| TelemetryError::Recorder {
+        reason: e.to_string(),
+    };
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_duration_seconds".to_string()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .map_err(recorder_error)?
+        .idle_timeout(MetricKindMask::GAUGE, Some(gauge_idle))
+        .install_recorder()
+        .map_err(recorder_error)?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_gauge!(
+        PARTITION_COMMITTED_OFFSET,
+        "Next offset to ingest, as committed with the partition's parts"
+    );
+    describe_gauge!(
+        PARTITION_HIGH_WATERMARK,
+        "Offset the next message produced to the partition will get"
+    );
+    describe_gauge!(
+        PARTITION_LAG_MESSAGES,
+        "Messages in the partition not yet committed (high watermark minus committed offset)"
+    );
+    describe_gauge!(
+        PARTITION_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest message not yet committed, from its Kafka timestamp; 0 when caught up"
+    );
+    describe_counter!(
+        PARTITION_CONSUMED_EVENTS,
+        "Messages read from the partition (including ones re-read after a restart)"
+    );
+    describe_counter!(
+        PARTITION_CONSUMED_BYTES,
+        Unit::Bytes,
+        "Payload bytes read from the partition"
+    );
+    describe_gauge!(
+        TOPIC_UNOWNED_PARTITIONS,
+        "Partitions of the topic no worker holds a lease on, as this worker last read the fleet"
+    );
+    describe_counter!(TABLE_ROWS_COMMITTED, "Rows committed to the table");
+    describe_counter!(
+        TABLE_BYTES_COMMITTED,
+        Unit::Bytes,
+        "Parquet bytes committed to the table (data and quarantine parts)"
+    );
+    describe_counter!(
+        TABLE_PARTS_WRITTEN,
+        "Parts committed to the table (data and quarantine)"
+    );
+    describe_counter!(
+        TABLE_QUARANTINED_ROWS,
+        "Events committed to the table's quarantine, by reason code"
+    );
+    describe_histogram!(
+        FLUSH_DURATION,
+        Unit::Seconds,
+        "Time from draining a partition's buffers to its commit: sort, encode, upload, commit"
+    );
+    describe_histogram!(
+        COMMIT_DURATION,
+        Unit::Seconds,
+        "Time of the coordinator commit alone (parts and offset in one transaction)"
+    );
+    describe_gauge!(
+        BUFFERED_BYTES,
+        Unit::Bytes,
+        "Decoded but not yet committed data held by this worker"
+    );
+    describe_gauge!(
+        MEMORY_BUDGET_BYTES,
+        Unit::Bytes,
+        "The worker's memory budget (worker.memory_budget_bytes)"
+    );
+    describe_gauge!(OWNED_PARTITIONS, "Partitions whose lease this worker holds");
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Partitions rendezvous hashing assigns to this worker"
+    );
+    describe_counter!(
+        REBALANCES,
+        "Times the worker recomputed its partitions (membership or partitions changed)"
+    );
+    describe_counter!(
+        HANDOVERS,
+        "Partitions this worker flushed, committed and released to another worker"
+    );
+    describe_counter!(
+        SESSION_REJOINS,
+        "Times the worker lost its coordination session or a lease and rejoined"
+    );
+    describe_gauge!(
+        SESSION_UP,
+        "1 while the worker holds a coordination session and is a fleet member, else 0"
+    );
+}
