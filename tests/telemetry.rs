@@ -251,18 +251,36 @@ async fn a_fleet_holding_a_backlog_shows_it_in_metrics_health_and_the_dashboard(
     d.produce_more(400).await?;
     d.run_to_end().await?;
     let committed = d.ends();
-    let produced_at = now_ms() - HOUR_MS;
-    d.produce_more_at(600, Some(produced_at)).await?;
-    let ends = d.ends();
 
-    // Flushes only after an hour: the workers read the backlog and hold it uncommitted, so
-    // every figure is known while they run.
+    // Flushes only after an hour: the workers will read the backlog and hold it uncommitted,
+    // so every figure is known while they run.
     d.edit_config(|c| c.replace("max_age_ms = 300", "max_age_ms = 3600000"))?;
     let workers = [spawn(&d, "w1")?, spawn(&d, "w2")?];
     let addrs = [endpoint(&workers[0]).await?, endpoint(&workers[1]).await?];
     for a in addrs {
         ensure!(get(a, "/healthz")? == (200, "ok\n".to_string()));
     }
+    // The fleet settles before the backlog arrives, so no handover commits any of it.
+    poll(
+        Duration::from_secs(60),
+        "both workers to hold their shares",
+        || async {
+            let mut owned = 0;
+            for a in addrs {
+                let (status, body) = get(a, "/readyz")?;
+                if status != 200 {
+                    return Ok(None);
+                }
+                let v: Value = serde_json::from_str(&body)?;
+                owned += v["readiness"]["owned"].as_i64().context("owned")?;
+            }
+            Ok((owned == 4).then_some(()))
+        },
+    )
+    .await?;
+    let produced_at = now_ms() - HOUR_MS;
+    d.produce_more_at(600, Some(produced_at)).await?;
+    let ends = d.ends();
 
     // Settled: both ready, the backlog read, and every partition's gauges on exactly one worker.
     let scraped = poll(
@@ -372,6 +390,9 @@ async fn a_fleet_holding_a_backlog_shows_it_in_metrics_health_and_the_dashboard(
             ends[&p] - committed[&p]
         );
         ensure!(dom.contains(&row), "no `{row}` in:\n{dom}");
+        // Charted too: each partition has its line in the per-partition lag chart.
+        let series = format!(r#"data-series="{}/{p}""#, d.topic);
+        ensure!(dom.contains(&series), "no `{series}` in:\n{dom}");
     }
     let shots = root().join("target").join("test-artefacts");
     std::fs::create_dir_all(&shots)?;

@@ -52,11 +52,21 @@ impl Readiness {
     }
 }
 
+/// One partition's lag at one point of the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitPoint {
+    /// `topic/partition`.
+    pub unit: String,
+    pub lag_messages: i64,
+    pub lag_seconds: Option<f64>,
+}
+
 /// One point of the dashboard's history.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub t_ms: i64,
     pub topics: Vec<crate::lag::TopicLag>,
+    pub units: Vec<UnitPoint>,
     /// This worker's counters at that moment (rates are drawn from their differences).
     pub consumed_events: u64,
     pub quarantined_rows: u64,
@@ -225,6 +235,15 @@ impl Telemetry {
         let sample = Sample {
             t_ms: report.taken_at_ms,
             topics: report.topics.clone(),
+            units: report
+                .units
+                .iter()
+                .map(|u| UnitPoint {
+                    unit: format!("{}/{}", u.topic, u.partition),
+                    lag_messages: u.lag_messages,
+                    lag_seconds: u.lag_seconds,
+                })
+                .collect(),
             consumed_events: self.consumed_events.load(Ordering::Relaxed),
             quarantined_rows: self.quarantined_rows.load(Ordering::Relaxed),
         };
