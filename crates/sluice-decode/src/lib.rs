@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+mod fast;
+
 use arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder,
     Int64Builder, StringBuilder, TimestampMicrosecondBuilder, TimestampMillisecondBuilder,
@@ -64,6 +66,12 @@ pub enum DecodeError {
     #[error("cannot build the record batch of table `{table}`: {source}")]
     Batch { table: String, source: ArrowError },
 }
+
+/// Day 0 of `date` columns.
+const EPOCH_DAY: chrono::NaiveDate = match chrono::NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => panic!("1970-01-01 is a date"),
+};
 
 /// A typed cell of one row, held until the whole row converted.
 enum Cell<'a> {
@@ -190,6 +198,10 @@ pub struct TableBuffer {
     schema: SchemaRef,
     max_message_bytes: usize,
     columns: Vec<Column>,
+    /// The columns' types, in order, for the fast path.
+    types: Vec<ColumnType>,
+    /// Where the columns sit in an event, for the fast path (`None`: reference path only).
+    paths: Option<fast::Node>,
     builders: Vec<Builder>,
     quarantine: Vec<QuarantineRow>,
     rows: usize,
@@ -222,17 +234,30 @@ impl TableBuffer {
             })
             .collect();
         let builders = columns.iter().map(|c| Builder::new(c.ty)).collect();
+        let types = columns.iter().map(|c| c.ty).collect();
+        let paths = fast::Node::build(columns.iter().map(|c| c.path.as_slice()).enumerate());
         TableBuffer {
             table: table.name.clone(),
             schema: table.arrow_schema(),
             max_message_bytes: table.max_message_bytes,
             columns,
+            types,
+            paths,
             builders,
             quarantine: Vec::new(),
             rows: 0,
             bytes: 0,
             oldest: None,
         }
+    }
+
+    /// A buffer that decodes every event through the reference path (a `serde_json::Value`
+    /// per event) instead of the fast path: for benchmarks and tests comparing the two.
+    #[doc(hidden)]
+    pub fn reference_only(table: &TableConfig) -> TableBuffer {
+        let mut b = TableBuffer::new(table);
+        b.paths = None;
+        b
     }
 
     /// Decodes one message into a row, or into a quarantine row with the reason.
@@ -269,6 +294,10 @@ impl TableBuffer {
                 .push(quarantine(QuarantineReason::Oversized, error));
             return;
         }
+        if self.push_fast(payload) {
+            self.rows += 1;
+            return;
+        }
         let value: Value = match serde_json::from_slice(payload) {
             Ok(v) => v,
             Err(e) => {
@@ -292,6 +321,46 @@ impl TableBuffer {
         }
     }
 
+    /// The row through the fast path, if it is a clean case (see [`fast`]); false: nothing
+    /// appended, the reference path decides.
+    fn push_fast(&mut self, payload: &[u8]) -> bool {
+        let Some(paths) = &self.paths else {
+            return false;
+        };
+        let mut found = Vec::with_capacity(self.columns.len());
+        if fast::scan(payload, paths, &self.types, &mut found).is_none() {
+            return false;
+        }
+        // Every column must resolve before anything is appended: no half-written rows.
+        let resolves = self.columns.iter().zip(&found).all(|(col, f)| {
+            matches!(f, fast::Found::Cell(_))
+                || col
+                    .default
+                    .as_ref()
+                    .map_or(col.nullable, |d| convert(col, d).is_ok())
+        });
+        if !resolves {
+            return false;
+        }
+        for ((builder, col), f) in self.builders.iter_mut().zip(&self.columns).zip(found) {
+            let cell = match f {
+                fast::Found::Cell(c) => c,
+                fast::Found::Null | fast::Found::Absent => match &col.default {
+                    Some(d) => match convert(col, d) {
+                        Ok(c) => c,
+                        // Checked just above.
+                        Err(_) => Cell::Null,
+                    },
+                    None => Cell::Null,
+                },
+            };
+            builder.append(cell);
+        }
+        true
+    }
+
+    /// The reference path: the event as a `serde_json::Value`, then each column looked up and
+    /// converted; it decides every event the fast path does not.
     fn convert_row(&mut self, event: &Value) -> Result<(), (QuarantineReason, String)> {
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
@@ -453,8 +522,7 @@ fn convert<'v>(col: &Column, v: &'v Value) -> Result<Cell<'v>, (QuarantineReason
             Value::String(s) => {
                 let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
                     .map_err(|_| wrong("expected a day number or YYYY-MM-DD"))?;
-                let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch is a date");
-                Cell::I64((d - epoch).num_days())
+                Cell::I64((d - EPOCH_DAY).num_days())
             }
             _ => return Err(wrong("expected a day number or YYYY-MM-DD")),
         },
@@ -575,5 +643,191 @@ type = "boolean"
         );
         assert_eq!(d.quarantine[1].raw, b"{\"seq\": 3, broken");
         assert_eq!(d.quarantine[1].offset, 1);
+    }
+
+    #[test]
+    fn typical_events_take_the_fast_path() {
+        let mut b = TableBuffer::new(&table());
+        for e in [
+            r#"{"seq":1,"ts":1700000000000,"geo":{"country":"de"},"ok":true}"#,
+            r#"{"seq":2,"ts":"2023-11-14T22:13:20Z","geo":{"country":"caf\u00e9"},"extra":[1,{"a":2}]}"#,
+            r#"{"seq":3,"ts":5,"ok":null}"#,
+        ] {
+            assert!(b.push_fast(e.as_bytes()), "{e}");
+        }
+        // Anything unusual is left to the reference path, which decides the reason.
+        for e in [r#"{"ts":5}"#, r#"{"seq":"x","ts":5}"#, "[1]", "{"] {
+            assert!(!b.push_fast(e.as_bytes()), "{e}");
+        }
+    }
+
+    /// The fast path against the reference path on random events: both must build the same
+    /// rows and the same quarantine rows (reason and message), event for event.
+    mod fast_matches_reference {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn wide_table() -> TableConfig {
+            let text = r#"
+[kafka]
+bootstrap_servers = "x:1"
+[[table]]
+name = "t"
+topic = "t"
+max_message_bytes = 4096
+[[table.column]]
+name = "seq"
+type = "int64"
+nullable = false
+[[table.column]]
+name = "ts"
+type = "timestamp_ms"
+nullable = false
+[[table.column]]
+name = "country"
+type = "string"
+source = "geo.country"
+default = "zz"
+[[table.column]]
+name = "ok"
+type = "boolean"
+[[table.column]]
+name = "n"
+type = "int32"
+[[table.column]]
+name = "u"
+type = "uint64"
+[[table.column]]
+name = "f"
+type = "float64"
+[[table.column]]
+name = "d"
+type = "date"
+[[table.column]]
+name = "us"
+type = "timestamp_us"
+[[table.column]]
+name = "s"
+type = "string"
+"#;
+            Config::from_toml_str(text, "t").unwrap().tables.remove(0)
+        }
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("null".to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<u64>().prop_map(|u| u.to_string()),
+                (-1000i64..1000).prop_map(|i| i.to_string()),
+                (0u32..3_000_000_000).prop_map(|i| i.to_string()),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| serde_json::Value::from(f).to_string()),
+                Just("1.0".to_string()),
+                Just("-0".to_string()),
+                Just("1e3".to_string()),
+                "[a-z]{0,6}".prop_map(|s| format!("\"{s}\"")),
+                Just(r#""caf\u00e9 \"q\"""#.to_string()),
+                Just(r#""2023-11-14T22:13:20Z""#.to_string()),
+                Just(r#""2023-11-14T22:13:20.123456+02:00""#.to_string()),
+                Just(r#""2024-02-29""#.to_string()),
+                Just(r#""2023-02-30""#.to_string()),
+                Just("[1,2]".to_string()),
+                Just("{}".to_string()),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => scalar(),
+                1 => proptest::collection::vec(("[a-z]{1,2}|country", scalar()), 0..3).prop_map(
+                    |kv| {
+                        let inner: Vec<String> =
+                            kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                        format!("{{{}}}", inner.join(","))
+                    }
+                ),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("seq"),
+                Just("ts"),
+                Just("geo"),
+                Just("ok"),
+                Just("n"),
+                Just("u"),
+                Just("f"),
+                Just("d"),
+                Just("us"),
+                Just("s"),
+                Just("other"),
+                Just("s\\u0065q"),
+            ]
+            .prop_map(str::to_string)
+        }
+
+        fn object() -> impl Strategy<Value = String> {
+            proptest::collection::vec((key(), value()), 0..12).prop_map(|kv| {
+                let fields: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", fields.join(","))
+            })
+        }
+
+        fn event() -> impl Strategy<Value = String> {
+            // Mostly well-formed rows (seq and ts present), some anything, a few broken.
+            let good = (any::<i64>(), any::<i64>(), object()).prop_map(|(seq, ts, rest)| {
+                let rest = rest.trim_start_matches('{').to_string();
+                let sep = if rest == "}" { "" } else { "," };
+                format!(r#"{{"seq":{seq},"ts":{ts}{sep}{rest}"#)
+            });
+            prop_oneof![
+                6 => good,
+                3 => object(),
+                1 => value(),
+                1 => "[ -~]{0,20}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn same_rows_and_quarantine(events in proptest::collection::vec(event(), 1..40)) {
+                let table = wide_table();
+                let mut fast = TableBuffer::new(&table);
+                prop_assert!(fast.paths.is_some());
+                let mut reference = TableBuffer::new(&table);
+                reference.paths = None;
+                for (i, e) in events.iter().enumerate() {
+                    fast.push(i as i64, Some(7), Some(e.as_bytes()));
+                    reference.push(i as i64, Some(7), Some(e.as_bytes()));
+                }
+                let (a, b) = (fast.drain().unwrap(), reference.drain().unwrap());
+                prop_assert_eq!(a.batch, b.batch);
+                prop_assert_eq!(a.quarantine, b.quarantine);
+            }
+        }
+
+        #[test]
+        fn a_later_duplicate_key_wins_as_in_the_reference() {
+            let table = wide_table();
+            for e in [
+                r#"{"seq":1,"ts":2,"geo":{"country":"de"},"geo":5}"#,
+                r#"{"seq":1,"ts":2,"geo":{"country":"de"},"geo":{"x":1}}"#,
+                r#"{"seq":1,"ts":2,"s":"a","s":"b"}"#,
+                r#"{"seq":1,"ts":2,"seq":3}"#,
+            ] {
+                let mut fast = TableBuffer::new(&table);
+                let mut reference = TableBuffer::new(&table);
+                reference.paths = None;
+                fast.push(0, None, Some(e.as_bytes()));
+                reference.push(0, None, Some(e.as_bytes()));
+                let (a, b) = (fast.drain().unwrap(), reference.drain().unwrap());
+                assert_eq!(a.batch, b.batch, "{e}");
+                assert_eq!(a.quarantine, b.quarantine, "{e}");
+            }
+        }
     }
 }
