@@ -547,8 +547,10 @@ mod tests {
     use arrow::datatypes::{Int64Type, TimestampMillisecondType};
     use sluice_config::Config;
 
-    fn table() -> TableConfig {
-        let text = r#"
+    /// The table of these tests: `extra` adds columns; `max_message_bytes` is 200.
+    fn table_with(extra: &str) -> TableConfig {
+        let text = format!(
+            r#"
 [kafka]
 bootstrap_servers = "x:1"
 [[table]]
@@ -571,8 +573,13 @@ default = "zz"
 [[table.column]]
 name = "ok"
 type = "boolean"
-"#;
-        Config::from_toml_str(text, "t").unwrap().tables.remove(0)
+{extra}"#
+        );
+        Config::from_toml_str(&text, "t").unwrap().tables.remove(0)
+    }
+
+    fn table() -> TableConfig {
+        table_with("")
     }
 
     #[test]
@@ -667,30 +674,10 @@ type = "boolean"
         use super::*;
         use proptest::prelude::*;
 
+        /// Every column type, and a nested path.
         fn wide_table() -> TableConfig {
-            let text = r#"
-[kafka]
-bootstrap_servers = "x:1"
-[[table]]
-name = "t"
-topic = "t"
-max_message_bytes = 4096
-[[table.column]]
-name = "seq"
-type = "int64"
-nullable = false
-[[table.column]]
-name = "ts"
-type = "timestamp_ms"
-nullable = false
-[[table.column]]
-name = "country"
-type = "string"
-source = "geo.country"
-default = "zz"
-[[table.column]]
-name = "ok"
-type = "boolean"
+            let mut t = table_with(
+                r#"
 [[table.column]]
 name = "n"
 type = "int32"
@@ -709,8 +696,10 @@ type = "timestamp_us"
 [[table.column]]
 name = "s"
 type = "string"
-"#;
-            Config::from_toml_str(text, "t").unwrap().tables.remove(0)
+"#,
+            );
+            t.max_message_bytes = 4096;
+            t
         }
 
         fn scalar() -> impl Strategy<Value = String> {
