@@ -6,12 +6,15 @@
 
 mod gc;
 mod parts;
+pub mod sort;
 mod storage;
 
 pub use gc::{
     collect_garbage, collect_table_garbage, parse_part_name, GcReport, GcScope, PartName,
 };
-pub use parts::{build_parts, part_path, quarantine_schema, EncodedPart, FlushSource};
+pub use parts::{
+    build_parts, encode, part_path, quarantine_schema, sort_and_split, EncodedPart, FlushSource,
+};
 pub use storage::{ObjectInfo, Storage};
 
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, Int32Builder, Int64Array, Int64Builder, StringBuilder,
 };
-use arrow::compute::{
-    lexsort_to_indices, partition, take, take_record_batch, SortColumn, SortOptions,
-};
+use arrow::compute::{partition, take, take_record_batch};
 use arrow::datatypes::{
     DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType,
@@ -25,6 +23,7 @@ use sluice_config::{Granularity, TableConfig};
 use sluice_coord::{PartKind, PartRecord, UnitId};
 use sluice_decode::QuarantineRow;
 
+use crate::sort::sort_to_indices;
 use crate::SinkError;
 
 /// Rows per Parquet row group: large enough for good compression and statistics, small enough
@@ -251,7 +250,9 @@ fn bucket_value(b: &ArrayRef, granularity: Option<Granularity>, row: usize) -> S
     }
 }
 
-fn sort_and_split(
+/// The rows of a flush sorted by (partition bucket, sorting key) and cut into one batch per
+/// partition value, in value order.
+pub fn sort_and_split(
     table: &TableConfig,
     source: &FlushSource,
     batch: &RecordBatch,
@@ -267,28 +268,18 @@ fn sort_and_split(
             Some(Buckets::Identity(a)) => (Some(a), None),
             None => (None, None),
         };
-    let options = SortOptions {
-        descending: false,
-        nulls_first: true,
-    };
-    let mut keys: Vec<SortColumn> = Vec::new();
+    let mut keys: Vec<ArrayRef> = Vec::new();
     if let Some(b) = &bucket_array {
-        keys.push(SortColumn {
-            values: Arc::clone(b),
-            options: Some(options),
-        });
+        keys.push(Arc::clone(b));
     }
     for name in &table.sorting_key {
         let idx = batch.schema().index_of(name).map_err(sort_err)?;
-        keys.push(SortColumn {
-            values: Arc::clone(batch.column(idx)),
-            options: Some(options),
-        });
+        keys.push(Arc::clone(batch.column(idx)));
     }
     if keys.is_empty() {
         return Ok(vec![(String::new(), batch.clone())]);
     }
-    let indices = lexsort_to_indices(&keys, None).map_err(sort_err)?;
+    let indices = sort_to_indices(&keys).map_err(sort_err)?;
     let sorted = take_record_batch(batch, &indices).map_err(sort_err)?;
     let Some(bucket_array) = bucket_array else {
         return Ok(vec![(String::new(), sorted)]);
@@ -315,7 +306,8 @@ fn sort_and_split(
     Ok(out)
 }
 
-fn encode(
+/// One part's Parquet bytes: zstd, page statistics, sorting-column and `sluice.*` metadata.
+pub fn encode(
     table: &TableConfig,
     source: &FlushSource,
     partition_value: &str,
@@ -356,7 +348,7 @@ fn encode(
     } else {
         None
     };
-    let props = WriterProperties::builder()
+    let props = column_encodings(WriterProperties::builder(), &batch.schema())
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).map_err(err)?,
         ))
@@ -374,6 +366,39 @@ fn encode(
     writer.write(batch).map_err(err)?;
     let buf = writer.into_inner().map_err(err)?;
     Ok(Bytes::from(buf))
+}
+
+/// Per-column encodings. Dictionaries pay off for strings (a table's strings are mostly
+/// low-cardinality: countries, paths, event types; the writer falls back to plain pages when one
+/// is not); for numbers they cost a hash per value and, as mostly unique values (ids, times,
+/// amounts) overflow the dictionary, end up larger. Integers and times get delta encoding, which
+/// sorted data (time within a sorting key's group) shrinks to a few bits per value; floats stay
+/// plain for zstd. Measured on the benchmark corpus: parts 41 % smaller and encoding about a
+/// third of the conversion CPU cheaper than the writer's defaults (docs/performance.md).
+fn column_encodings(
+    mut builder: parquet::file::properties::WriterPropertiesBuilder,
+    schema: &Schema,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    use parquet::basic::Encoding;
+    use parquet::schema::types::ColumnPath;
+    for field in schema.fields() {
+        let path = ColumnPath::from(field.name().as_str());
+        match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {}
+            DataType::Int32
+            | DataType::Int64
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Date32
+            | DataType::Timestamp(_, _) => {
+                builder = builder
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
+            _ => builder = builder.set_column_dictionary_enabled(path, false),
+        }
+    }
+    builder
 }
 
 fn quarantine_batch(

@@ -6,6 +6,8 @@
 //! messages to the async side through a bounded channel (backpressure: a full channel stops
 //! polling, and librdkafka's own prefetch queue is bounded by `queued.max.messages.kbytes`).
 
+pub mod sample;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,18 +25,90 @@ use tokio::sync::mpsc;
 
 /// Messages handed over per channel send; amortises the cross-thread hand-off.
 const MAX_BATCH: usize = 2048;
+/// Payload bytes per batch before it is handed over anyway (the arena's initial capacity).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long one poll waits when nothing is buffered.
 const POLL_WAIT: Duration = Duration::from_millis(50);
 
-/// One Kafka message, owned.
-#[derive(Debug, Clone)]
-pub struct SourceMessage {
-    pub topic: Arc<str>,
+/// One Kafka message, borrowed from its [`SourceBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct SourceMessage<'a> {
+    pub topic: &'a Arc<str>,
     pub partition: i32,
     pub offset: i64,
     /// The record's timestamp (create or log-append time), in ms since the epoch.
     pub timestamp_ms: Option<i64>,
-    pub payload: Option<Vec<u8>>,
+    pub payload: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone)]
+struct MessageMeta {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    /// Where the payload sits in the batch's arena, if the message has one.
+    payload: Option<(u32, u32)>,
+}
+
+/// Messages handed over together, their payloads copied into one buffer: one allocation per
+/// batch instead of one per message.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBatch {
+    messages: Vec<MessageMeta>,
+    arena: Vec<u8>,
+}
+
+impl SourceBatch {
+    fn with_capacity(messages: usize, bytes: usize) -> SourceBatch {
+        SourceBatch {
+            messages: Vec::with_capacity(messages),
+            arena: Vec::with_capacity(bytes),
+        }
+    }
+
+    fn push(
+        &mut self,
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        payload: Option<&[u8]>,
+    ) {
+        let payload = payload.map(|p| {
+            let start = self.arena.len() as u32;
+            self.arena.extend_from_slice(p);
+            (start, p.len() as u32)
+        });
+        self.messages.push(MessageMeta {
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            payload,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The messages in the order they were polled (offset order per partition).
+    pub fn iter(&self) -> impl Iterator<Item = SourceMessage<'_>> {
+        self.messages.iter().map(|m| SourceMessage {
+            topic: &m.topic,
+            partition: m.partition,
+            offset: m.offset,
+            timestamp_ms: m.timestamp_ms,
+            payload: m
+                .payload
+                .map(|(start, len)| &self.arena[start as usize..(start + len) as usize]),
+        })
+    }
 }
 
 /// Where to start reading a partition.
@@ -303,7 +377,7 @@ impl KafkaProbe {
 
 /// A running consumer of a fixed set of partitions.
 pub struct KafkaSource {
-    rx: mpsc::Receiver<Result<Vec<SourceMessage>, SourceError>>,
+    rx: mpsc::Receiver<Result<SourceBatch, SourceError>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -351,7 +425,7 @@ impl KafkaSource {
     }
 
     /// The next batch of messages, in offset order per partition; `None` once stopped.
-    pub async fn next(&mut self) -> Option<Result<Vec<SourceMessage>, SourceError>> {
+    pub async fn next(&mut self) -> Option<Result<SourceBatch, SourceError>> {
         self.rx.recv().await
     }
 
@@ -373,11 +447,12 @@ impl Drop for KafkaSource {
 
 fn poll_loop(
     consumer: BaseConsumer,
-    tx: mpsc::Sender<Result<Vec<SourceMessage>, SourceError>>,
+    tx: mpsc::Sender<Result<SourceBatch, SourceError>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let mut batch: Vec<SourceMessage> = Vec::with_capacity(MAX_BATCH);
+    let new_batch = || SourceBatch::with_capacity(MAX_BATCH, MAX_BATCH_BYTES);
+    let mut batch = new_batch();
     while !stop.load(Ordering::SeqCst) {
         let wait = if batch.is_empty() {
             POLL_WAIT
@@ -386,18 +461,23 @@ fn poll_loop(
         };
         match consumer.poll(wait) {
             Some(Ok(m)) => {
-                let topic = topics
-                    .entry(m.topic().to_string())
-                    .or_insert_with(|| Arc::from(m.topic()))
-                    .clone();
-                batch.push(SourceMessage {
+                // Looked up by &str: no allocation per message once the topic is known.
+                let topic = match topics.get(m.topic()) {
+                    Some(t) => Arc::clone(t),
+                    None => {
+                        let t: Arc<str> = Arc::from(m.topic());
+                        topics.insert(m.topic().to_string(), Arc::clone(&t));
+                        t
+                    }
+                };
+                batch.push(
                     topic,
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                });
-                if batch.len() < MAX_BATCH {
+                    m.partition(),
+                    m.offset(),
+                    m.timestamp().to_millis(),
+                    m.payload(),
+                );
+                if batch.len() < MAX_BATCH && batch.arena.len() < MAX_BATCH_BYTES {
                     continue;
                 }
             }
@@ -417,7 +497,7 @@ fn poll_loop(
             None => {}
         }
         if !batch.is_empty() {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+            let full = std::mem::replace(&mut batch, new_batch());
             if tx.blocking_send(Ok(full)).is_err() {
                 return;
             }

@@ -5,6 +5,8 @@
 //! * [`lag`]: the lag of every partition, straight from the coordinator (committed offsets,
 //!   lease holders) and Kafka (watermarks, the timestamp of the oldest uncommitted message). It
 //!   needs no running worker: `sluice lag` and the dashboard share it.
+//! * [`process`]: this process's CPU seconds and peak memory, for closing summaries and
+//!   benchmarks.
 //! * [`http`]: the worker's endpoint: `/metrics`, `/healthz`, `/readyz`, the dashboard at `/`
 //!   and the JSON behind it at `/api/state`.
 //!
@@ -15,6 +17,7 @@
 pub mod http;
 pub mod lag;
 pub mod metrics;
+pub mod process;
 
 pub use http::{serve, Readiness, Telemetry};
 pub use lag::{fleet_report, FleetReport, OldestBuffered, TopicLag, UnitLag};

@@ -4,9 +4,13 @@
 //! its cycle instead of racing a timer. Points: `mid_batch` (counted per message pushed into the
 //! buffers: events buffered, not flushed), `after_upload` and `before_commit` (parts uploaded,
 //! not committed), `after_commit` (committed, buffers not yet reset). A stopped process resumes
-//! right there on SIGCONT. Unset in production: `hit` is then a counter increment.
+//! right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
+//!
+//! Clones share the count: flushes run as tasks of their own and hit the points of the one
+//! process-wide arming.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::WorkerError;
 
@@ -20,8 +24,15 @@ enum Action {
 
 #[derive(Debug, Clone, Default)]
 pub struct Failpoints {
-    armed: Option<(String, u64, Action)>,
-    counts: HashMap<&'static str, u64>,
+    armed: Option<Arc<Armed>>,
+}
+
+#[derive(Debug)]
+struct Armed {
+    point: String,
+    n: u64,
+    action: Action,
+    count: AtomicU64,
 }
 
 impl Failpoints {
@@ -55,25 +66,27 @@ impl Failpoints {
             .filter(|n| *n > 0)
             .ok_or_else(|| err("n must be a positive integer".into()))?;
         Ok(Failpoints {
-            armed: Some((point.to_string(), n, action)),
-            counts: HashMap::new(),
+            armed: Some(Arc::new(Armed {
+                point: point.to_string(),
+                n,
+                action,
+                count: AtomicU64::new(0),
+            })),
         })
     }
 
-    pub fn hit(&mut self, point: &'static str) {
-        let Some((armed, n, action)) = &self.armed else {
+    pub fn hit(&self, point: &'static str) {
+        let Some(armed) = &self.armed else {
             return;
         };
-        if armed != point {
+        if armed.point != point {
             return;
         }
-        let count = self.counts.entry(point).or_insert(0);
-        *count += 1;
-        if *count != *n {
+        if armed.count.fetch_add(1, Ordering::SeqCst) + 1 != armed.n {
             return;
         }
         let pid = std::process::id().to_string();
-        match action {
+        match armed.action {
             Action::Kill => {
                 tracing::warn!(
                     point,

@@ -21,14 +21,18 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sluice_config::{Config, StartFrom, TableConfig};
 use sluice_coord::{assignment, CoordError, Coordinator, Member, UnitId};
 use sluice_sink::{collect_table_garbage, GcScope, Storage};
-use sluice_source::{Assignment, KafkaSource, SourceMessage, StartOffset};
+use sluice_source::{Assignment, KafkaProbe, KafkaSource, SourceBatch, StartOffset};
 use sluice_telemetry::{metrics as m, Readiness, Telemetry};
+use tokio::task::JoinError;
 
-use crate::unit::OwnedUnit;
+use crate::unit::{Committed, FlushContext, FlushTasks, OwnedUnit};
 use crate::{Failpoints, RunOptions, RunSummary, WorkerError};
 
 /// Batches in flight between the Kafka poll thread and the loop.
 const SOURCE_CHANNEL_BATCHES: usize = 8;
+/// Flushes in flight at once (each sorting, encoding, uploading or waiting to commit); more
+/// wait. Their data also counts against the memory budget until committed.
+const MAX_FLUSHES_IN_FLIGHT: usize = 4;
 
 type UnitSignal = Pin<Box<dyn Future<Output = UnitId> + Send>>;
 
@@ -37,7 +41,10 @@ pub(crate) struct Session<'a> {
     coord: Arc<dyn Coordinator>,
     storage: &'a Storage,
     options: &'a RunOptions,
-    failpoints: &'a mut Failpoints,
+    /// What flush tasks share: coordinator, storage, failpoints.
+    flush_ctx: FlushContext,
+    /// The flushes in flight; dropping the session aborts them.
+    flushes: FlushTasks,
     summary: &'a mut RunSummary,
     me: Member,
     tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>>,
@@ -53,6 +60,12 @@ pub(crate) struct Session<'a> {
     index: HashMap<(Arc<str>, i32), usize>,
     /// Running total of `owned` buffer bytes, so the budget is checked after every message.
     buffered_bytes: u64,
+    /// Raw bytes of the flushes in flight: still in memory, still counted against the budget.
+    in_flight_bytes: u64,
+    /// The unit the last message went to, tried first for the next (messages come in runs).
+    last_unit: Option<(Arc<str>, i32, usize)>,
+    /// The session's client for metadata and watermarks, made on first use.
+    probe: Option<Arc<KafkaProbe>>,
     /// With `stop_at_end`: each unit's (low, high) watermarks when this worker first saw it.
     ends: HashMap<UnitId, (i64, i64)>,
     /// With `stop_at_end`: when the other workers' progress was last read.
@@ -67,7 +80,7 @@ impl<'a> Session<'a> {
         coord: Arc<dyn Coordinator>,
         storage: &'a Storage,
         options: &'a RunOptions,
-        failpoints: &'a mut Failpoints,
+        failpoints: Failpoints,
         summary: &'a mut RunSummary,
         telemetry: Option<Arc<Telemetry>>,
     ) -> Self {
@@ -91,12 +104,18 @@ impl<'a> Session<'a> {
             pid: std::process::id(),
             joined_at_ms: chrono_now_ms(),
         };
+        let flush_ctx = FlushContext {
+            coord: Arc::clone(&coord),
+            storage: storage.clone(),
+            failpoints,
+        };
         Session {
             config,
             coord,
             storage,
             options,
-            failpoints,
+            flush_ctx,
+            flushes: FlushTasks::new(),
             summary,
             me,
             tables_by_topic,
@@ -107,6 +126,9 @@ impl<'a> Session<'a> {
             source: None,
             index: HashMap::new(),
             buffered_bytes: 0,
+            in_flight_bytes: 0,
+            last_unit: None,
+            probe: None,
             ends: HashMap::new(),
             last_fleet_check: None,
             telemetry,
@@ -128,16 +150,13 @@ impl<'a> Session<'a> {
                     owned: self.owned.len(),
                     waiting: self.waiting.len(),
                 },
-                self.buffered_bytes,
+                self.buffered_bytes + self.in_flight_bytes,
             );
             t.set_totals(self.summary.events, self.summary.quarantined);
             t.set_oldest_buffered(
                 self.owned
                     .iter()
-                    .filter_map(|u| {
-                        let (first, _) = u.buffered?;
-                        Some((u.id.clone(), (first, u.first_timestamp_ms?)))
-                    })
+                    .filter_map(|u| Some((u.id.clone(), u.oldest_uncommitted()?)))
                     .collect(),
             );
         }
@@ -187,7 +206,7 @@ impl<'a> Session<'a> {
         let mut next_refresh = Instant::now() + refresh_every;
 
         loop {
-            if self.options.stop_at_end && self.at_end().await? {
+            if self.options.stop_at_end && self.at_end(false).await? {
                 tracing::info!("every partition is committed up to its end; stopping");
                 self.leave_and_drain().await;
                 return Ok(());
@@ -207,6 +226,11 @@ impl<'a> Session<'a> {
                 () = &mut members_changed => {
                     let (members, signal) = self.coord.watch_members().await?;
                     members_changed = signal;
+                    if self.options.stop_at_end && self.at_end(true).await? {
+                        tracing::info!("every partition is committed up to its end; stopping");
+                        self.leave_and_drain().await;
+                        return Ok(());
+                    }
                     if members != self.members {
                         tracing::info!(members = ?members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), "membership changed");
                         self.members = members;
@@ -216,9 +240,12 @@ impl<'a> Session<'a> {
                 Some(_unit) = lease_changed.next() => {
                     lease_changed = self.rebalance().await?;
                 }
+                Some(done) = self.flushes.join_next(), if !self.flushes.is_empty() => {
+                    self.complete(done)?;
+                }
                 batch = next_batch(&mut self.source) => {
-                    let messages = batch.ok_or(WorkerError::SourceStopped)??;
-                    self.consume(&messages).await?;
+                    let batch = batch.ok_or(WorkerError::SourceStopped)??;
+                    self.consume(&batch).await?;
                 }
                 _ = tick.tick() => {
                     self.flush_aged().await?;
@@ -268,16 +295,57 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Asks Kafka something on a blocking thread, through the session's one metadata client
+    /// (a new client per question would cost connections and round trips each time).
+    async fn ask_kafka<T: Send + 'static>(
+        &mut self,
+        question: impl FnOnce(&KafkaProbe) -> Result<T, sluice_source::SourceError> + Send + 'static,
+    ) -> Result<T, WorkerError> {
+        let probe = match &self.probe {
+            Some(p) => Arc::clone(p),
+            None => {
+                let p = Arc::new(KafkaProbe::new(&self.config.kafka)?);
+                self.probe = Some(Arc::clone(&p));
+                p
+            }
+        };
+        Ok(tokio::task::spawn_blocking(move || question(&probe))
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))??)
+    }
+
+    /// (low, high) watermarks of the given units, one request per topic.
+    async fn watermarks(
+        &mut self,
+        units: impl Iterator<Item = &UnitId>,
+    ) -> Result<HashMap<UnitId, (i64, i64)>, WorkerError> {
+        let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
+        for u in units {
+            by_topic
+                .entry(u.topic.clone())
+                .or_default()
+                .push(u.partition);
+        }
+        let mut marks = HashMap::new();
+        for (topic, ids) in by_topic {
+            let t = topic.clone();
+            let answer = self.ask_kafka(move |k| k.watermarks(&t, &ids)).await?;
+            marks.extend(
+                answer
+                    .into_iter()
+                    .map(|(p, m)| (UnitId::new(topic.clone(), p), m)),
+            );
+        }
+        Ok(marks)
+    }
+
     /// Re-reads the topics' partitions; true if the set of units changed.
     async fn refresh_universe(&mut self) -> Result<bool, WorkerError> {
         let mut universe = BTreeSet::new();
-        for topic in self.tables_by_topic.keys() {
-            let kafka = self.config.kafka.clone();
+        let topics: Vec<String> = self.tables_by_topic.keys().cloned().collect();
+        for topic in topics {
             let t = topic.clone();
-            let partitions =
-                tokio::task::spawn_blocking(move || sluice_source::partitions(&kafka, &t))
-                    .await
-                    .map_err(|e| WorkerError::Task(e.to_string()))??;
+            let partitions = self.ask_kafka(move |k| k.partitions(&t)).await?;
             universe.extend(
                 partitions
                     .into_iter()
@@ -295,25 +363,13 @@ impl<'a> Session<'a> {
             tracing::info!(?added, "partitions added to the topics");
         }
         if self.options.stop_at_end {
-            let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
-            for u in universe.iter().filter(|u| !self.ends.contains_key(u)) {
-                by_topic
-                    .entry(u.topic.clone())
-                    .or_default()
-                    .push(u.partition);
-            }
-            for (topic, ids) in by_topic {
-                let kafka = self.config.kafka.clone();
-                let t = topic.clone();
-                let marks = tokio::task::spawn_blocking(move || {
-                    sluice_source::watermarks(&kafka, &t, &ids)
-                })
-                .await
-                .map_err(|e| WorkerError::Task(e.to_string()))??;
-                for (p, mark) in marks {
-                    self.ends.insert(UnitId::new(topic.clone(), p), mark);
-                }
-            }
+            let new: Vec<UnitId> = universe
+                .iter()
+                .filter(|u| !self.ends.contains_key(u))
+                .cloned()
+                .collect();
+            let marks = self.watermarks(new.iter()).await?;
+            self.ends.extend(marks);
         }
         // Partitions are never removed from a Kafka topic; keep what we knew if a broker
         // answered with less.
@@ -340,9 +396,10 @@ impl<'a> Session<'a> {
                 i += 1;
                 continue;
             }
-            let mut unit = self.owned.swap_remove(i);
-            unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
-                .await?;
+            self.flush_unit(i).await?;
+            self.settle(Some(i)).await?;
+            let unit = self.owned.swap_remove(i);
+            self.last_unit = None;
             // A lease left held would block its new owner for as long as this session lives:
             // failing here ends the session (and so the lease), and the worker rejoins.
             self.coord.release_lease(&unit.lease).await?;
@@ -442,6 +499,27 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        // Partitions never committed start at an offset resolved here from the watermarks,
+        // one request per topic: handing librdkafka "earliest" or "latest" instead makes it
+        // look each partition up itself first, which costs about half a second before the
+        // first message (measured against Tansu; docs/performance.md).
+        let fresh: Vec<UnitId> = new_units
+            .iter()
+            .filter(|u| u.position.is_none())
+            .map(|u| u.id.clone())
+            .collect();
+        if !fresh.is_empty() {
+            let marks = self.watermarks(fresh.iter()).await?;
+            for u in new_units.iter_mut().filter(|u| u.position.is_none()) {
+                if let Some(&(low, high)) = marks.get(&u.id) {
+                    u.position = Some(match self.config.kafka.start_from {
+                        StartFrom::Earliest => low,
+                        StartFrom::Latest => high,
+                    });
+                    tracing::info!(unit = %u.id, start = ?u.position, from = ?self.config.kafka.start_from, "nothing committed yet; starting from the topic's watermark");
+                }
+            }
+        }
         self.owned.extend(new_units);
         self.owned.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(())
@@ -459,6 +537,7 @@ impl<'a> Session<'a> {
             .enumerate()
             .map(|(i, u)| ((Arc::from(u.id.topic.as_str()), u.id.partition), i))
             .collect();
+        self.last_unit = None;
         self.buffered_bytes = self.owned.iter().map(OwnedUnit::bytes).sum();
         let assignments: Vec<Assignment> = self
             .owned
@@ -486,10 +565,10 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn consume(&mut self, messages: &[SourceMessage]) -> Result<(), WorkerError> {
+    async fn consume(&mut self, batch: &SourceBatch) -> Result<(), WorkerError> {
         let budget = self.config.worker.memory_budget_bytes;
-        for m in messages {
-            let Some(&u) = self.index.get(&(Arc::clone(&m.topic), m.partition)) else {
+        for m in batch.iter() {
+            let Some(u) = self.unit_of(m.topic, m.partition) else {
                 continue;
             };
             let unit = &mut self.owned[u];
@@ -498,46 +577,116 @@ impl<'a> Session<'a> {
             if self.options.stop_at_end && unit.end.is_some_and(|end| m.offset >= end) {
                 continue;
             }
-            if !unit.wants(m) {
+            if !unit.wants(&m) {
                 continue;
             }
             self.summary.events += 1;
-            self.summary.event_bytes += m.payload.as_ref().map_or(0, |p| p.len() as u64);
+            self.summary.event_bytes += m.payload.map_or(0, |p| p.len() as u64);
             let before = unit.bytes();
-            unit.push(m);
+            unit.push(&m);
             self.buffered_bytes += unit.bytes() - before;
-            self.failpoints.hit("mid_batch");
-            let unit = &mut self.owned[u];
-            if unit.over_size_limits() || (self.options.stop_at_end && unit.reached_end()) {
-                self.buffered_bytes -= unit.bytes();
-                unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
-                    .await?;
+            self.flush_ctx.failpoints.hit("mid_batch");
+            let unit = &self.owned[u];
+            let at_end = self.options.stop_at_end && unit.reached_end();
+            if at_end {
+                tracing::debug!(unit = %unit.id, position = ?unit.position, "read up to the end this run was asked to reach");
             }
-            // Memory pressure: write out the largest buffers until under budget.
-            while self.buffered_bytes > budget {
-                let Some(largest) = (0..self.owned.len()).max_by_key(|&i| self.owned[i].bytes())
-                else {
-                    break;
-                };
-                let unit = &mut self.owned[largest];
-                tracing::debug!(unit = %unit.id, bytes = unit.bytes(), "memory budget reached; flushing the largest buffer");
-                self.buffered_bytes -= unit.bytes();
-                unit.flush(&*self.coord, self.storage, self.failpoints, self.summary)
-                    .await?;
+            if at_end || unit.over_size_limits() {
+                self.flush_unit(u).await?;
             }
+            // Memory pressure: write out the largest buffers, and wait for flushes in flight
+            // (their data is still in memory) until under budget.
+            while self.buffered_bytes + self.in_flight_bytes > budget {
+                let largest = (0..self.owned.len()).max_by_key(|&i| self.owned[i].bytes());
+                match largest {
+                    Some(i) if self.owned[i].bytes() > 0 && self.in_flight_bytes <= budget / 2 => {
+                        tracing::debug!(unit = %self.owned[i].id, bytes = self.owned[i].bytes(), "memory budget reached; flushing the largest buffer");
+                        self.flush_unit(i).await?;
+                    }
+                    _ if !self.flushes.is_empty() => self.wait_for_a_flush().await?,
+                    _ => break,
+                }
+            }
+        }
+        for u in &mut self.owned {
+            u.record_consumed();
         }
         Ok(())
     }
 
-    async fn flush_aged(&mut self) -> Result<(), WorkerError> {
-        let now = Instant::now();
-        for u in self.owned.iter_mut() {
-            if u.buffered.is_some() && u.over_age_limit(now) {
-                u.flush(&*self.coord, self.storage, self.failpoints, self.summary)
-                    .await?;
+    /// The index in `owned` of a message's unit; consecutive messages mostly share one.
+    fn unit_of(&mut self, topic: &Arc<str>, partition: i32) -> Option<usize> {
+        if let Some((t, p, i)) = &self.last_unit {
+            if *p == partition && Arc::ptr_eq(t, topic) {
+                return Some(*i);
             }
         }
-        self.buffered_bytes = self.owned.iter().map(OwnedUnit::bytes).sum();
+        let i = *self.index.get(&(Arc::clone(topic), partition))?;
+        self.last_unit = Some((Arc::clone(topic), partition, i));
+        Some(i)
+    }
+
+    /// Starts a flush of one unit's buffers, first waiting for a slot if too many are in
+    /// flight.
+    async fn flush_unit(&mut self, i: usize) -> Result<(), WorkerError> {
+        if self.owned[i].buffered.is_none() {
+            return Ok(());
+        }
+        while self.flushes.len() >= MAX_FLUSHES_IN_FLIGHT {
+            self.wait_for_a_flush().await?;
+        }
+        let bytes = self.owned[i].start_flush(&self.flush_ctx, &mut self.flushes)?;
+        tracing::debug!(unit = %self.owned[i].id, bytes, in_flight = self.flushes.len(), "flush started");
+        self.buffered_bytes -= bytes;
+        self.in_flight_bytes += bytes;
+        Ok(())
+    }
+
+    async fn wait_for_a_flush(&mut self) -> Result<(), WorkerError> {
+        match self.flushes.join_next().await {
+            Some(done) => self.complete(done),
+            None => Ok(()),
+        }
+    }
+
+    /// Books a finished flush task: a commit, or the error that ends the session.
+    fn complete(
+        &mut self,
+        done: Result<Result<Committed, WorkerError>, JoinError>,
+    ) -> Result<(), WorkerError> {
+        let c = done.map_err(|e| WorkerError::Task(e.to_string()))??;
+        if let Some(unit) = self.owned.iter_mut().find(|u| u.id == c.unit) {
+            self.in_flight_bytes -= unit.finish_flush();
+        }
+        self.summary.rows += c.rows;
+        self.summary.quarantined += c.quarantined;
+        self.summary.parts += c.parts;
+        self.summary.part_bytes += c.part_bytes;
+        self.summary.commits += 1;
+        Ok(())
+    }
+
+    /// Waits until the flushes in flight of unit `i` (all units: `None`) have committed.
+    async fn settle(&mut self, i: Option<usize>) -> Result<(), WorkerError> {
+        loop {
+            let pending = match i {
+                Some(i) => !self.owned[i].in_flight.is_empty(),
+                None => !self.flushes.is_empty(),
+            };
+            if !pending {
+                return Ok(());
+            }
+            self.wait_for_a_flush().await?;
+        }
+    }
+
+    async fn flush_aged(&mut self) -> Result<(), WorkerError> {
+        let now = Instant::now();
+        for i in 0..self.owned.len() {
+            if self.owned[i].buffered.is_some() && self.owned[i].over_age_limit(now) {
+                self.flush_unit(i).await?;
+            }
+        }
         Ok(())
     }
 
@@ -564,19 +713,20 @@ impl<'a> Session<'a> {
     /// others', is committed up to the end it had when this worker first saw it. Waiting for the
     /// others too keeps a worker from stopping while a crashed member's partitions are still
     /// unowned: it takes them over once that member's session expires.
-    async fn at_end(&mut self) -> Result<bool, WorkerError> {
-        let mine_done = self.waiting.is_empty()
-            && self
-                .owned
-                .iter()
-                .all(|u| u.reached_end() && u.buffered.is_none());
+    ///
+    /// Other workers' progress is read from the coordinator at most every 200 ms, unless
+    /// `now`: a membership change asks at once, so a worker whose peer finished and left stops
+    /// too, instead of first taking over partitions that are already done.
+    async fn at_end(&mut self, now: bool) -> Result<bool, WorkerError> {
+        let mine_done =
+            self.waiting.is_empty() && self.owned.iter().all(|u| u.reached_end() && u.settled());
         if !mine_done {
             return Ok(false);
         }
-        // Other workers' progress lives in the coordinator: read it at most every 200 ms.
-        if self
-            .last_fleet_check
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+        if !now
+            && self
+                .last_fleet_check
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
         {
             return Ok(false);
         }
@@ -616,33 +766,38 @@ impl<'a> Session<'a> {
         }
         let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
         let started = Instant::now();
-        let mut units = std::mem::take(&mut self.owned);
-        for unit in &mut units {
-            let left = deadline.saturating_sub(started.elapsed());
-            let flushed = tokio::time::timeout(
-                left,
-                unit.flush(&*self.coord, self.storage, self.failpoints, self.summary),
-            )
-            .await;
-            match flushed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(unit = %unit.id, error = %e, "cannot commit while draining; the next owner re-reads from the committed offset");
-                }
-                Err(_) => {
-                    tracing::warn!(unit = %unit.id, ?deadline, "shutdown deadline passed before this partition was committed; the next owner re-reads it from the committed offset");
-                }
-            }
-            if let Err(e) = self.coord.release_lease(&unit.lease).await {
-                tracing::warn!(unit = %unit.id, error = %e, "cannot release lease; it ends with the session");
+        // Everything buffered starts flushing at once; units are then released one by one as
+        // their flushes commit, so each moves to its next owner as early as it can.
+        for i in 0..self.owned.len() {
+            if let Err(e) = self.flush_unit(i).await {
+                tracing::warn!(error = %e, "cannot commit while draining; the next owners re-read from the committed offsets");
+                break;
             }
         }
+        for i in 0..self.owned.len() {
+            let left = deadline.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.settle(Some(i))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(unit = %self.owned[i].id, error = %e, "cannot commit while draining; the next owner re-reads from the committed offset");
+                }
+                Err(_) => {
+                    tracing::warn!(unit = %self.owned[i].id, ?deadline, "shutdown deadline passed before this partition was committed; the next owner re-reads it from the committed offset");
+                }
+            }
+            // Whatever did not commit stops here, before the lease goes.
+            self.in_flight_bytes -= self.owned[i].abort_flushes();
+            if let Err(e) = self.coord.release_lease(&self.owned[i].lease).await {
+                tracing::warn!(unit = %self.owned[i].id, error = %e, "cannot release lease; it ends with the session");
+            }
+        }
+        self.owned.clear();
     }
 }
 
 async fn next_batch(
     source: &mut Option<KafkaSource>,
-) -> Option<Result<Vec<SourceMessage>, sluice_source::SourceError>> {
+) -> Option<Result<SourceBatch, sluice_source::SourceError>> {
     match source {
         Some(s) => s.next().await,
         None => std::future::pending().await,

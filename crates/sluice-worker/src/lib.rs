@@ -51,6 +51,8 @@ pub enum WorkerError {
     LeaseLost { unit: UnitId },
     #[error("the coordination session ended (expired while the worker was paused or cut off, or closed)")]
     SessionLost,
+    #[error("an earlier flush of {unit} failed, so the flush from offset {first_offset} did not commit (it would have skipped the earlier one's offsets); the next owner re-reads from the committed offset")]
+    PredecessorFailed { unit: UnitId, first_offset: i64 },
     #[error("the Kafka source stopped unexpectedly")]
     SourceStopped,
     #[error("a background task failed: {0}")]
@@ -68,7 +70,10 @@ impl WorkerError {
     pub fn calls_for_rejoin(&self) -> bool {
         matches!(
             self,
-            WorkerError::SessionLost | WorkerError::LeaseLost { .. } | WorkerError::Coordination(_)
+            WorkerError::SessionLost
+                | WorkerError::LeaseLost { .. }
+                | WorkerError::PredecessorFailed { .. }
+                | WorkerError::Coordination(_)
         )
     }
 }
@@ -178,7 +183,6 @@ async fn run_sessions(
     shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<RunSummary, WorkerError> {
     let mut summary = RunSummary::default();
-    let mut failpoints = options.failpoints.clone();
     let mut quick_failures = 0u32;
     loop {
         let session_started = Instant::now();
@@ -188,7 +192,7 @@ async fn run_sessions(
             Arc::clone(&coord),
             storage,
             options,
-            &mut failpoints,
+            options.failpoints.clone(),
             &mut summary,
             telemetry.clone(),
         )

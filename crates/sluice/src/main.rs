@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use sluice_config::Config;
 use sluice_coord::PartKind;
 use sluice_sink::{collect_table_garbage, GcScope, Storage};
+use sluice_telemetry::process::ProcessUsage;
 use sluice_worker::{open_coordinator, Failpoints, RunOptions};
 
 mod lag;
@@ -50,6 +51,11 @@ enum Command {
         /// a free one).
         #[arg(long, value_name = "IP:PORT")]
         listen_address: Option<String>,
+        /// Print the closing summary as one JSON object on stdout instead of a sentence (for
+        /// scripts and benchmarks): events, bytes, rows, parts, commits, seconds, CPU seconds
+        /// and peak RSS.
+        #[arg(long)]
+        summary_json: bool,
     },
     /// Validate a configuration file and report what it defines; with --connect, also reach
     /// ZooKeeper, Kafka and storage.
@@ -99,7 +105,8 @@ enum Command {
         #[arg(long, default_value_t = 3_600_000)]
         min_age_ms: u64,
     },
-    /// Produce sample events (sequence-numbered web-analytics JSON) to a topic.
+    /// Produce seeded sample events (sequence-numbered web-analytics JSON, 130-200 bytes each) to
+    /// a topic, or write them to an NDJSON file.
     Produce(produce::ProduceArgs),
 }
 
@@ -157,7 +164,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             worker_id,
             stop_at_end,
             listen_address,
-        } => run(config, worker_id, stop_at_end, listen_address).await,
+            summary_json,
+        } => run(config, worker_id, stop_at_end, listen_address, summary_json).await,
         Command::Check { config, connect } => check(config, connect).await,
         Command::Parts {
             config,
@@ -177,6 +185,7 @@ async fn run(
     worker_id: Option<String>,
     stop_at_end: bool,
     listen_address: Option<String>,
+    summary_json: bool,
 ) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let mut config = load(&path)?;
@@ -198,9 +207,29 @@ async fn run(
     };
     let result = sluice_worker::run(Arc::clone(&config), options, Box::pin(shutdown)).await;
     let s = result?;
+    let usage = ProcessUsage::now().unwrap_or_default();
     let secs = s.elapsed.as_secs_f64().max(1e-9);
+    if summary_json {
+        // The field names of sluice-bench's figures, so it reads this line as it is.
+        let summary = serde_json::json!({
+            "events": s.events,
+            "bytes": s.event_bytes,
+            "rows": s.rows,
+            "quarantined": s.quarantined,
+            "parts": s.parts,
+            "part_bytes": s.part_bytes,
+            "commits": s.commits,
+            "garbage_collected": s.garbage_collected,
+            "rejoins": s.rejoins,
+            "wall_s": secs,
+            "cpu_s": usage.cpu_s,
+            "peak_rss_bytes": usage.peak_rss_bytes,
+        });
+        println!("{summary}");
+        return Ok(());
+    }
     println!(
-        "ingested {} events ({:.1} MB) in {:.2} s: {:.0} events/s, {:.1} MB/s; {} rows, {} quarantined, {} parts ({:.1} MB) in {} commits; {} uncommitted objects collected; {} rejoins",
+        "ingested {} events ({:.1} MB) in {:.2} s: {:.0} events/s, {:.1} MB/s; {} rows, {} quarantined, {} parts ({:.1} MB) in {} commits; {} uncommitted objects collected; {} rejoins; {:.1} CPU s, peak RSS {} MiB",
         s.events,
         s.event_bytes as f64 / 1e6,
         secs,
@@ -212,7 +241,9 @@ async fn run(
         s.part_bytes as f64 / 1e6,
         s.commits,
         s.garbage_collected,
-        s.rejoins
+        s.rejoins,
+        usage.cpu_s,
+        usage.peak_rss_bytes >> 20
     );
     Ok(())
 }

@@ -1,46 +1,38 @@
-//! `sluice produce`: sample events for the quickstart and for trying configurations out.
+//! `sluice produce`: seeded sample events (see `sluice_source::sample`) to a Kafka topic or to
+//! an NDJSON file, for the quickstart, for trying configurations out, and for the benchmarks.
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use sluice_source::sample::SampleEvents;
 
-const COUNTRIES: &[&str] = &[
-    "de", "fr", "us", "br", "in", "jp", "ng", "gb", "es", "it", "ca", "au",
-];
-const PATHS: &[&str] = &[
-    "/",
-    "/pricing",
-    "/docs",
-    "/docs/install",
-    "/blog",
-    "/signup",
-    "/login",
-    "/cart",
-    "/checkout",
-    "/search",
-];
-/// Events are spread over three days from this instant (2026-11-20T00:00:00Z), so day
-/// partitioning has something to split.
-const BASE_MS: i64 = 1_795_132_800_000;
-const SPREAD_MS: i64 = 3 * 86_400_000;
-/// Deliveries awaited per chunk; bounds memory while keeping the producer busy.
-const CHUNK: usize = 10_000;
+/// How often progress is reported on long runs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["topic", "output"])))]
 pub struct ProduceArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "SLUICE_KAFKA", default_value = "127.0.0.1:29092")]
     brokers: String,
+    /// The topic to produce to.
     #[arg(long)]
-    topic: String,
+    topic: Option<String>,
+    /// Write the events to this file instead, one JSON object per line (NDJSON); `-` is stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// How many events.
     #[arg(long, default_value_t = 10_000)]
     count: u64,
@@ -53,92 +45,171 @@ pub struct ProduceArgs {
     /// Make every n-th event malformed (not JSON, wrong type, missing field, in turn); 0: none.
     #[arg(long, default_value_t = 0)]
     malformed_every: u64,
-    /// Seed of the random fields, so a run can be repeated exactly.
+    /// Seed of the random fields: the same seed gives the same events, to a topic or a file.
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
 
-/// The JSON of event `seq`, or a malformed variant of it.
-pub fn event(seq: u64, rng: &mut StdRng, malformed_every: u64) -> String {
-    let ts = BASE_MS + ((seq as i64).wrapping_mul(2_654_435_761)).rem_euclid(SPREAD_MS);
-    let country = COUNTRIES[rng.gen_range(0..COUNTRIES.len())];
-    let path = PATHS[rng.gen_range(0..PATHS.len())];
-    let user = rng.gen_range(1..50_000u32);
-    let duration: f64 = rng.gen_range(0.5..5_000.0);
-    let ok = rng.gen_bool(0.97);
-    if malformed_every > 0 && seq % malformed_every == malformed_every - 1 {
-        return match (seq / malformed_every) % 3 {
-            0 => format!(r#"{{"seq":{seq},"ts":{ts},"country":"{country}"#),
-            1 => format!(
-                r#"{{"seq":{seq},"ts":"yesterday","user_id":{user},"country":"{country}","path":"{path}","duration_ms":{duration:.3},"ok":{ok}}}"#
-            ),
-            _ => format!(r#"{{"seq":{seq},"user_id":{user},"country":"{country}"}}"#),
-        };
-    }
-    format!(
-        r#"{{"seq":{seq},"ts":{ts},"user_id":{user},"country":"{country}","path":"{path}","duration_ms":{duration:.3},"ok":{ok}}}"#
-    )
+pub async fn produce(args: ProduceArgs) -> Result<()> {
+    tokio::task::spawn_blocking(move || match (&args.topic, &args.output) {
+        (_, Some(path)) => write_file(&args, path),
+        (Some(topic), None) => to_kafka(&args, topic),
+        (None, None) => bail!("give --topic or --output"),
+    })
+    .await?
 }
 
-pub async fn produce(args: ProduceArgs) -> Result<()> {
+fn write_file(args: &ProduceArgs, path: &PathBuf) -> Result<()> {
+    let events = SampleEvents::new(args.seed).malformed_every(args.malformed_every);
+    let out: Box<dyn std::io::Write> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let started = Instant::now();
+    let mut line = String::with_capacity(256);
+    let mut bytes = 0u64;
+    for seq in args.start_seq..args.start_seq + args.count {
+        line.clear();
+        events.write(seq, &mut line);
+        line.push('\n');
+        bytes += line.len() as u64;
+        out.write_all(line.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "wrote {} events ({:.1} MB, {:.1} bytes each on average) to {} in {:.2} s",
+        args.count,
+        bytes as f64 / 1e6,
+        bytes as f64 / args.count.max(1) as f64,
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Counts deliveries and keeps the first failure; the producer's own thread calls it.
+#[derive(Default)]
+struct Deliveries {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+#[derive(Clone, Default)]
+struct Counter(Arc<Deliveries>);
+
+impl ClientContext for Counter {}
+
+impl ProducerContext for Counter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.0.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+fn create_topic(cfg: &ClientConfig, brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.create().context("creating the Kafka admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime
+        .block_on(admin.create_topics([&new], &opts))
+        .with_context(|| format!("creating topic {topic} at {brokers}"))?;
+    for r in results {
+        match r {
+            Ok(_) => eprintln!("created topic {topic} with {partitions} partitions"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => bail!("cannot create topic {t}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+fn to_kafka(args: &ProduceArgs, topic: &str) -> Result<()> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "20")
         .set("message.timeout.ms", "60000")
         .set("queue.buffering.max.messages", "200000");
     if let Some(n) = args.partitions {
-        let admin: AdminClient<DefaultClientContext> =
-            cfg.create().context("creating the Kafka admin client")?;
-        let topic = NewTopic::new(&args.topic, n, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = admin
-            .create_topics([&topic], &opts)
-            .await
-            .with_context(|| format!("creating topic {} at {}", args.topic, args.brokers))?;
-        for r in results {
-            match r {
-                Ok(_) => eprintln!("created topic {} with {n} partitions", args.topic),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => bail!("cannot create topic {t}: {code}"),
-            }
-        }
+        create_topic(&cfg, &args.brokers, topic, n)?;
     }
-    let producer: FutureProducer = cfg.create().context("creating the Kafka producer")?;
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let started = std::time::Instant::now();
-    let mut sent = 0u64;
+    let context = Counter::default();
+    let producer: BaseProducer<Counter> = cfg
+        .create_with_context(context.clone())
+        .context("creating the Kafka producer")?;
+    let events = SampleEvents::new(args.seed).malformed_every(args.malformed_every);
+    let started = Instant::now();
+    let mut last_progress = started;
+    let mut payload = String::with_capacity(256);
+    let mut key = String::with_capacity(24);
     let mut malformed = 0u64;
-    let end = args.start_seq + args.count;
-    let mut seq = args.start_seq;
-    while seq < end {
-        let chunk_end = (seq + CHUNK as u64).min(end);
-        let mut pending = Vec::with_capacity(CHUNK);
-        for s in seq..chunk_end {
-            let payload = event(s, &mut rng, args.malformed_every);
-            if args.malformed_every > 0 && s % args.malformed_every == args.malformed_every - 1 {
-                malformed += 1;
+    for seq in args.start_seq..args.start_seq + args.count {
+        payload.clear();
+        events.write(seq, &mut payload);
+        malformed += u64::from(events.malformed(seq).is_some());
+        key.clear();
+        key.push_str(&seq.to_string());
+        loop {
+            let record = BaseRecord::to(topic).payload(&payload).key(&key);
+            match producer.send(record) {
+                Ok(()) => break,
+                // The local queue is full: serve delivery reports until there is room.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("cannot queue event {seq} for {topic}: {e}"),
             }
-            let key = s.to_string();
-            let record = FutureRecord::to(&args.topic).payload(&payload).key(&key);
-            let delivery = producer.send_result(record).map_err(|(e, _)| {
-                anyhow::anyhow!("cannot queue event {s} for {}: {e}", args.topic)
-            })?;
-            pending.push(delivery);
         }
-        for delivery in pending {
-            delivery
-                .await
-                .context("the producer was dropped")?
-                .map_err(|(e, _)| anyhow::anyhow!("delivery to {} failed: {e}", args.topic))?;
-            sent += 1;
+        if context.0.failed.load(Ordering::Relaxed) > 0 {
+            break;
         }
-        seq = chunk_end;
-        eprintln!("produced {sent}/{} events", args.count);
+        producer.poll(Duration::ZERO);
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            eprintln!(
+                "produced {}/{} events",
+                context.0.delivered.load(Ordering::Relaxed),
+                args.count
+            );
+        }
     }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("waiting for the last deliveries")?;
+    let failed = context.0.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = context.0.first_error.lock().ok().and_then(|f| f.clone());
+        bail!(
+            "{failed} events were not delivered to {topic}; first error: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let sent = context.0.delivered.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
     println!(
-        "produced {sent} events ({malformed} malformed) to {} in {:.2} s",
-        args.topic,
-        started.elapsed().as_secs_f64()
+        "produced {sent} events ({malformed} malformed) to {topic} in {secs:.2} s ({:.0} events/s)",
+        sent as f64 / secs.max(1e-9)
     );
     Ok(())
 }
