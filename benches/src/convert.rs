@@ -63,7 +63,8 @@ impl Figures {
         self.cpu_s / (self.events.max(1) as f64 / 1e6)
     }
 
-    fn add(&mut self, other: &Figures) {
+    /// Adds another run's counts (events, bytes, rows, quarantined, parts, part bytes).
+    pub fn add(&mut self, other: &Figures) {
         self.events += other.events;
         self.bytes += other.bytes;
         self.rows += other.rows;

@@ -306,12 +306,7 @@ fn broker_steps(
         let mut total = Figures::default();
         for (child, log) in children {
             let f = finish(child, &log)?;
-            total.events += f.events;
-            total.bytes += f.bytes;
-            total.rows += f.rows;
-            total.quarantined += f.quarantined;
-            total.parts += f.parts;
-            total.part_bytes += f.part_bytes;
+            total.add(&f);
             total.cpu_s += f.cpu_s;
             total.peak_rss_bytes = total.peak_rss_bytes.max(f.peak_rss_bytes);
         }

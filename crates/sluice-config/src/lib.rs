@@ -126,8 +126,12 @@ pub struct WorkerConfig {
     /// Identity in leases and logs. Default: `<hostname>-<pid>`.
     #[serde(default)]
     pub id: Option<String>,
-    /// Upper bound of decoded-but-unflushed data across all buffers; when reached, the largest
-    /// buffers are flushed first.
+    /// Upper bound of the events held in memory: decoded but unflushed in the buffers, and
+    /// flushing (sorted, encoded, uploaded) until committed, counted by their raw size. When
+    /// reached, the largest buffers flush first and consumption waits for flushes in flight.
+    /// librdkafka's prefetch queue is sized from it too (an eighth, see
+    /// [`Config::kafka_prefetch_kib`]), so a worker's peak RSS stays within the budget plus a
+    /// fixed overhead, whatever the backlog.
     #[serde(default = "default_memory_budget_bytes")]
     pub memory_budget_bytes: u64,
     /// How often buffers are checked against `max_age_ms`.
@@ -150,6 +154,9 @@ pub struct WorkerConfig {
     #[serde(default = "default_shutdown_deadline_ms")]
     pub shutdown_deadline_ms: u64,
 }
+
+/// librdkafka's property for the size of its prefetch queue, in KiB.
+pub const KAFKA_PREFETCH_PROPERTY: &str = "queued.max.messages.kbytes";
 
 pub const fn default_memory_budget_bytes() -> u64 {
     256 * 1024 * 1024
@@ -663,6 +670,15 @@ impl Config {
                 "set it to `host:port[,host:port...]`",
             ));
         }
+        if let Some(v) = self.kafka.properties.get(KAFKA_PREFETCH_PROPERTY) {
+            if v.parse::<u64>().map_or(true, |k| k == 0) {
+                return Err(invalid(
+                    format!("kafka.properties.\"{KAFKA_PREFETCH_PROPERTY}\""),
+                    format!("`{v}` is not a positive number of KiB"),
+                    "give a size in KiB, e.g. \"32768\", or remove it to size the queue from worker.memory_budget_bytes",
+                ));
+            }
+        }
         for key in ["enable.auto.commit", "group.id"] {
             if self.kafka.properties.contains_key(key) {
                 return Err(invalid(
@@ -701,6 +717,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The size of librdkafka's prefetch queue (`queued.max.messages.kbytes`), in KiB: as set
+    /// in `kafka.properties`, else an eighth of `worker.memory_budget_bytes`, at least 1 MiB and
+    /// at most librdkafka's own default of 64 MiB. The queue fills whenever the pipeline applies
+    /// backpressure, so it is part of what a worker holds in memory.
+    pub fn kafka_prefetch_kib(&self) -> u64 {
+        if let Some(v) = self
+            .kafka
+            .properties
+            .get(KAFKA_PREFETCH_PROPERTY)
+            .and_then(|v| v.parse().ok())
+        {
+            return v;
+        }
+        (self.worker.memory_budget_bytes / 8 / 1024).clamp(1024, 65536)
     }
 
     /// The distinct topics the tables read, in name order.
@@ -981,6 +1013,33 @@ source = "geo.country"
     fn storage_scheme_is_checked() {
         let e = err_of(&format!("{MINIMAL}\n[storage]\nurl = \"gs://bucket\"\n"));
         assert!(e.contains("storage.url"), "{e}");
+    }
+
+    #[test]
+    fn kafka_prefetch_follows_the_budget_unless_set() {
+        let budget = |b: u64| format!("{MINIMAL}\n[worker]\nmemory_budget_bytes = {b}\n");
+        let c = Config::from_toml_str(MINIMAL, "t").unwrap();
+        assert_eq!(
+            c.kafka_prefetch_kib(),
+            32768,
+            "an eighth of the default 256 MiB"
+        );
+        let small = Config::from_toml_str(&budget(40_000), "t").unwrap();
+        assert_eq!(small.kafka_prefetch_kib(), 1024);
+        let large = Config::from_toml_str(&budget(8 << 30), "t").unwrap();
+        assert_eq!(large.kafka_prefetch_kib(), 65536);
+        let set = MINIMAL.replace(
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            "bootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"queued.max.messages.kbytes\" = \"2048\" }",
+        );
+        assert_eq!(
+            Config::from_toml_str(&set, "t")
+                .unwrap()
+                .kafka_prefetch_kib(),
+            2048
+        );
+        let e = err_of(&set.replace("\"2048\"", "\"lots\""));
+        assert!(e.contains("queued.max.messages.kbytes"), "{e}");
     }
 
     #[test]

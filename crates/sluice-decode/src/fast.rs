@@ -319,6 +319,35 @@ impl<'de> Parser<'de> {
         }
     }
 
+    /// Just inside an object or array: true if it closes right away (`close` read).
+    #[inline]
+    fn empty(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// After a member or element: a `,` (true: another follows) or the closing byte (false).
+    #[inline]
+    fn separator(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Some(true)
+            }
+            c if c == close => {
+                self.i += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.i + word.len();
         let here = self.b.get(self.i..end)?;
@@ -345,9 +374,7 @@ impl<'de> Parser<'de> {
         if depth > MAX_DEPTH {
             return None;
         }
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
+        if self.empty(b'}')? {
             return Some(());
         }
         // The index of the previous member's key in the layout.
@@ -420,17 +447,8 @@ impl<'de> Parser<'de> {
                     }
                 }
             }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.separator(b'}')? {
+                return Some(());
             }
         }
     }
@@ -629,60 +647,26 @@ impl<'de> Parser<'de> {
                 self.i += 1;
                 self.string()?.check()
             }
-            b'{' => {
+            open @ (b'{' | b'[') => {
                 self.i += 1;
                 if depth + 1 > MAX_DEPTH {
                     return None;
                 }
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.i += 1;
+                let close = if open == b'{' { b'}' } else { b']' };
+                if self.empty(close)? {
                     return Some(());
                 }
                 loop {
-                    self.eat(b'"')?;
-                    self.string()?.check()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.skip(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b'}' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if open == b'{' {
+                        self.eat(b'"')?;
+                        self.string()?.check()?;
+                        self.ws();
+                        self.eat(b':')?;
+                        self.ws();
                     }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                if depth + 1 > MAX_DEPTH {
-                    return None;
-                }
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
                     self.skip(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b']' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.separator(close)? {
+                        return Some(());
                     }
                 }
             }

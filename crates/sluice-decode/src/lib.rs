@@ -914,7 +914,10 @@ type = "string"
         #[test]
         fn corner_cases_agree_with_the_reference() {
             let table = wide_table();
-            let cases: [&[u8]; 12] = [
+            let cases: [&[u8]; 15] = [
+                b"{\"seq\":1,\"ts\":2,\"x\":[1,2}}",
+                b"{\"seq\":1,\"ts\":2,\"x\":{\"a\":1]}",
+                b"{\"seq\":1,\"ts\":2,\"x\":[[1],{\"a\":[]}]}",
                 b"{\"seq\":1,\"ts\":2,\"ot\xFFher\":1}",
                 b"{\"seq\":1,\"ts\":2,\"other\":\"\xC3\"}",
                 b"{\"seq\":1,\"ts\":2,\"s\":\"caf\xC3\xA9\"}",

@@ -32,6 +32,11 @@ pub fn sort_to_indices(keys: &[ArrayRef]) -> Result<UInt32Array, ArrowError> {
     if let Some(indices) = packed_sort(keys, rows) {
         return Ok(indices);
     }
+    lexsort(keys)
+}
+
+/// Arrow's row-by-row lexicographic sort, ascending with nulls first: the general path.
+fn lexsort(keys: &[ArrayRef]) -> Result<UInt32Array, ArrowError> {
     let options = SortOptions {
         descending: false,
         nulls_first: true,
@@ -284,18 +289,7 @@ mod tests {
             "packed path expected: {packed}"
         );
         let packed = sort_to_indices(&keys).unwrap();
-        let options = SortOptions {
-            descending: false,
-            nulls_first: true,
-        };
-        let columns: Vec<SortColumn> = keys
-            .iter()
-            .map(|k| SortColumn {
-                values: k.clone(),
-                options: Some(options),
-            })
-            .collect();
-        let reference = lexsort_to_indices(&columns, None).unwrap();
+        let reference = lexsort(&keys).unwrap();
         for k in &keys {
             let a = arrow::compute::take(k, &packed, None).unwrap();
             let b = arrow::compute::take(k, &reference, None).unwrap();

@@ -25,8 +25,10 @@ use tokio::sync::mpsc;
 
 /// Messages handed over per channel send; amortises the cross-thread hand-off.
 const MAX_BATCH: usize = 2048;
-/// Payload bytes per batch before it is handed over anyway (the arena's initial capacity).
+/// Payload bytes per batch before it is handed over anyway.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// The arena's initial room: a batch of typical events fits; larger ones grow it.
+const BATCH_BYTES_RESERVED: usize = 256 << 10;
 /// How long one poll waits when nothing is buffered.
 const POLL_WAIT: Duration = Duration::from_millis(50);
 
@@ -160,6 +162,10 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         // Tansu answers a fetch with one batch per partition and then waits this long; the
         // default of 500 ms makes consumption crawl (see DESIGN.md).
         .set("fetch.wait.max.ms", "10")
+        // A full prefetch queue is Sluice's backpressure at work (the pipeline is busy), not a
+        // reason to stop fetching for librdkafka's default second: with a queue sized from the
+        // memory budget, that pause cut consumption to a few percent.
+        .set("fetch.queue.backoff.ms", "10")
         .set("auto.offset.reset", "earliest")
         // librdkafka refuses `assign` without a group id, though Sluice never joins the group
         // nor commits to it: offsets live with the parts.
@@ -451,7 +457,7 @@ fn poll_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let new_batch = || SourceBatch::with_capacity(MAX_BATCH, MAX_BATCH_BYTES);
+    let new_batch = || SourceBatch::with_capacity(MAX_BATCH, BATCH_BYTES_RESERVED);
     let mut batch = new_batch();
     while !stop.load(Ordering::SeqCst) {
         let wait = if batch.is_empty() {

@@ -175,7 +175,7 @@ fn describe() {
     describe_gauge!(
         BUFFERED_BYTES,
         Unit::Bytes,
-        "Decoded but not yet committed data held by this worker"
+        "What counts against the memory budget: events buffered, and flushes in flight until committed (at twice their raw size)"
     );
     describe_gauge!(
         MEMORY_BUDGET_BYTES,

@@ -30,9 +30,13 @@ use crate::{Failpoints, RunOptions, RunSummary, WorkerError};
 
 /// Batches in flight between the Kafka poll thread and the loop.
 const SOURCE_CHANNEL_BATCHES: usize = 8;
-/// Flushes in flight at once (each sorting, encoding, uploading or waiting to commit); more
-/// wait. Their data also counts against the memory budget until committed.
-const MAX_FLUSHES_IN_FLIGHT: usize = 4;
+/// Flushes in flight at once (each sorting, encoding, uploading or waiting to commit), per core
+/// (at least two); more wait. Their data also counts against the memory budget until committed,
+/// and each encode holds transient copies and a compressor beyond it: more at once than cores
+/// add memory, not throughput.
+fn max_flushes_in_flight() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
 
 type UnitSignal = Pin<Box<dyn Future<Output = UnitId> + Send>>;
 
@@ -45,6 +49,7 @@ pub(crate) struct Session<'a> {
     flush_ctx: FlushContext,
     /// The flushes in flight; dropping the session aborts them.
     flushes: FlushTasks,
+    max_flushes: usize,
     summary: &'a mut RunSummary,
     me: Member,
     tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>>,
@@ -60,7 +65,7 @@ pub(crate) struct Session<'a> {
     index: HashMap<(Arc<str>, i32), usize>,
     /// Running total of `owned` buffer bytes, so the budget is checked after every message.
     buffered_bytes: u64,
-    /// Raw bytes of the flushes in flight: still in memory, still counted against the budget.
+    /// What the flushes in flight are counted for against the budget (see `unit::InFlight`).
     in_flight_bytes: u64,
     /// The unit the last message went to, tried first for the next (messages come in runs).
     last_unit: Option<(Arc<str>, i32, usize)>,
@@ -116,6 +121,7 @@ impl<'a> Session<'a> {
             options,
             flush_ctx,
             flushes: FlushTasks::new(),
+            max_flushes: max_flushes_in_flight(),
             summary,
             me,
             tables_by_topic,
@@ -556,8 +562,13 @@ impl<'a> Session<'a> {
             })
             .collect();
         if !assignments.is_empty() {
+            let mut kafka = self.config.kafka.clone();
+            kafka.properties.insert(
+                sluice_config::KAFKA_PREFETCH_PROPERTY.to_string(),
+                self.config.kafka_prefetch_kib().to_string(),
+            );
             self.source = Some(KafkaSource::start(
-                &self.config.kafka,
+                &kafka,
                 &assignments,
                 SOURCE_CHANNEL_BATCHES,
             )?);
@@ -632,13 +643,13 @@ impl<'a> Session<'a> {
         if self.owned[i].buffered.is_none() {
             return Ok(());
         }
-        while self.flushes.len() >= MAX_FLUSHES_IN_FLIGHT {
+        while self.flushes.len() >= self.max_flushes {
             self.wait_for_a_flush().await?;
         }
-        let bytes = self.owned[i].start_flush(&self.flush_ctx, &mut self.flushes)?;
-        tracing::debug!(unit = %self.owned[i].id, bytes, in_flight = self.flushes.len(), "flush started");
-        self.buffered_bytes -= bytes;
-        self.in_flight_bytes += bytes;
+        let started = self.owned[i].start_flush(&self.flush_ctx, &mut self.flushes)?;
+        tracing::debug!(unit = %self.owned[i].id, bytes = started.taken, in_flight = self.flushes.len(), "flush started");
+        self.buffered_bytes -= started.taken;
+        self.in_flight_bytes += started.charge;
         Ok(())
     }
 

@@ -8,10 +8,12 @@
 //!   rendezvous hashing ([`sluice_coord::assignment`]), takes their leases, and loops: a batch is
 //!   polled from Kafka ([`sluice_source::KafkaSource`]), decoded into the buffer of every table
 //!   reading its topic ([`sluice_decode::TableBuffer`]); membership changes hand partitions over.
-//! * `unit::OwnedUnit::flush`: when a flush policy fires, the buffers of one partition become
-//!   sorted Parquet parts ([`sluice_sink::build_parts`]), are uploaded, and are committed
-//!   together with the partition's next offset in one coordinator commit that only succeeds
-//!   under this worker's lease.
+//! * `unit::OwnedUnit::start_flush`: when a flush policy fires, the buffers of one partition
+//!   are drained into a task of their own, which turns them into sorted Parquet parts
+//!   ([`sluice_sink::build_parts`]) off the async runtime, uploads them, and commits them together
+//!   with the partition's next offset in one coordinator commit that only succeeds under this
+//!   worker's lease, after the partition's previous flush committed. The session goes on
+//!   consuming meanwhile.
 //!
 //! Exactly-once follows from three facts: parts are invisible until the commit that also moves
 //! the offset; a new owner resumes from the committed offset and drops whatever was buffered or

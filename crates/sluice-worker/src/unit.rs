@@ -42,14 +42,28 @@ pub(crate) struct FlushContext {
 /// The flush tasks of a session; each ends with its unit's commit or the error that stopped it.
 pub(crate) type FlushTasks = JoinSet<Result<Committed, WorkerError>>;
 
+/// What a flush in flight is counted for against the memory budget, per raw byte of the events
+/// it took from the buffers: besides its decoded columns it holds their sorted copy, the
+/// encoder's pages and compressor, and the encoded parts until they are uploaded. Counting
+/// only the raw size let peak RSS exceed the budget by up to 100 MiB under backpressure
+/// (docs/performance.md).
+const IN_FLIGHT_CHARGE: u64 = 2;
+
 /// A flush started and not yet committed.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) first_offset: i64,
     pub(crate) first_timestamp_ms: Option<i64>,
-    /// Raw event bytes it holds, counted against the memory budget until it commits.
-    pub(crate) bytes: u64,
+    /// What it is counted for against the memory budget until it commits.
+    pub(crate) charge: u64,
     task: AbortHandle,
+}
+
+/// What starting a flush moved: raw bytes out of the buffers, and the charge it holds instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Started {
+    pub(crate) taken: u64,
+    pub(crate) charge: u64,
 }
 
 /// What a committed flush did, for the run summary.
@@ -184,17 +198,18 @@ impl OwnedUnit {
         }
     }
 
-    /// Starts a flush of everything buffered as a task in `tasks`; returns the raw bytes it
-    /// took out of the buffers (0 if nothing was buffered).
+    /// Starts a flush of everything buffered as a task in `tasks` (nothing if nothing is
+    /// buffered).
     pub(crate) fn start_flush(
         &mut self,
         ctx: &FlushContext,
         tasks: &mut FlushTasks,
-    ) -> Result<u64, WorkerError> {
+    ) -> Result<Started, WorkerError> {
         let Some((first_offset, last_offset)) = self.buffered.take() else {
-            return Ok(0);
+            return Ok(Started::default());
         };
-        let bytes = self.bytes();
+        let taken = self.bytes();
+        let charge = taken * IN_FLIGHT_CHARGE;
         let mut drained = Vec::with_capacity(self.tables.len());
         for (table, buffer) in &mut self.tables {
             drained.push((Arc::clone(table), buffer.drain()?));
@@ -218,26 +233,26 @@ impl OwnedUnit {
         self.in_flight.push_back(InFlight {
             first_offset,
             first_timestamp_ms: self.first_timestamp_ms.take(),
-            bytes,
+            charge,
             task,
         });
-        Ok(bytes)
+        Ok(Started { taken, charge })
     }
 
-    /// Marks the oldest in-flight flush committed; returns the bytes it held.
+    /// Marks the oldest in-flight flush committed; returns the charge it held.
     pub(crate) fn finish_flush(&mut self) -> u64 {
-        self.in_flight.pop_front().map_or(0, |f| f.bytes)
+        self.in_flight.pop_front().map_or(0, |f| f.charge)
     }
 
     /// Stops this unit's in-flight flushes (their commits may or may not have happened: the
-    /// registry says which); returns the bytes they held.
+    /// registry says which); returns the charge they held.
     pub(crate) fn abort_flushes(&mut self) -> u64 {
         self.last_commit = None;
         self.in_flight
             .drain(..)
             .map(|f| {
                 f.task.abort();
-                f.bytes
+                f.charge
             })
             .sum()
     }
