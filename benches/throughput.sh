@@ -10,9 +10,12 @@
 #   benches/throughput.sh                  # 1,000,000 events (about 180 MB of JSON)
 #   EVENTS=200000 benches/throughput.sh    # a smaller corpus
 #   BROKER=0 benches/throughput.sh         # the conversion path only: no stack needed
+#   VIEWS=benches/view-filter.toml benches/throughput.sh       # with a filter view
+#   VIEWS=benches/view-aggregation.toml benches/throughput.sh  # with an aggregation view
 #
-# Settings (environment): EVENTS, SEED (42), PARTITIONS (4), BROKER (1), KEEP_STACK (0: the
-# stack this script started is stopped at the end), PROFILE (release; `dev` for a smoke run),
+# Settings (environment): EVENTS, SEED (42), PARTITIONS (4), VIEWS (a fragment of views and
+# their tables appended to benches/bench.toml), BROKER (1), KEEP_STACK (0: the stack this script
+# started is stopped at the end), PROFILE (release; `dev` for a smoke run),
 # and the stack's SLUICE_BENCH_STACK_DIR (.stack-bench), SLUICE_BENCH_ZK_PORT (22281),
 # SLUICE_BENCH_KAFKA_PORT (29192), SLUICE_BENCH_S3_PORT (29100).
 #
@@ -30,7 +33,10 @@ profile="${PROFILE:-release}"
 work_dir="target/bench"
 
 echo "== building sluice and sluice-bench ($profile)"
-cargo build --profile "$profile" -p sluice -p sluice-bench --locked
+# The workspace's binaries, not `-p sluice -p sluice-bench`: the same feature set as
+# `scripts/test.sh` builds, so a smoke run after it reuses DataFusion's build instead of
+# compiling it again with other features.
+cargo build --profile "$profile" --workspace --bins --locked
 case "$profile" in
     dev) bin_dir=target/debug ;;
     *) bin_dir="target/$profile" ;;
@@ -38,6 +44,9 @@ esac
 
 args=(run --events "$events" --seed "$seed" --partitions "$partitions" --work-dir "$work_dir"
     --config benches/bench.toml --sluice "$bin_dir/sluice")
+if [ -n "${VIEWS:-}" ]; then
+    args+=(--views "$VIEWS")
+fi
 
 stop_stack() { :; }
 if [ "${BROKER:-1}" = 1 ]; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job, from a bare machine: start the local stack (installing what is missing), produce
 # sample events (some malformed on purpose) into a 4-partition topic, run a fleet of three workers
-# until they have ingested everything, and show the fleet and what it wrote: committed offsets and
-# parts. The stack keeps
+# until they have ingested everything, and show the fleet and what it wrote: committed offsets,
+# parts, and the results of two materialized views read with `sluice query`. The stack keeps
 # running afterwards so you can look around; `scripts/stack.sh stop` ends it.
 #
 #   EVENTS=100000 scripts/quickstart.sh      # more events (default 20000)
@@ -57,8 +57,20 @@ echo "== lag after (every partition committed up to its end)"
 "$sluice" lag --config "$config"
 echo "== committed parts"
 "$sluice" parts --config "$config"
+echo "== what the views computed (sluice query: SQL over the committed parts, partial states merged)"
+"$sluice" query --config "$config" \
+    "SELECT country, sum(views) AS views, round(sum(duration_ms) / sum(views), 1) AS avg_duration_ms,
+            max(max_duration_ms) AS max_duration_ms
+     FROM page_views_per_minute GROUP BY country ORDER BY views DESC LIMIT 5"
+"$sluice" query --config "$config" \
+    "SELECT e.country, e.failed, v.views, round(100.0 * e.failed / v.views, 2) AS failed_pct
+     FROM (SELECT country, count(*) AS failed FROM page_view_errors GROUP BY country) e
+     JOIN (SELECT country, sum(views) AS views FROM page_views_per_minute GROUP BY country) v
+       ON e.country = v.country
+     ORDER BY e.failed DESC LIMIT 5"
 echo
-echo "Parquet parts are under .stack/quickstart-data/page_views/ (data/<day>/ and quarantine/)."
+echo "Parquet parts are under .stack/quickstart-data/<table>/ (data/<day>/ and quarantine/); query"
+echo "them with: $sluice query --config $config \"SELECT ...\""
 
 if [ "${SERVE:-0}" = 1 ]; then
     echo "== serving: three workers keep ingesting; produce more with"

@@ -34,6 +34,15 @@ async fn three_workers_share_a_fourth_joins_and_one_leaves() -> Result<()> {
     }
     let three = wait_balanced(&d.config, &d.topic, PARTITIONS, &["w1", "w2", "w3"], SETTLE).await?;
     d.produce_more(2_000).await?;
+    // Workers that started a moment apart may already have handed partitions to each other
+    // while the first three settled; only the handovers the join causes count below.
+    let handovers = |workers: &BTreeMap<&str, Worker>| -> usize {
+        ["w1", "w2", "w3"]
+            .iter()
+            .map(|id| workers[id].log_text().matches("handed over").count())
+            .sum()
+    };
+    let handed_before_join = handovers(&workers);
 
     // A fourth joins: it takes exactly the partitions it now ranks first on, nothing else moves.
     workers.insert("w4", spawn(&d, "w4")?);
@@ -50,22 +59,16 @@ async fn three_workers_share_a_fourth_joins_and_one_leaves() -> Result<()> {
         moved.iter().all(|p| four[p] == "w4"),
         "partitions moved between workers that stayed: before {three:?}, after {four:?}"
     );
-    // Binomial(16, 1/4): mean 4, 3 standard deviations above is 9.2.
-    ensure!(
-        moved.len() <= 9,
-        "{} of {PARTITIONS} partitions moved on a join",
-        moved.len()
-    );
+    // How many move depends on the topic's (unique) name: about 1/4 on average, with a wide
+    // spread over 16 partitions. The share itself is pinned by the assignment's unit tests over
+    // 1,024 partitions; here what matters is that nothing else moved.
     println!(
         "join: {} of {PARTITIONS} partitions moved to the newcomer (1/N ideal: {:.1})",
         moved.len(),
         f64::from(PARTITIONS) / 4.0
     );
     // The old owners committed and released them: a handover, not a takeover.
-    let handed: usize = ["w1", "w2", "w3"]
-        .iter()
-        .map(|id| workers[id].log_text().matches("handed over").count())
-        .sum();
+    let handed = handovers(&workers) - handed_before_join;
     ensure!(
         handed == moved.len(),
         "{handed} handovers logged for {} moved partitions",

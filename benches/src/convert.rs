@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 /// Bytes read per read call.
 const READ_BUFFER: usize = 4 << 20;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -22,12 +23,15 @@ use sluice_coord::UnitId;
 use sluice_decode::TableBuffer;
 use sluice_sink::{build_parts, FlushSource, Storage};
 use sluice_telemetry::process::ProcessUsage;
+use sluice_transform::Views;
 
 /// What to convert, and how.
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
     pub input: PathBuf,
     pub table: TableConfig,
+    /// The views over the table, run on every flush as the worker runs them.
+    pub views: Option<Arc<Views>>,
     /// Threads working side by side, each on its own byte range of the input.
     pub threads: usize,
     /// Simulated source partitions, dealt out over the threads (at least one each).
@@ -161,11 +165,17 @@ fn convert_range(
         .build()?;
     let mut partitions: Vec<Partition> = partition_ids
         .iter()
-        .map(|&p| Partition {
-            unit: UnitId::new(table.topic.clone(), p),
-            buffer: TableBuffer::new(table),
-            next_offset: 0,
-            first_buffered: 0,
+        .map(|&p| {
+            let mut buffer = TableBuffer::new(table);
+            if opts.views.is_some() {
+                buffer.record_origins();
+            }
+            Partition {
+                unit: UnitId::new(table.topic.clone().unwrap_or_else(|| table.name.clone()), p),
+                buffer,
+                next_offset: 0,
+                first_buffered: 0,
+            }
         })
         .collect();
     let mut file = File::open(&opts.input)?;
@@ -205,7 +215,7 @@ fn convert_range(
             let due = p.buffer.rows() + p.buffer.quarantined() >= table.flush.max_rows
                 || p.buffer.bytes() >= table.flush.max_bytes;
             if due {
-                flush(table, storage, &runtime, p, &mut figures)?;
+                flush(opts, storage, &runtime, p, &mut figures)?;
             }
         }
         if at_end {
@@ -220,20 +230,21 @@ fn convert_range(
     }
     for p in &mut partitions {
         if !p.buffer.is_empty() {
-            flush(table, storage, &runtime, p, &mut figures)?;
+            flush(opts, storage, &runtime, p, &mut figures)?;
         }
     }
     Ok(figures)
 }
 
-/// One partition's flush, as the worker does it: drain, sort and encode, upload.
+/// One partition's flush, as the worker does it: drain, views, sort and encode, upload.
 fn flush(
-    table: &TableConfig,
+    opts: &ConvertOptions,
     storage: &Storage,
     runtime: &tokio::runtime::Runtime,
     p: &mut Partition,
     figures: &mut Figures,
 ) -> Result<()> {
+    let table = &opts.table;
     let source = FlushSource {
         unit: p.unit.clone(),
         first_offset: p.first_buffered,
@@ -243,7 +254,23 @@ fn flush(
     let drained = p.buffer.drain()?;
     figures.rows += drained.batch.num_rows() as u64;
     figures.quarantined += drained.quarantine.len() as u64;
-    let parts = build_parts(table, &source, &drained.batch, &drained.quarantine)?;
+    let mut parts = build_parts(table, &source, &drained.batch, &drained.quarantine)?;
+    if let Some(views) = &opts.views {
+        let outputs = views.apply(
+            runtime.handle(),
+            &table.name,
+            &drained.batch,
+            drained.origins.as_ref(),
+        );
+        for out in outputs {
+            parts.extend(build_parts(
+                &out.target,
+                &source,
+                &out.batch,
+                &out.quarantine,
+            )?);
+        }
+    }
     for part in parts {
         figures.parts += 1;
         figures.part_bytes += part.bytes.len() as u64;

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use sluice_bench::convert::{convert, ConvertOptions};
 use sluice_bench::run::{render, run, BrokerSide, RunOptions};
 use sluice_config::{Config, StorageConfig};
+use sluice_transform::Views;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,6 +39,10 @@ enum Cmd {
         /// The deployment to measure (table, flush policy, memory budget).
         #[arg(long, default_value = "benches/bench.toml")]
         config: PathBuf,
+        /// Views (and their tables) to append to the config, as a TOML fragment: measures
+        /// their cost (benches/view-filter.toml, benches/view-aggregation.toml).
+        #[arg(long)]
+        views: Option<PathBuf>,
         /// Corpus, parts, logs and results.json go here.
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
@@ -96,6 +102,7 @@ fn main() -> Result<()> {
             events,
             seed,
             config,
+            views,
             work_dir,
             partitions,
             threads,
@@ -124,6 +131,7 @@ fn main() -> Result<()> {
                 events,
                 seed,
                 config,
+                views,
                 work_dir,
                 partitions,
                 all_threads: threads.unwrap_or(cores),
@@ -153,9 +161,13 @@ fn main() -> Result<()> {
                     .clone(),
                 None => config.tables[0].clone(),
             };
+            let views = tokio::runtime::Builder::new_current_thread()
+                .build()?
+                .block_on(Views::compile(&config))?;
             let figures = convert(&ConvertOptions {
                 input,
                 table,
+                views: (!views.is_empty()).then(|| Arc::new(views)),
                 threads,
                 partitions,
                 storage: StorageConfig {

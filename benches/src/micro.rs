@@ -30,7 +30,10 @@ pub fn decoded(table: &TableConfig, n: usize) -> arrow::record_batch::RecordBatc
 /// The source of a flush of `n` events from partition 0.
 pub fn flush_source(table: &TableConfig, n: usize) -> sluice_sink::FlushSource {
     sluice_sink::FlushSource {
-        unit: sluice_coord::UnitId::new(table.topic.clone(), 0),
+        unit: sluice_coord::UnitId::new(
+            table.topic.clone().unwrap_or_else(|| table.name.clone()),
+            0,
+        ),
         first_offset: 0,
         last_offset: n as i64 - 1,
         lease_epoch: 1,

@@ -29,6 +29,9 @@ pub struct RunOptions {
     pub events: u64,
     pub seed: u64,
     pub config: PathBuf,
+    /// A TOML fragment of views (and their tables) appended to the config, to measure their
+    /// cost.
+    pub views: Option<PathBuf>,
     pub work_dir: PathBuf,
     pub partitions: usize,
     /// Threads of the "all cores" conversion run.
@@ -51,6 +54,8 @@ pub struct Results {
     pub corpus_bytes: u64,
     pub partitions: usize,
     pub cores: usize,
+    /// The views fragment measured with, if any.
+    pub views: Option<String>,
     pub steps: Vec<Step>,
 }
 
@@ -79,12 +84,30 @@ pub fn run(opts: &RunOptions) -> Result<Results> {
     let corpus = work_dir.join(format!("corpus-{}-seed{}.ndjson", opts.events, opts.seed));
     let corpus_bytes = write_corpus(&corpus, opts.events, opts.seed)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The deployment measured: the config, and the views fragment if any.
+    let mut text = std::fs::read_to_string(&opts.config)
+        .with_context(|| format!("cannot read {}", opts.config.display()))?;
+    if let Some(views) = &opts.views {
+        text.push('\n');
+        text.push_str(
+            &std::fs::read_to_string(views)
+                .with_context(|| format!("cannot read {}", views.display()))?,
+        );
+    }
+    let deployment = work_dir.join("deployment.toml");
+    std::fs::write(&deployment, text)?;
+    sluice_config::Config::load(&deployment).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = &RunOptions {
+        config: deployment,
+        ..opts.clone()
+    };
     let mut results = Results {
         events: opts.events,
         seed: opts.seed,
         corpus_bytes,
         partitions: opts.partitions,
         cores,
+        views: opts.views.as_ref().map(|v| v.display().to_string()),
         steps: Vec::new(),
     };
     let me = std::env::current_exe()?;
@@ -211,10 +234,13 @@ fn deployment_config(
     let mut storage = section(&mut doc, "storage")?;
     storage.insert("url".into(), format!("file://{}", data.display()).into());
     doc.insert("storage".into(), storage.into());
+    // The landing tables read this run's topic; views' tables have none.
     if let Some(toml::Value::Array(tables)) = doc.get_mut("table") {
         for t in tables {
             if let toml::Value::Table(t) = t {
-                t.insert("topic".into(), topic.into());
+                if t.contains_key("topic") {
+                    t.insert("topic".into(), topic.into());
+                }
             }
         }
     }
@@ -323,12 +349,13 @@ fn broker_steps(
 pub fn render(results: &Results) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "corpus: {} events, {:.1} bytes of JSON each (seed {}); {} partitions; {} cores\n\n",
+        "corpus: {} events, {:.1} bytes of JSON each (seed {}); {} partitions; {} cores; views: {}\n\n",
         results.events,
         results.corpus_bytes as f64 / results.events.max(1) as f64,
         results.seed,
         results.partitions,
-        results.cores
+        results.cores,
+        results.views.as_deref().unwrap_or("none")
     ));
     s.push_str(&format!(
         "{:<26} {:>10} {:>12} {:>8} {:>10} {:>14} {:>10}\n",

@@ -112,12 +112,24 @@ pub fn events(n: u64, partitions: i32) -> Vec<Event> {
     events_from(0, n, partitions)
 }
 
+/// The event time of event `seq` (ms since the epoch): spread over three days.
+pub fn event_ts(seq: u64) -> i64 {
+    BASE_MS + (seq as i64 * 7_919_000).rem_euclid(3 * DAY_MS)
+}
+
+/// The day (`YYYY-MM-DD`) of event `seq`: its part's partition value.
+pub fn event_day(seq: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(event_ts(seq))
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
 /// [`events`] with sequence numbers `start..start + n`, for a stream produced in rounds.
 pub fn events_from(start: u64, n: u64, partitions: i32) -> Vec<Event> {
     (start..start + n)
         .map(|seq| {
             let partition = (seq % partitions as u64) as i32;
-            let ts = BASE_MS + (seq as i64 * 7_919_000).rem_euclid(3 * DAY_MS);
+            let ts = event_ts(seq);
             let country = COUNTRIES[(seq * 7 % COUNTRIES.len() as u64) as usize];
             let path = PATHS[(seq * 3 % PATHS.len() as u64) as usize];
             let good = format!(r#"{{"seq":{seq},"ts":{ts},"user_id":{},"country":"{country}","path":"{path}","duration_ms":{}.5,"ok":{}}}"#, seq % 97, seq % 1000, seq % 2 == 0);

@@ -62,9 +62,65 @@ pub struct Config {
     /// Metrics, health endpoints and the dashboard.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
-    /// The tables; each reads one topic. Written as `[[table]]` blocks.
+    /// The tables: those with a `topic` are decoded from Kafka, the others are written by a
+    /// view. Written as `[[table]]` blocks.
     #[serde(rename = "table")]
     pub tables: Vec<TableConfig>,
+    /// Materialized views: SQL run over every batch that lands in a table, written to another
+    /// table and committed together with it. Written as `[[view]]` blocks.
+    #[serde(rename = "view", default)]
+    pub views: Vec<ViewConfig>,
+}
+
+/// A materialized view: a SQL `SELECT` run over every batch that lands in its source table (each
+/// flush), whose result is written to its target table, sorted and split by the target's own
+/// keys, and committed in the same commit as the source's parts and offset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// Lowercase letters, digits and `_`; names the view in logs, errors and quarantine rows.
+    pub name: String,
+    /// The table the view reads: one with a `topic`, or another view's target (a chain). Not an
+    /// aggregating table: its rows are partial states.
+    pub source: String,
+    /// A `SELECT` over the source table, by its name. Filters, projections, computed columns
+    /// and `GROUP BY` with `count`, `sum`, `min`, `max` and `approx_distinct`; nothing that needs
+    /// more than one batch at a time (no `ORDER BY`, `LIMIT`, `HAVING`, joins or windows).
+    pub sql: String,
+    /// The table the rows go to: one without a `topic`, written by this view alone, whose
+    /// columns are the query's output columns by name and type.
+    pub target: String,
+}
+
+/// How an aggregating table's column merges across batches and parts. The rows of a view's
+/// batch hold partial states; reading the table merges the states of equal keys (the columns
+/// without an aggregate) into final values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// `count(...)`: an int64, merged by summing.
+    Count,
+    /// `sum(x)`: merged by summing.
+    Sum,
+    /// `min(x)`: merged by taking the minimum.
+    Min,
+    /// `max(x)`: merged by taking the maximum.
+    Max,
+    /// `approx_distinct(x)`: a HyperLogLog sketch (binary), merged by union; reads as a uint64.
+    ApproxDistinct,
+}
+
+impl Aggregate {
+    /// The SQL function producing the state in a view.
+    pub fn function(self) -> &'static str {
+        match self {
+            Aggregate::Count => "count",
+            Aggregate::Sum => "sum",
+            Aggregate::Min => "min",
+            Aggregate::Max => "max",
+            Aggregate::ApproxDistinct => "approx_distinct",
+        }
+    }
 }
 
 /// The worker's HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and the live
@@ -327,8 +383,9 @@ impl Default for StorageConfig {
 pub struct TableConfig {
     /// Lowercase letters, digits and `_`; names the table's directory in storage.
     pub name: String,
-    /// The Kafka topic this table reads.
-    pub topic: String,
+    /// The Kafka topic this table reads. None: the table is a view's target.
+    #[serde(default)]
+    pub topic: Option<String>,
     /// Definition version, recorded in every part and its object name.
     #[serde(default = "default_version")]
     pub version: u32,
@@ -375,6 +432,10 @@ pub struct ColumnConfig {
     /// Default: the column name.
     #[serde(default)]
     pub source: Option<String>,
+    /// In a view's target table: the aggregate whose partial states the column holds (`count`,
+    /// `sum`, `min`, `max`, `approx_distinct`); the columns without one are the grouping key.
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
 }
 
 pub const fn default_nullable() -> bool {
@@ -382,6 +443,15 @@ pub const fn default_nullable() -> bool {
 }
 
 impl ColumnConfig {
+    /// The Arrow type stored in parts: the declared type, or a binary sketch for
+    /// `approx_distinct` states.
+    pub fn stored_type(&self) -> DataType {
+        match self.aggregate {
+            Some(Aggregate::ApproxDistinct) => DataType::Binary,
+            _ => self.column_type.arrow_type(),
+        }
+    }
+
     /// The JSON path this column is read from, split at dots.
     pub fn source_path(&self) -> Vec<String> {
         self.source
@@ -551,14 +621,20 @@ impl Default for FlushConfig {
 }
 
 impl TableConfig {
-    /// The Arrow schema of the table's data parts.
+    /// The Arrow schema of the table's data parts (for an aggregating table, its partial
+    /// states: `approx_distinct` columns are binary sketches).
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
             self.columns
                 .iter()
-                .map(|c| Field::new(&c.name, c.column_type.arrow_type(), c.nullable))
+                .map(|c| Field::new(&c.name, c.stored_type(), c.nullable))
                 .collect::<Vec<_>>(),
         ))
+    }
+
+    /// Whether the table holds partial aggregate states (some column has an `aggregate`).
+    pub fn is_aggregating(&self) -> bool {
+        self.columns.iter().any(|c| c.aggregate.is_some())
     }
 
     pub fn column(&self, name: &str) -> Option<&ColumnConfig> {
@@ -716,6 +792,119 @@ impl Config {
                 ));
             }
         }
+        self.validate_views()
+    }
+
+    /// What a view needs of the tables around it; the SQL itself is planned against its
+    /// source's schema by the transform stage at start-up.
+    fn validate_views(&self) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        let mut writers: BTreeMap<&str, &str> = BTreeMap::new();
+        for (i, v) in self.views.iter().enumerate() {
+            let at = |field: &str| format!("view[{i}] ({}).{field}", v.name);
+            if !is_simple_name(&v.name) {
+                return Err(invalid(
+                    format!("view[{i}].name"),
+                    format!("`{}` is not a valid view name", v.name),
+                    "use lowercase letters, digits and `_`, starting with a letter",
+                ));
+            }
+            if !names.insert(v.name.as_str()) {
+                return Err(invalid(
+                    format!("view[{i}].name"),
+                    format!("view `{}` is defined twice", v.name),
+                    "give every view a unique name",
+                ));
+            }
+            let tables = || {
+                self.tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let Some(source) = self.table(&v.source) else {
+                return Err(invalid(
+                    at("source"),
+                    format!("names `{}`, which is not a table", v.source),
+                    format!("use one of the tables: {}", tables()),
+                ));
+            };
+            if source.is_aggregating() {
+                return Err(invalid(
+                    at("source"),
+                    format!(
+                        "`{}` is an aggregating table: its rows are partial states, not events",
+                        v.source
+                    ),
+                    "read the table the aggregation's view reads, or aggregate in one view",
+                ));
+            }
+            let Some(target) = self.table(&v.target) else {
+                return Err(invalid(
+                    at("target"),
+                    format!("names `{}`, which is not a table", v.target),
+                    format!("define a `[[table]]` named `{}` without a topic, with the query's output columns", v.target),
+                ));
+            };
+            if target.topic.is_some() {
+                return Err(invalid(
+                    at("target"),
+                    format!(
+                        "table `{}` reads a topic; a view writes only to a table of its own",
+                        v.target
+                    ),
+                    format!(
+                        "remove `topic` from table `{}`, or write the view to another table",
+                        v.target
+                    ),
+                ));
+            }
+            if let Some(other) = writers.insert(v.target.as_str(), v.name.as_str()) {
+                return Err(invalid(
+                    at("target"),
+                    format!(
+                        "table `{}` is already the target of view `{other}`",
+                        v.target
+                    ),
+                    "give each view a target table of its own",
+                ));
+            }
+            if v.sql.trim().is_empty() {
+                return Err(invalid(
+                    at("sql"),
+                    "is empty",
+                    format!("write a SELECT over `{}`", v.source),
+                ));
+            }
+        }
+        for (i, t) in self.tables.iter().enumerate() {
+            if t.topic.is_none() && !writers.contains_key(t.name.as_str()) {
+                return Err(invalid(
+                    format!("table[{i}] ({}).topic", t.name),
+                    "the table has no topic and no view writes to it",
+                    "give it the `topic` it reads, or a `[[view]]` whose target it is",
+                ));
+            }
+        }
+        // Following sources upwards from every view must reach a table that reads a topic.
+        for v in &self.views {
+            let mut seen = BTreeSet::new();
+            let mut table = v.source.as_str();
+            while let Some(parent) = self.views.iter().find(|p| p.target == table) {
+                if !seen.insert(parent.name.as_str()) {
+                    return Err(invalid(
+                        format!("view ({}).source", v.name),
+                        format!(
+                            "views `{}` read each other in a cycle",
+                            seen.into_iter().collect::<Vec<_>>().join("`, `")
+                        ),
+                        "make every chain of views start at a table with a topic",
+                    ));
+                }
+                table = parent.source.as_str();
+            }
+        }
         Ok(())
     }
 
@@ -737,8 +926,40 @@ impl Config {
 
     /// The distinct topics the tables read, in name order.
     pub fn topics(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.tables.iter().map(|t| t.topic.as_str()).collect();
+        let set: BTreeSet<&str> = self
+            .tables
+            .iter()
+            .filter_map(|t| t.topic.as_deref())
+            .collect();
         set.into_iter().map(str::to_string).collect()
+    }
+
+    /// The table of this name.
+    pub fn table(&self, name: &str) -> Option<&TableConfig> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// The tables a topic's flush writes: those reading the topic, and the targets of every
+    /// view downstream of them (chains included), sources before targets.
+    pub fn tables_fed_by(&self, topic: &str) -> Vec<&TableConfig> {
+        let mut out: Vec<&TableConfig> = self
+            .tables
+            .iter()
+            .filter(|t| t.topic.as_deref() == Some(topic))
+            .collect();
+        let mut i = 0;
+        while i < out.len() {
+            let name = out[i].name.clone();
+            for v in self.views.iter().filter(|v| v.source == name) {
+                if let Some(t) = self.table(&v.target) {
+                    if !out.iter().any(|o| o.name == t.name) {
+                        out.push(t);
+                    }
+                }
+            }
+            i += 1;
+        }
+        out
     }
 }
 
@@ -765,12 +986,14 @@ impl TableConfig {
                 "use lowercase letters, digits and `_`, starting with a letter",
             ));
         }
-        if self.topic.is_empty() || self.topic.contains('/') {
-            return Err(invalid(
-                at("topic"),
-                format!("`{}` is not a valid topic name", self.topic),
-                "name the Kafka topic this table reads",
-            ));
+        if let Some(topic) = &self.topic {
+            if topic.is_empty() || topic.contains('/') {
+                return Err(invalid(
+                    at("topic"),
+                    format!("`{topic}` is not a valid topic name"),
+                    "name the Kafka topic this table reads",
+                ));
+            }
         }
         if self.columns.is_empty() {
             return Err(invalid(
@@ -806,6 +1029,48 @@ impl TableConfig {
                     )
                 })?;
             }
+            if self.topic.is_none() && (col.source.is_some() || col.default.is_some()) {
+                return Err(invalid(
+                    at(&format!("column.{}", col.name)),
+                    "`source` and `default` say how to read a JSON event, and a view's target reads none",
+                    "remove them: the view's query gives the column's values",
+                ));
+            }
+            if let Some(agg) = col.aggregate {
+                if self.topic.is_some() {
+                    return Err(invalid(
+                        at(&format!("column.{}.aggregate", col.name)),
+                        "aggregate states are written by views, and this table reads a topic",
+                        "remove `aggregate`, or move the column to a view's target table",
+                    ));
+                }
+                let fits = match agg {
+                    Aggregate::Count => col.column_type == ColumnType::Int64,
+                    Aggregate::Sum => matches!(
+                        col.column_type,
+                        ColumnType::Int64 | ColumnType::UInt64 | ColumnType::Float64
+                    ),
+                    Aggregate::Min | Aggregate::Max => col.column_type != ColumnType::Boolean,
+                    Aggregate::ApproxDistinct => col.column_type == ColumnType::UInt64,
+                };
+                if !fits {
+                    let expected = match agg {
+                        Aggregate::Count => "int64",
+                        Aggregate::Sum => "int64, uint64 or float64 (the sum's type)",
+                        Aggregate::Min | Aggregate::Max => "the type of the column it is taken of",
+                        Aggregate::ApproxDistinct => "uint64 (the estimate's type)",
+                    };
+                    return Err(invalid(
+                        at(&format!("column.{}.type", col.name)),
+                        format!(
+                            "{} does not hold `{}` states",
+                            col.column_type,
+                            agg.function()
+                        ),
+                        format!("declare it as {expected}"),
+                    ));
+                }
+            }
         }
         for key in &self.sorting_key {
             let Some(col) = self.column(key) else {
@@ -815,7 +1080,13 @@ impl TableConfig {
                     format!("use columns of the table: {}", self.column_names()),
                 ));
             };
-            let _ = col;
+            if col.aggregate.is_some() {
+                return Err(invalid(
+                    at("sorting_key"),
+                    format!("names `{key}`, an aggregate state"),
+                    "sort by the grouping columns (those without `aggregate`)",
+                ));
+            }
         }
         if let Some(pk) = &self.partition_key {
             let Some(col) = self.column(&pk.column) else {
@@ -825,6 +1096,13 @@ impl TableConfig {
                     format!("use a column of the table: {}", self.column_names()),
                 ));
             };
+            if col.aggregate.is_some() {
+                return Err(invalid(
+                    at("partition_key.column"),
+                    format!("names `{}`, an aggregate state", pk.column),
+                    "partition by a grouping column (one without `aggregate`)",
+                ));
+            }
             let temporal = col.column_type.is_temporal();
             match pk.granularity {
                 Granularity::Identity if col.column_type == ColumnType::Float64 => {
@@ -1040,6 +1318,94 @@ source = "geo.country"
         );
         let e = err_of(&set.replace("\"2048\"", "\"lots\""));
         assert!(e.contains("queued.max.messages.kbytes"), "{e}");
+    }
+
+    /// MINIMAL plus a view target table and a view; `table` and `view` replace their parts.
+    fn with_view(table: &str, view: &str) -> String {
+        format!("{MINIMAL}\n{table}\n{view}\n")
+    }
+
+    const TARGET: &str = r#"
+[[table]]
+name = "per_country"
+[[table.column]]
+name = "country"
+type = "string"
+[[table.column]]
+name = "n"
+type = "int64"
+aggregate = "count"
+"#;
+
+    const VIEW: &str = r#"
+[[view]]
+name = "countries"
+source = "events"
+target = "per_country"
+sql = "SELECT country, count(*) AS n FROM events GROUP BY country"
+"#;
+
+    #[test]
+    fn a_view_and_its_aggregating_target_parse() {
+        let c = Config::from_toml_str(&with_view(TARGET, VIEW), "t").unwrap();
+        assert_eq!(c.views.len(), 1);
+        let t = c.table("per_country").unwrap();
+        assert!(t.is_aggregating() && t.topic.is_none());
+        assert_eq!(c.topics(), vec!["events".to_string()]);
+        let fed: Vec<&str> = c
+            .tables_fed_by("events")
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(fed, vec!["events", "per_country"]);
+    }
+
+    #[test]
+    fn views_that_do_not_fit_their_tables_are_refused() {
+        let cases: Vec<(String, &str)> = vec![
+            (with_view(TARGET, &VIEW.replace("source = \"events\"", "source = \"nope\"")), "view[0] (countries).source"),
+            (with_view(TARGET, &VIEW.replace("target = \"per_country\"", "target = \"nope\"")), "view[0] (countries).target"),
+            (with_view(TARGET, &VIEW.replace("target = \"per_country\"", "target = \"events\"")), "reads a topic"),
+            (with_view(TARGET, &format!("{VIEW}{}", VIEW.replace("name = \"countries\"", "name = \"again\""))), "already the target of view `countries`"),
+            (with_view(TARGET, ""), "no view writes to it"),
+            (with_view(TARGET, &VIEW.replace("sql = \"SELECT country, count(*) AS n FROM events GROUP BY country\"", "sql = \" \"")), "sql"),
+            (with_view(&TARGET.replace("type = \"int64\"\naggregate = \"count\"", "type = \"string\"\naggregate = \"count\""), VIEW), "does not hold `count` states"),
+            (with_view(&TARGET.replace("name = \"per_country\"\n", "name = \"per_country\"\nsorting_key = [\"n\"]\n"), VIEW), "aggregate state"),
+            (
+                format!("{}\n{TARGET}\n{VIEW}", MINIMAL.replace("default = \"unknown\"", "default = \"unknown\"\naggregate = \"max\"")),
+                "aggregate states are written by views",
+            ),
+            (
+                with_view(
+                    &format!("{TARGET}\n[[table]]\nname = \"again\"\n[[table.column]]\nname = \"n\"\ntype = \"int64\"\n"),
+                    &format!("{VIEW}\n[[view]]\nname = \"over_states\"\nsource = \"per_country\"\ntarget = \"again\"\nsql = \"SELECT n FROM per_country\"\n"),
+                ),
+                "partial states",
+            ),
+        ];
+        for (text, wanted) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(wanted), "expected `{wanted}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn views_reading_each_other_in_a_cycle_are_refused() {
+        let plain = |name: &str| {
+            format!("\n[[table]]\nname = \"{name}\"\n[[table.column]]\nname = \"country\"\ntype = \"string\"\n")
+        };
+        let view = |name: &str, source: &str, target: &str| {
+            format!("\n[[view]]\nname = \"{name}\"\nsource = \"{source}\"\ntarget = \"{target}\"\nsql = \"SELECT country FROM {source}\"\n")
+        };
+        let text = format!(
+            "{MINIMAL}{}{}{}{}",
+            plain("a"),
+            plain("b"),
+            view("va", "b", "a"),
+            view("vb", "a", "b")
+        );
+        let e = err_of(&text);
+        assert!(e.contains("cycle"), "{e}");
     }
 
     #[test]

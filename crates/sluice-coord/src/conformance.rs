@@ -72,6 +72,7 @@ where
     };
     fresh_unit(open().await?).await?;
     commit_is_visible_atomically(open().await?).await?;
+    data_and_quarantine_of_one_flush_are_distinct(open().await?).await?;
     lease_is_exclusive(open().await?, open().await?).await?;
     stale_lease_cannot_commit(open().await?, open().await?).await?;
     closed_session_frees_leases(open().await?, open().await?).await?;
@@ -270,6 +271,43 @@ async fn fresh_unit(c: Box<dyn Coordinator>) -> Outcome {
         return Err(fail(CASE, format!("unexpected lease {lease:?}")));
     }
     c.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+/// A table without a partition key: its data part and its quarantine part of one flush share
+/// the partition value ("") and the object's file name, and both must register.
+async fn data_and_quarantine_of_one_flush_are_distinct(c: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "data_and_quarantine_of_one_flush_are_distinct";
+    let unit = UnitId::new(unique("keyless"), 0);
+    let table = unique("tbl_keyless");
+    let lease = c
+        .acquire_lease(&unit, "w1")
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    let file = format!("{}-0-{:020}-{:020}-e1-v1.parquet", unit.topic, 0, 9);
+    let mut data = sample_part(&table, &unit, 0, 9, "x");
+    data.partition_value = String::new();
+    data.path = format!("{table}/data/_/{file}");
+    let mut quarantine = data.clone();
+    quarantine.kind = PartKind::Quarantine;
+    quarantine.path = format!("{table}/quarantine/{file}");
+    c.commit(
+        &lease,
+        &Commit {
+            next_offset: 10,
+            parts: vec![data.clone(), quarantine.clone()],
+        },
+    )
+    .await
+    .map_err(|e| fail(CASE, e.to_string()))?;
+    let mut got = c
+        .list_parts(&table)
+        .await
+        .map_err(|e| fail(CASE, e.to_string()))?;
+    got.sort_by_key(|p| p.kind == PartKind::Quarantine);
+    if got != vec![data, quarantine] {
+        return Err(fail(CASE, format!("table {table} lists {got:?}")));
+    }
+    Ok(())
 }
 
 async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {

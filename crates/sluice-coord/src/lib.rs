@@ -111,9 +111,16 @@ pub struct PartRecord {
 }
 
 impl PartRecord {
-    /// The registry key of the part: its object's file name, unique within table and unit.
-    pub fn name(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
+    /// The registry key of the part, unique within table, partition value and unit: its
+    /// object's file name, prefixed `quarantine-` for quarantine parts (a table without a
+    /// partition key has data and quarantine parts of one flush under the same value, and the
+    /// same file name).
+    pub fn name(&self) -> String {
+        let file = self.path.rsplit('/').next().unwrap_or(&self.path);
+        match self.kind {
+            PartKind::Data => file.to_string(),
+            PartKind::Quarantine => format!("quarantine-{file}"),
+        }
     }
 }
 

@@ -394,7 +394,7 @@ impl Coordinator for ZkCoordinator {
             let shard = self.shard_dir(part);
             self.ensure_dir(&client, &shard).await?;
             let data = serde_json::to_vec(part).expect("part record serializes");
-            part_paths.push((format!("{shard}/{}", encode_segment(part.name())), data));
+            part_paths.push((format!("{shard}/{}", encode_segment(&part.name())), data));
         }
 
         let mut multi = client.new_multi_writer();

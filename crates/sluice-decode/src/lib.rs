@@ -36,6 +36,8 @@ pub enum QuarantineReason {
     MissingField,
     /// A value did not convert to its column's type.
     WrongType,
+    /// A view's query failed on the row (its `view` names the view).
+    ViewFailed,
 }
 
 impl QuarantineReason {
@@ -47,6 +49,7 @@ impl QuarantineReason {
             QuarantineReason::NotObject => "not_object",
             QuarantineReason::MissingField => "missing_field",
             QuarantineReason::WrongType => "wrong_type",
+            QuarantineReason::ViewFailed => "view_failed",
         }
     }
 }
@@ -54,11 +57,29 @@ impl QuarantineReason {
 /// One event that could not become a row, kept whole with the reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuarantineRow {
-    pub offset: i64,
+    /// The Kafka offset of the event; unknown for a row a chained view failed on (its input
+    /// rows are another view's output).
+    pub offset: Option<i64>,
     pub timestamp_ms: Option<i64>,
+    /// The event's payload; for a view's failure, the input row as JSON.
     pub raw: Vec<u8>,
     pub reason: QuarantineReason,
     pub error: String,
+    /// The view that failed on the row (`reason` [`QuarantineReason::ViewFailed`]).
+    pub view: Option<String>,
+}
+
+impl QuarantineReason {
+    /// Every reason code, for metrics and documentation.
+    pub const CODES: &'static [&'static str] = &[
+        "empty",
+        "oversized",
+        "not_json",
+        "not_object",
+        "missing_field",
+        "wrong_type",
+        "view_failed",
+    ];
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +223,16 @@ impl Builder {
 pub struct Drained {
     pub batch: RecordBatch,
     pub quarantine: Vec<QuarantineRow>,
+    /// Each row's Kafka offset and timestamp, in row order, if the buffer records them
+    /// ([`TableBuffer::record_origins`]).
+    pub origins: Option<Origins>,
+}
+
+/// Where the rows of a batch came from: their Kafka offsets and timestamps, in row order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Origins {
+    pub offsets: Vec<i64>,
+    pub timestamps_ms: Vec<Option<i64>>,
 }
 
 /// The buffer of one table for one source partition: rows decoded so far and quarantined
@@ -221,6 +252,8 @@ pub struct TableBuffer {
     layout: fast::Layout,
     builders: Vec<Builder>,
     quarantine: Vec<QuarantineRow>,
+    /// Each row's origin, when something downstream (a view) needs to name it.
+    origins: Option<Origins>,
     rows: usize,
     bytes: u64,
     oldest: Option<Instant>,
@@ -264,6 +297,7 @@ impl TableBuffer {
             layout: fast::Layout::default(),
             builders,
             quarantine: Vec::new(),
+            origins: None,
             rows: 0,
             bytes: 0,
             oldest: None,
@@ -279,6 +313,20 @@ impl TableBuffer {
         b
     }
 
+    /// Records each row's Kafka offset and timestamp from now on, for views that must name the
+    /// event behind a row they fail on.
+    pub fn record_origins(&mut self) {
+        self.origins.get_or_insert_with(Origins::default);
+    }
+
+    fn row_added(&mut self, offset: i64, timestamp_ms: Option<i64>) {
+        self.rows += 1;
+        if let Some(o) = &mut self.origins {
+            o.offsets.push(offset);
+            o.timestamps_ms.push(timestamp_ms);
+        }
+    }
+
     /// Decodes one message into a row, or into a quarantine row with the reason.
     pub fn push(&mut self, offset: i64, timestamp_ms: Option<i64>, payload: Option<&[u8]>) {
         let len = payload.map_or(0, <[u8]>::len);
@@ -287,11 +335,12 @@ impl TableBuffer {
             self.oldest = Some(Instant::now());
         }
         let quarantine = |reason: QuarantineReason, error: String| QuarantineRow {
-            offset,
+            offset: Some(offset),
             timestamp_ms,
             raw: payload.map(<[u8]>::to_vec).unwrap_or_default(),
             reason,
             error,
+            view: None,
         };
         let payload = match payload {
             Some(p) if !p.is_empty() => p,
@@ -314,7 +363,7 @@ impl TableBuffer {
             return;
         }
         if self.push_fast(payload) {
-            self.rows += 1;
+            self.row_added(offset, timestamp_ms);
             return;
         }
         let value: Value = match serde_json::from_slice(payload) {
@@ -335,7 +384,7 @@ impl TableBuffer {
             return;
         }
         match self.convert_row(&value) {
-            Ok(()) => self.rows += 1,
+            Ok(()) => self.row_added(offset, timestamp_ms),
             Err((reason, error)) => self.quarantine.push(quarantine(reason, error)),
         }
     }
@@ -471,9 +520,14 @@ impl TableBuffer {
         self.rows = 0;
         self.bytes = 0;
         self.oldest = None;
+        let origins = self.origins.as_mut().map(|o| Origins {
+            offsets: std::mem::replace(&mut o.offsets, Vec::with_capacity(rows)),
+            timestamps_ms: std::mem::replace(&mut o.timestamps_ms, Vec::with_capacity(rows)),
+        });
         Ok(Drained {
             batch,
             quarantine: std::mem::take(&mut self.quarantine),
+            origins,
         })
     }
 }
@@ -699,7 +753,7 @@ type = "boolean"
             d.quarantine[4].error
         );
         assert_eq!(d.quarantine[1].raw, b"{\"seq\": 3, broken");
-        assert_eq!(d.quarantine[1].offset, 1);
+        assert_eq!(d.quarantine[1].offset, Some(1));
     }
 
     #[test]

@@ -96,11 +96,14 @@ pub fn quarantine_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
-        Field::new("offset", DataType::Int64, false),
+        // Null for a row a chained view failed on: its input was another view's output.
+        Field::new("offset", DataType::Int64, true),
         Field::new("kafka_timestamp_ms", DataType::Int64, true),
         Field::new("reason", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, false),
         Field::new("raw", DataType::Binary, false),
+        // The view whose query failed on the row; null for events that did not decode.
+        Field::new("view_name", DataType::Utf8, true),
     ]))
 }
 
@@ -412,14 +415,16 @@ fn quarantine_batch(
     let mut reason = StringBuilder::new();
     let mut error = StringBuilder::new();
     let mut raw = BinaryBuilder::new();
+    let mut view = StringBuilder::new();
     for r in rows {
         topic.append_value(&unit.topic);
         part.append_value(unit.partition);
-        offset.append_value(r.offset);
+        offset.append_option(r.offset);
         ts.append_option(r.timestamp_ms);
         reason.append_value(r.reason.code());
         error.append_value(&r.error);
         raw.append_value(&r.raw);
+        view.append_option(r.view.as_deref());
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(topic.finish()),
@@ -429,6 +434,7 @@ fn quarantine_batch(
         Arc::new(reason.finish()),
         Arc::new(error.finish()),
         Arc::new(raw.finish()),
+        Arc::new(view.finish()),
     ];
     RecordBatch::try_new(quarantine_schema(), columns)
 }

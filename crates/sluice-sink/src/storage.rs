@@ -99,6 +99,12 @@ impl Storage {
         (Arc::clone(&self.store), &self.root)
     }
 
+    /// The object store path of a path relative to the storage root (for readers of parts
+    /// through [`Storage::object_store`]).
+    pub fn object_path(&self, rel: &str) -> Path {
+        self.full(rel)
+    }
+
     fn full(&self, rel: &str) -> Path {
         let mut p = self.root.clone();
         for part in rel.split('/').filter(|s| !s.is_empty()) {

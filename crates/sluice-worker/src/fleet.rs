@@ -26,7 +26,8 @@ use sluice_telemetry::{metrics as m, Readiness, Telemetry};
 use tokio::task::JoinError;
 
 use crate::unit::{Committed, FlushContext, FlushTasks, OwnedUnit};
-use crate::{Failpoints, RunOptions, RunSummary, WorkerError};
+use crate::{RunOptions, RunSummary, WorkerError};
+use sluice_transform::Views;
 
 /// Batches in flight between the Kafka poll thread and the loop.
 const SOURCE_CHANNEL_BATCHES: usize = 8;
@@ -84,17 +85,19 @@ impl<'a> Session<'a> {
         config: &'a Config,
         coord: Arc<dyn Coordinator>,
         storage: &'a Storage,
+        views: &Arc<Views>,
         options: &'a RunOptions,
-        failpoints: Failpoints,
         summary: &'a mut RunSummary,
         telemetry: Option<Arc<Telemetry>>,
     ) -> Self {
         let mut tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>> = HashMap::new();
         for t in &config.tables {
-            tables_by_topic
-                .entry(t.topic.clone())
-                .or_default()
-                .push(Arc::new(t.clone()));
+            if let Some(topic) = &t.topic {
+                tables_by_topic
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(Arc::new(t.clone()));
+            }
         }
         let host = crate::hostname();
         let me = Member {
@@ -112,7 +115,9 @@ impl<'a> Session<'a> {
         let flush_ctx = FlushContext {
             coord: Arc::clone(&coord),
             storage: storage.clone(),
-            failpoints,
+            // Shared by every session: a failpoint's count runs across rejoins.
+            failpoints: options.failpoints.clone(),
+            views: (!views.is_empty()).then(|| Arc::clone(views)),
         };
         Session {
             config,
@@ -476,14 +481,25 @@ impl<'a> Session<'a> {
             tracing::info!(unit = %lease.unit, epoch = lease.epoch, committed = ?position, "lease acquired");
             epochs.insert(lease.unit.clone(), lease.epoch);
             let tables = &self.tables_by_topic[&lease.unit.topic];
-            new_units.push(OwnedUnit::new(lease, tables, position));
+            new_units.push(OwnedUnit::new(
+                lease,
+                tables,
+                position,
+                self.flush_ctx.views.as_deref(),
+            ));
         }
         // Objects uploaded under earlier leases and never committed can go now: those leases can
         // no longer commit. The current lease's objects are never touched.
-        for table in &self.config.tables {
-            if !new_units.iter().any(|u| u.id.topic == table.topic) {
-                continue;
+        // A unit's flushes write the tables reading its topic and their views' targets.
+        let mut tables: Vec<&TableConfig> = Vec::new();
+        for topic in new_units.iter().map(|u| u.id.topic.as_str()) {
+            for t in self.config.tables_fed_by(topic) {
+                if !tables.iter().any(|k| k.name == t.name) {
+                    tables.push(t);
+                }
             }
+        }
+        for table in tables {
             let report = collect_table_garbage(
                 self.storage,
                 &*self.coord,

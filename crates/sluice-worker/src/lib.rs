@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use sluice_config::{Config, CoordinationBackend, CoordinationConfig};
 use sluice_coord::{CoordError, Coordinator, EmbeddedCoordinator, UnitId, ZkCoordinator};
 use sluice_sink::Storage;
+use sluice_transform::Views;
 
 mod failpoint;
 mod fleet;
@@ -61,6 +62,8 @@ pub enum WorkerError {
     Task(String),
     #[error(transparent)]
     Telemetry(#[from] sluice_telemetry::TelemetryError),
+    #[error(transparent)]
+    View(#[from] sluice_transform::TransformError),
     #[error("invalid failpoint specification `{spec}`: {reason}")]
     Failpoint { spec: String, reason: String },
 }
@@ -149,11 +152,24 @@ pub async fn run(
 ) -> Result<RunSummary, WorkerError> {
     let started = Instant::now();
     let storage = Storage::open(&config.storage)?;
+    // Every view is planned and checked before anything is consumed: a bad one refuses start-up.
+    let views = Arc::new(Views::compile(&config).await?);
+    if !views.is_empty() {
+        tracing::info!(views = ?views, "views planned");
+    }
     let telemetry = start_telemetry(&config, &options).await?;
     let sampler = telemetry
         .as_ref()
         .map(|t| tokio::spawn(Arc::clone(t).run_sampler()));
-    let outcome = run_sessions(&config, &options, &storage, telemetry, &mut shutdown).await;
+    let outcome = run_sessions(
+        &config,
+        &options,
+        &storage,
+        &views,
+        telemetry,
+        &mut shutdown,
+    )
+    .await;
     if let Some(s) = sampler {
         s.abort();
     }
@@ -181,6 +197,7 @@ async fn run_sessions(
     config: &Arc<Config>,
     options: &RunOptions,
     storage: &Storage,
+    views: &Arc<Views>,
     telemetry: Option<Arc<Telemetry>>,
     shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<RunSummary, WorkerError> {
@@ -193,8 +210,8 @@ async fn run_sessions(
             config,
             Arc::clone(&coord),
             storage,
+            views,
             options,
-            options.failpoints.clone(),
             &mut summary,
             telemetry.clone(),
         )

@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 use sluice_config::TableConfig;
 use sluice_coord::{Commit, CoordError, Coordinator, Lease, PartKind, UnitId};
 use sluice_decode::{Drained, TableBuffer};
-use sluice_sink::{build_parts, EncodedPart, FlushSource, Storage};
+use sluice_sink::{build_parts, FlushSource, Storage};
 use sluice_source::SourceMessage;
 use sluice_telemetry::metrics as m;
 use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::{Failpoints, WorkerError};
+use sluice_transform::Views;
 
 /// Uploads in flight per flush.
 const UPLOAD_CONCURRENCY: usize = 8;
@@ -37,6 +38,8 @@ pub(crate) struct FlushContext {
     pub(crate) coord: Arc<dyn Coordinator>,
     pub(crate) storage: Storage,
     pub(crate) failpoints: Failpoints,
+    /// The views, if the configuration has any.
+    pub(crate) views: Option<Arc<Views>>,
 }
 
 /// The flush tasks of a session; each ends with its unit's commit or the error that stopped it.
@@ -101,7 +104,12 @@ pub(crate) struct OwnedUnit {
 }
 
 impl OwnedUnit {
-    pub(crate) fn new(lease: Lease, tables: &[Arc<TableConfig>], position: Option<i64>) -> Self {
+    pub(crate) fn new(
+        lease: Lease,
+        tables: &[Arc<TableConfig>],
+        position: Option<i64>,
+        views: Option<&Views>,
+    ) -> Self {
         let labels = [
             ("topic", lease.unit.topic.clone()),
             ("partition", lease.unit.partition.to_string()),
@@ -113,7 +121,14 @@ impl OwnedUnit {
             lease,
             tables: tables
                 .iter()
-                .map(|t| (Arc::clone(t), TableBuffer::new(t)))
+                .map(|t| {
+                    let mut buffer = TableBuffer::new(t);
+                    // A view names the event behind a row it fails on.
+                    if views.is_some_and(|v| v.sources().any(|s| s == t.name)) {
+                        buffer.record_origins();
+                    }
+                    (Arc::clone(t), buffer)
+                })
                 .collect(),
             buffered: None,
             first_timestamp_ms: None,
@@ -285,24 +300,38 @@ async fn flush(
     let started = Instant::now();
     let rows: u64 = drained.iter().map(|(_, d)| d.batch.num_rows() as u64).sum();
     let quarantined: u64 = drained.iter().map(|(_, d)| d.quarantine.len() as u64).sum();
-    // Counted per (table, reason) now, recorded only once the commit succeeds.
-    let mut by_reason: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-    for (table, d) in &drained {
-        for q in &d.quarantine {
-            *by_reason
-                .entry((table.name.clone(), q.reason.code()))
-                .or_default() += 1;
-        }
-    }
 
-    // Sorting and Parquet encoding are CPU work: off the async runtime.
+    // Views, sorting and Parquet encoding are CPU work: off the async runtime. The views run
+    // over each table's batch here, so their parts commit with the table's, all or nothing.
     let encode_source = source.clone();
-    let parts: Vec<EncodedPart> = tokio::task::spawn_blocking(move || {
+    let runtime = tokio::runtime::Handle::current();
+    let views = ctx.views.clone();
+    let (parts, by_reason) = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();
+        // Counted per (table, reason) now, recorded only once the commit succeeds.
+        let mut by_reason: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let mut count = |table: &str, rows: &[sluice_decode::QuarantineRow]| {
+            for q in rows {
+                *by_reason
+                    .entry((table.to_string(), q.reason.code()))
+                    .or_default() += 1;
+            }
+        };
         for (table, d) in &drained {
             all.extend(build_parts(table, &encode_source, &d.batch, &d.quarantine)?);
+            count(&table.name, &d.quarantine);
+            let Some(views) = &views else { continue };
+            for out in views.apply(&runtime, &table.name, &d.batch, d.origins.as_ref()) {
+                all.extend(build_parts(
+                    &out.target,
+                    &encode_source,
+                    &out.batch,
+                    &out.quarantine,
+                )?);
+                count(&out.target.name, &out.quarantine);
+            }
         }
-        Ok::<_, sluice_sink::SinkError>(all)
+        Ok::<_, sluice_sink::SinkError>((all, by_reason))
     })
     .await
     .map_err(|e| WorkerError::Task(e.to_string()))??;

@@ -16,6 +16,7 @@ use sluice_worker::{open_coordinator, Failpoints, RunOptions};
 
 mod lag;
 mod produce;
+mod query;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,7 +26,9 @@ mod produce;
     long_about = "Sluice reads Kafka topics, decodes JSON events into typed tables, and writes them as sorted \
                   Parquet parts to object storage. Parts and the Kafka offsets that produced them are committed \
                   together in ZooKeeper, so every event lands exactly once: in its table, or in the table's \
-                  quarantine with the reason it could not be decoded.\n\nSee config/sluice.example.toml for every \
+                  quarantine with the reason it could not be decoded. Materialized views (SQL over each \
+                  batch, filters and mergeable aggregations) write further tables in the same commit; \
+                  `sluice query` runs SQL over what is committed.\n\nSee config/sluice.example.toml for every \
                   configuration field."
 )]
 struct Cli {
@@ -57,8 +60,8 @@ enum Command {
         #[arg(long)]
         summary_json: bool,
     },
-    /// Validate a configuration file and report what it defines; with --connect, also reach
-    /// ZooKeeper, Kafka and storage.
+    /// Validate a configuration file (views planned against their source tables) and report
+    /// what it defines; with --connect, also reach ZooKeeper, Kafka and storage.
     Check {
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
@@ -97,6 +100,9 @@ enum Command {
     /// messages and in seconds (age of the oldest uncommitted event), with totals per topic.
     /// Reads ZooKeeper and Kafka only, so it works with no worker running.
     Lag(lag::LagArgs),
+    /// Run SQL over the committed parts of the tables (a consistent snapshot), views'
+    /// aggregate states merged into final values.
+    Query(query::QueryArgs),
     /// Delete objects that were uploaded but never committed (crashes between upload and commit).
     Gc {
         #[arg(short, long, env = "SLUICE_CONFIG")]
@@ -203,6 +209,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Offsets { config, json } => offsets(config, json).await,
         Command::Members { config, json } => members(config, json).await,
         Command::Lag(args) => lag::lag(args).await,
+        Command::Query(args) => query::query(args).await,
         Command::Gc { config, min_age_ms } => gc(config, min_age_ms).await,
         Command::Produce(args) => produce::produce(args).await,
     }
@@ -280,10 +287,20 @@ async fn check(path: PathBuf, connect: bool) -> Result<()> {
     let config = load(&path)?;
     println!("{}: valid", path.display());
     for t in &config.tables {
+        let fed_by = match &t.topic {
+            Some(topic) => format!("topic {topic}"),
+            None => config
+                .views
+                .iter()
+                .find(|v| v.target == t.name)
+                .map_or_else(String::new, |v| {
+                    format!("view {} over {}", v.name, v.source)
+                }),
+        };
         println!(
-            "  table {} <- topic {} ({} columns, sorted by [{}], partitioned by {})",
+            "  table {} <- {} ({} columns, sorted by [{}], partitioned by {})",
             t.name,
-            t.topic,
+            fed_by,
             t.columns.len(),
             t.sorting_key.join(", "),
             t.partition_key
@@ -295,6 +312,14 @@ async fn check(path: PathBuf, connect: bool) -> Result<()> {
                 .to_lowercase())
         );
     }
+    let views = sluice_transform::Views::compile(&config).await?;
+    for v in &config.views {
+        println!(
+            "  view {} over {} -> {}: plans against {}'s columns",
+            v.name, v.source, v.target, v.source
+        );
+    }
+    drop(views);
     if connect {
         Storage::open(&config.storage)?;
         println!("  storage {}: ok", config.storage.url);
