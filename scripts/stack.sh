@@ -22,7 +22,7 @@
 #   SLUICE_KAFKA_PORT     Tansu broker port                (default: 29092)
 #   SLUICE_S3_PORT        s3s-fs port                      (default: 29000)
 #   SLUICE_KAFKA_STORAGE  sqlite | memory                  (default: sqlite; memory is faster but
-#                         reports wrong high watermarks at the tail, see shared DESIGN.md)
+#                         reports wrong high watermarks at the tail, see docs/performance.md)
 #   SLUICE_STACK_TIMEOUT  readiness deadline per server, s (default: 90)
 set -euo pipefail
 

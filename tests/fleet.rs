@@ -204,7 +204,7 @@ async fn a_paused_worker_cannot_commit_and_rejoins_cleanly() -> Result<()> {
     )
     .await?;
     let zombie_epochs: BTreeMap<i32, u64> = {
-        let config = sluice_config::Config::load(&d.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = sluice_tests::load_config(&d.config)?;
         let coord = sluice_worker::open_coordinator(&config.coordination).await?;
         let units = coord.list_units().await?;
         coord.close().await?;

@@ -7,14 +7,13 @@
 //! known floor.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use sluice_tests::fleet::{spawn, Worker};
 use sluice_tests::web::{chromium, endpoint, get, promtool, series};
-use sluice_tests::{run_sluice, Expect, Prepared};
+use sluice_tests::{run_sluice, workspace_root, Expect, Prepared};
 
 const HOUR_MS: i64 = 3_600_000;
 /// Slack on lag in seconds above the backlog's age: the time the test itself takes.
@@ -22,13 +21,6 @@ const AGE_SLACK_S: f64 = 300.0;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
 }
 
 /// Four partitions, nothing produced yet.
@@ -394,7 +386,7 @@ async fn a_fleet_holding_a_backlog_shows_it_in_metrics_health_and_the_dashboard(
         let series = format!(r#"data-series="{}/{p}""#, d.topic);
         ensure!(dom.contains(&series), "no `{series}` in:\n{dom}");
     }
-    let shots = root().join("target").join("test-artefacts");
+    let shots = workspace_root().join("target").join("test-artefacts");
     std::fs::create_dir_all(&shots)?;
     let shot = shots.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
@@ -473,7 +465,7 @@ async fn readyz_is_unavailable_while_an_assigned_partition_is_held_by_another_wo
 
 #[test]
 fn alert_rules_scrape_config_and_grafana_dashboard_are_valid() -> Result<()> {
-    let prom = root().join("config").join("prometheus");
+    let prom = workspace_root().join("config").join("prometheus");
     let path = |name: &str| prom.join(name).display().to_string();
     promtool(&["check", "rules", &path("alerts.yml")], None)?;
     // Unit tests of every alert: fires when it should, stays quiet when it should not.
@@ -490,7 +482,7 @@ fn alert_rules_scrape_config_and_grafana_dashboard_are_valid() -> Result<()> {
             .any(|m| name == *m || name.strip_suffix("_bucket") == Some(m))
     };
     let grafana: Value = serde_json::from_str(&std::fs::read_to_string(
-        root().join("config/grafana/sluice.json"),
+        workspace_root().join("config/grafana/sluice.json"),
     )?)?;
     let mut exprs = Vec::new();
     collect_exprs(&grafana, &mut exprs);

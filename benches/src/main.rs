@@ -92,7 +92,7 @@ enum Cmd {
 }
 
 fn load(path: &std::path::Path) -> Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(Config::load(path)?)
 }
 
 fn main() -> Result<()> {

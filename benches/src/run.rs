@@ -96,7 +96,7 @@ pub fn run(opts: &RunOptions) -> Result<Results> {
     }
     let deployment = work_dir.join("deployment.toml");
     std::fs::write(&deployment, text)?;
-    sluice_config::Config::load(&deployment).map_err(|e| anyhow::anyhow!("{e}"))?;
+    sluice_config::Config::load(&deployment)?;
     let opts = &RunOptions {
         config: deployment,
         ..opts.clone()

@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sluice_config::Config;
 use sluice_coord::{assignment, Member, UnitId};
 
-use crate::{prepare, sluice_bin, wait_until, Prepared, StorageKind};
+use crate::{load_config, prepare, sluice_bin, wait_until, Prepared, StorageKind};
 
 /// A fresh deployment with `file://` storage and a `logs/` directory for its workers.
 pub async fn deployment(
@@ -179,7 +178,7 @@ impl FleetState {
 }
 
 pub async fn fleet_state(config_path: &Path, topic: &str) -> Result<FleetState> {
-    let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = load_config(config_path)?;
     let coord = sluice_worker::open_coordinator(&config.coordination).await?;
     let (members, _) = coord.watch_members().await?;
     let units = coord.list_units().await?;

@@ -1,26 +1,29 @@
 //! Shared machinery of the end-to-end tests: the real services started by `scripts/stack.sh`,
-//! sequence-numbered events with known malformed ones, worker processes, and the exactly-once
-//! verification that reads the committed Parquet parts back.
+//! test deployments (a topic with the test kit's events produced to it, a ZooKeeper root,
+//! storage and a config with the shared events table), worker processes, and the test kit's
+//! exactly-once checker run against what a deployment committed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType, UInt64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_config::Config;
-use sluice_coord::{PartKind, PartRecord};
+use sluice_coord::PartRecord;
 use sluice_sink::Storage;
+use sluice_testkit::exactly_once::{self, Objects, Produced};
 
 pub mod fleet;
+pub mod kafka;
 pub mod web;
+
+pub use kafka::{create_topic, produce, produce_at, BrokerTopics};
+pub use sluice_testkit::fixture::{
+    event_day, event_ts, events, events_from, Event, Expect, MAX_MESSAGE_BYTES,
+};
+pub use sluice_testkit::unique;
 
 /// The services of `scripts/stack.sh`, from the variables `scripts/stack.sh env` prints.
 #[derive(Debug, Clone)]
@@ -52,185 +55,87 @@ impl Stack {
     }
 }
 
-/// A name no other test run uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
-
-/// The `sluice` binary of this build (scripts/test.sh builds it before the tests).
-pub fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/sluice
-    let bin = exe
+/// The workspace root (this crate sits in its `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("sluice");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p sluice` first (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
 }
 
-/// What should become of one produced event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expect {
-    /// A row with this `seq`.
-    Row,
-    /// A quarantine row with this reason code.
-    Quarantine(&'static str),
+/// The `sluice` binary of this build (scripts/test.sh builds it before the tests). Panics when
+/// it is missing, or when a source it may be built from changed since cargo last built it,
+/// rather than testing an old build; checked once per test process.
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/sluice
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("sluice");
+        let built = last_built(&bin);
+        let (changed, source) = newest_source(&workspace_root());
+        assert!(
+            built >= changed,
+            "{} is stale: built {}, but {} changed at {}; run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            bin.display(),
+            utc(built),
+            source.display(),
+            utc(changed)
+        );
+        bin
+    })
+    .clone()
 }
 
-/// One produced event.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub seq: u64,
-    pub partition: i32,
-    pub payload: Option<Vec<u8>>,
-    pub expect: Expect,
-}
-
-pub const MAX_MESSAGE_BYTES: usize = 2048;
-const COUNTRIES: &[&str] = &["de", "fr", "us", "br", "jp", "ng"];
-const PATHS: &[&str] = &["/", "/docs", "/pricing", "/blog"];
-const DAY_MS: i64 = 86_400_000;
-const BASE_MS: i64 = 1_795_132_800_000;
-
-/// `n` sequence-numbered events over `partitions` partitions; about one in eight is malformed,
-/// in each of the ways the decoder must quarantine.
-pub fn events(n: u64, partitions: i32) -> Vec<Event> {
-    events_from(0, n, partitions)
-}
-
-/// The event time of event `seq` (ms since the epoch): spread over three days.
-pub fn event_ts(seq: u64) -> i64 {
-    BASE_MS + (seq as i64 * 7_919_000).rem_euclid(3 * DAY_MS)
-}
-
-/// The day (`YYYY-MM-DD`) of event `seq`: its part's partition value.
-pub fn event_day(seq: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(event_ts(seq))
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
-}
-
-/// [`events`] with sequence numbers `start..start + n`, for a stream produced in rounds.
-pub fn events_from(start: u64, n: u64, partitions: i32) -> Vec<Event> {
-    (start..start + n)
-        .map(|seq| {
-            let partition = (seq % partitions as u64) as i32;
-            let ts = event_ts(seq);
-            let country = COUNTRIES[(seq * 7 % COUNTRIES.len() as u64) as usize];
-            let path = PATHS[(seq * 3 % PATHS.len() as u64) as usize];
-            let good = format!(r#"{{"seq":{seq},"ts":{ts},"user_id":{},"country":"{country}","path":"{path}","duration_ms":{}.5,"ok":{}}}"#, seq % 97, seq % 1000, seq % 2 == 0);
-            let (payload, expect) = match seq % 48 {
-                5 => (Some(format!(r#"{{"seq":{seq},"ts":{ts},"country":"de"#)), Expect::Quarantine("not_json")),
-                11 => (Some(format!(r#"{{"seq":{seq},"ts":"noon","country":"de"}}"#)), Expect::Quarantine("wrong_type")),
-                17 => (Some(format!(r#"{{"seq":{seq},"ts":{ts}}}"#)), Expect::Quarantine("missing_field")),
-                23 => (Some(format!(r#"{{"seq":{seq},"ts":{ts},"country":"de","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES))), Expect::Quarantine("oversized")),
-                29 => (Some(format!("[{seq}]")), Expect::Quarantine("not_object")),
-                35 => (None, Expect::Quarantine("empty")),
-                _ => (Some(good), Expect::Row),
-            };
-            Event {
-                seq,
-                partition,
-                payload: payload.map(String::into_bytes),
-                expect,
-            }
-        })
-        .collect()
-}
-
-fn kafka_config(brokers: &str) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000");
-    cfg
-}
-
-pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka_config(brokers).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &opts,
+/// When cargo last built the binary or found it up to date. A build that finds nothing to
+/// rebuild leaves the binary's mtime alone (after an edit of a file it is not built from: a
+/// `#[cfg(test)]` module, the test kit, a test crate's dependency in `Cargo.lock`), but rewrites
+/// the dep-info file next to it (`sluice.d`), so that `cargo build --workspace --bins` always
+/// clears a stale verdict.
+fn last_built(bin: &Path) -> SystemTime {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+    let built = modified(bin).unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}): run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            bin.display()
         )
-        .await?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
-    }
-    Ok(())
+    });
+    modified(&bin.with_extension("d")).map_or(built, |checked| built.max(checked))
 }
 
-/// Produces the events to their partitions; returns (partition, offset) -> seq.
-pub async fn produce(
-    brokers: &str,
-    topic: &str,
-    events: &[Event],
-) -> Result<HashMap<(i32, i64), u64>> {
-    produce_at(brokers, topic, events, None).await
+fn utc(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339()
 }
 
-/// [`produce`] with every record's Kafka timestamp set to `timestamp_ms` (default: now), for
-/// a backlog of a known age.
-pub async fn produce_at(
-    brokers: &str,
-    topic: &str,
-    events: &[Event],
-    timestamp_ms: Option<i64>,
-) -> Result<HashMap<(i32, i64), u64>> {
-    let producer: FutureProducer = kafka_config(brokers).create()?;
-    let mut located = HashMap::new();
-    for chunk in events.chunks(2000) {
-        let mut pending = Vec::with_capacity(chunk.len());
-        for e in chunk {
-            let key = e.seq.to_string();
-            let mut record = FutureRecord::<String, Vec<u8>>::to(topic)
-                .key(&key)
-                .partition(e.partition);
-            if let Some(p) = &e.payload {
-                record = record.payload(p);
+/// The newest modification among the files the binary may be built from: everything under
+/// `crates/`, and the workspace's `Cargo.toml` and `Cargo.lock`. Files that vanish while being
+/// looked at (an editor's temporary files) are skipped.
+fn newest_source(root: &Path) -> (SystemTime, PathBuf) {
+    let mut newest = (SystemTime::UNIX_EPOCH, PathBuf::new());
+    let mut consider = |path: PathBuf| match std::fs::metadata(&path).and_then(|m| m.modified()) {
+        Ok(t) if t > newest.0 => newest = (t, path),
+        _ => {}
+    };
+    consider(root.join("Cargo.toml"));
+    consider(root.join("Cargo.lock"));
+    let mut dirs = vec![root.join("crates")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                Ok(_) => consider(entry.path()),
+                Err(_) => {}
             }
-            if let Some(ts) = timestamp_ms {
-                record = record.timestamp(ts);
-            }
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(err, _)| anyhow::anyhow!("cannot queue seq {}: {err}", e.seq))?;
-            pending.push((e.seq, delivery));
-        }
-        for (seq, delivery) in pending {
-            let d = delivery
-                .await
-                .context("producer dropped")?
-                .map_err(|(e, _)| anyhow::anyhow!("delivery of seq {seq} failed: {e}"))?;
-            located.insert((d.partition, d.offset), seq);
         }
     }
-    ensure!(
-        located.len() == events.len(),
-        "{} deliveries for {} events",
-        located.len(),
-        events.len()
-    );
-    Ok(located)
+    newest
 }
 
 /// Where a test's parts go.
@@ -240,7 +145,13 @@ pub enum StorageKind {
     S3 { prefix: String },
 }
 
-/// Writes the config of a test deployment (its own topic, ZooKeeper root and storage).
+/// Loads and validates a config.
+pub fn load_config(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Writes the config of a test deployment (its own topic, ZooKeeper root and storage), with the
+/// test kit's events table flushing at `max_rows` rows or 300 ms.
 pub fn write_config(
     dir: &Path,
     stack: &Stack,
@@ -278,46 +189,14 @@ listen_address = "127.0.0.1:0"
 refresh_ms = 500
 
 {storage_toml}
-
-[[table]]
-name = "events"
-topic = "{topic}"
-sorting_key = ["country", "path", "ts"]
-partition_key = {{ column = "ts", granularity = "day" }}
-max_message_bytes = {MAX_MESSAGE_BYTES}
-flush = {{ max_rows = {max_rows}, max_age_ms = 300 }}
-
-[[table.column]]
-name = "seq"
-type = "uint64"
-nullable = false
-[[table.column]]
-name = "ts"
-type = "timestamp_ms"
-nullable = false
-[[table.column]]
-name = "user_id"
-type = "int64"
-[[table.column]]
-name = "country"
-type = "string"
-nullable = false
-[[table.column]]
-name = "path"
-type = "string"
-[[table.column]]
-name = "duration_ms"
-type = "float64"
-[[table.column]]
-name = "ok"
-type = "boolean"
-"#,
+{table}"#,
         zk = stack.zk,
         kafka = stack.kafka,
+        table = sluice_testkit::fixture::events_table(topic, max_rows, 300),
     );
     let path = dir.join("sluice.toml");
     std::fs::write(&path, text)?;
-    Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    load_config(&path)?;
     Ok(path)
 }
 
@@ -350,218 +229,52 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
-/// A test deployment's view of what was committed.
-pub struct Committed {
-    pub config: Config,
+/// Everything a deployment's coordinator registered: the parts of every table of its config and
+/// the committed offsets of its topic (the one its tables read).
+async fn registered(config: &Config) -> Result<exactly_once::Committed> {
+    let topic = config
+        .tables
+        .iter()
+        .find_map(|t| t.topic.clone())
+        .context("no table of the config reads a topic")?;
+    let tables: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
+    let coord = sluice_worker::open_coordinator(&config.coordination).await?;
+    let read = exactly_once::Committed::read(&*coord, &topic, &tables).await;
+    coord.close().await?;
+    read
+}
+
+/// What a test deployment committed to one table, its topic's committed offsets, and its storage.
+pub struct Registry {
     pub storage: Storage,
     pub parts: Vec<PartRecord>,
     pub offsets: BTreeMap<i32, Option<i64>>,
 }
 
-pub async fn committed(config_path: &Path, table: &str) -> Result<Committed> {
-    let config = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let coord = sluice_worker::open_coordinator(&config.coordination).await?;
-    let parts = coord.list_parts(table).await?;
-    let offsets = coord
-        .list_units()
-        .await?
-        .into_iter()
-        .map(|u| (u.unit.partition, u.next_offset))
-        .collect();
-    coord.close().await?;
-    let storage = Storage::open(&config.storage)?;
-    Ok(Committed {
-        config,
-        storage,
-        parts,
-        offsets,
+pub async fn committed(config_path: &Path, table: &str) -> Result<Registry> {
+    let config = load_config(config_path)?;
+    let c = registered(&config).await?;
+    Ok(Registry {
+        storage: Storage::open(&config.storage)?,
+        parts: c.of(table).to_vec(),
+        offsets: c.offsets,
     })
 }
 
-/// Reads every committed part back and checks the product's promise for `events`: every
-/// well-formed event in exactly one row, every malformed one in exactly one quarantine row with
-/// its reason, each part sorted by the sorting key and within one day, the committed offsets at
-/// the end of every partition, and no object in storage that is not a committed part.
+/// The test kit's exactly-once check of a deployment for the `events` produced (at `located`):
+/// every column of every row of the events table, its quarantine rows, the parts of every table
+/// (views' included), the committed offsets, and nothing in storage but committed parts.
 pub async fn verify_exactly_once(
     config_path: &Path,
     events: &[Event],
     located: &HashMap<(i32, i64), u64>,
 ) -> Result<()> {
-    let c = committed(config_path, "events").await?;
-    let by_seq: HashMap<u64, &Event> = events.iter().map(|e| (e.seq, e)).collect();
-    let mut rows_seen: HashMap<u64, usize> = HashMap::new();
-    let mut quarantine_seen: HashMap<u64, usize> = HashMap::new();
-
-    for part in &c.parts {
-        let bytes = c.storage.get(&part.path).await?;
-        let batches: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(bytes)?
-            .build()?
-            .collect::<Result<_, _>>()?;
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        ensure!(
-            rows as u64 == part.rows,
-            "part {} registers {} rows but holds {rows}",
-            part.path,
-            part.rows
-        );
-        match part.kind {
-            PartKind::Data => {
-                let mut keys: Vec<(String, String, i64)> = Vec::new();
-                for b in &batches {
-                    let seq = b
-                        .column_by_name("seq")
-                        .context("seq column")?
-                        .as_primitive::<UInt64Type>();
-                    let ts = b
-                        .column_by_name("ts")
-                        .context("ts column")?
-                        .as_primitive::<TimestampMillisecondType>();
-                    let country = b
-                        .column_by_name("country")
-                        .context("country column")?
-                        .as_string::<i32>();
-                    let path = b
-                        .column_by_name("path")
-                        .context("path column")?
-                        .as_string::<i32>();
-                    for i in 0..b.num_rows() {
-                        *rows_seen.entry(seq.value(i)).or_default() += 1;
-                        let day = chrono::DateTime::from_timestamp_millis(ts.value(i))
-                            .context("ts")?
-                            .format("%Y-%m-%d")
-                            .to_string();
-                        ensure!(
-                            day == part.partition_value,
-                            "part {} (partition value {}) holds a row of day {day}",
-                            part.path,
-                            part.partition_value
-                        );
-                        keys.push((
-                            country.value(i).to_string(),
-                            if path.is_null(i) {
-                                String::new()
-                            } else {
-                                path.value(i).to_string()
-                            },
-                            ts.value(i),
-                        ));
-                    }
-                }
-                ensure!(
-                    keys.windows(2).all(|w| w[0] <= w[1]),
-                    "part {} is not sorted by (country, path, ts)",
-                    part.path
-                );
-            }
-            PartKind::Quarantine => {
-                for b in &batches {
-                    let partition = b
-                        .column_by_name("partition")
-                        .context("partition column")?
-                        .as_primitive::<Int32Type>();
-                    let offset = b
-                        .column_by_name("offset")
-                        .context("offset column")?
-                        .as_primitive::<Int64Type>();
-                    let reason = b
-                        .column_by_name("reason")
-                        .context("reason column")?
-                        .as_string::<i32>();
-                    let raw = b
-                        .column_by_name("raw")
-                        .context("raw column")?
-                        .as_binary::<i32>();
-                    for i in 0..b.num_rows() {
-                        let seq = *located
-                            .get(&(partition.value(i), offset.value(i)))
-                            .with_context(|| {
-                                format!(
-                                    "quarantine row at {}/{} matches no produced event",
-                                    partition.value(i),
-                                    offset.value(i)
-                                )
-                            })?;
-                        let event = by_seq[&seq];
-                        ensure!(
-                            matches!(event.expect, Expect::Quarantine(r) if r == reason.value(i)),
-                            "seq {seq} quarantined as {}, expected {:?}",
-                            reason.value(i),
-                            event.expect
-                        );
-                        ensure!(
-                            raw.value(i) == event.payload.as_deref().unwrap_or_default(),
-                            "seq {seq}: quarantined raw bytes differ from what was produced"
-                        );
-                        *quarantine_seen.entry(seq).or_default() += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    let mut problems = Vec::new();
-    for e in events {
-        let (r, q) = (
-            rows_seen.get(&e.seq).copied().unwrap_or(0),
-            quarantine_seen.get(&e.seq).copied().unwrap_or(0),
-        );
-        let ok = match e.expect {
-            Expect::Row => r == 1 && q == 0,
-            Expect::Quarantine(_) => r == 0 && q == 1,
-        };
-        if !ok {
-            problems.push(format!(
-                "seq {} ({:?}): {r} rows, {q} quarantine rows",
-                e.seq, e.expect
-            ));
-        }
-    }
-    let unknown: Vec<_> = rows_seen
-        .keys()
-        .filter(|s| !by_seq.contains_key(s))
-        .collect();
-    if !unknown.is_empty() {
-        problems.push(format!("rows with unknown seqs: {unknown:?}"));
-    }
-    if !problems.is_empty() {
-        bail!(
-            "exactly-once violated for {} events, first: {:?}",
-            problems.len(),
-            &problems[..problems.len().min(10)]
-        );
-    }
-
-    let mut per_partition: BTreeMap<i32, i64> = BTreeMap::new();
-    for &(p, o) in located.keys() {
-        let e = per_partition.entry(p).or_default();
-        *e = (*e).max(o + 1);
-    }
-    for (p, end) in &per_partition {
-        let got = c.offsets.get(p).copied().flatten();
-        ensure!(
-            got == Some(*end),
-            "partition {p}: committed offset {got:?}, expected {end}"
-        );
-    }
-
-    let committed_paths: HashSet<&str> = c.parts.iter().map(|p| p.path.as_str()).collect();
-    let stored = c.storage.list("events/").await?;
-    let orphans: Vec<_> = stored
-        .iter()
-        .filter(|o| !committed_paths.contains(o.path.as_str()))
-        .map(|o| o.path.clone())
-        .collect();
-    ensure!(
-        orphans.is_empty(),
-        "objects in storage that are not committed parts: {orphans:?}"
-    );
-    ensure!(
-        stored.len() == c.parts.len(),
-        "{} objects stored for {} committed parts",
-        stored.len(),
-        c.parts.len()
-    );
-    Ok(())
+    let config = load_config(config_path)?;
+    let c = registered(&config).await?;
+    let storage = Storage::open(&config.storage)?;
+    let (store, root) = storage.object_store();
+    let objects = Objects::new(store, root.clone());
+    exactly_once::verify(&c, &objects, Produced { events, located }).await
 }
 
 /// Waits until `cond` holds, checking every `every`, for at most `limit`.
@@ -598,6 +311,11 @@ pub struct Prepared {
     pub located: HashMap<(i32, i64), u64>,
 }
 
+/// The ZooKeeper root of a deployment reading `topic`.
+pub fn zk_root(topic: &str) -> String {
+    format!("/sluice-test/{topic}")
+}
+
 /// Creates a fresh topic named after `name`, produces `count` events to it, and writes a config
 /// flushing at `max_rows` with the storage `storage` picks for the deployment's directory.
 pub async fn prepare(
@@ -618,7 +336,7 @@ pub async fn prepare(
         dir.path(),
         &stack,
         &topic,
-        &format!("/sluice-test/{topic}"),
+        &zk_root(&topic),
         &storage,
         max_rows,
     )?;
@@ -671,14 +389,19 @@ impl Prepared {
         Ok(())
     }
 
-    /// The end offset of every partition, from what was produced.
+    /// The end offset of every partition (0 where nothing was produced).
     pub fn ends(&self) -> BTreeMap<i32, i64> {
         let mut ends: BTreeMap<i32, i64> = (0..self.partitions).map(|p| (p, 0)).collect();
-        for &(p, o) in self.located.keys() {
-            let e = ends.entry(p).or_default();
-            *e = (*e).max(o + 1);
-        }
+        ends.extend(self.produced().ends());
         ends
+    }
+
+    /// What was produced, as the exactly-once checker takes it.
+    pub fn produced(&self) -> Produced<'_> {
+        Produced {
+            events: &self.events,
+            located: &self.located,
+        }
     }
 
     /// [`verify_exactly_once`] for this deployment's events.

@@ -67,10 +67,10 @@ pub struct EmbeddedCoordinator {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-fn embedded_err(dir: &Path, reason: impl std::fmt::Display) -> CoordError {
+fn embedded_err(dir: &Path, source: impl Into<crate::Cause>) -> CoordError {
     CoordError::Embedded {
         path: dir.display().to_string(),
-        reason: reason.to_string(),
+        source: source.into(),
     }
 }
 
@@ -95,8 +95,10 @@ impl EmbeddedCoordinator {
             embedded_err(dir, "is in use by another process; the embedded backend serves one worker — use ZooKeeper for several")
         })?;
         let persisted: Persisted = match std::fs::read(dir.join(STATE_FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| embedded_err(dir, format!("state file is corrupt: {e}")))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CoordError::Corrupt {
+                path: dir.join(STATE_FILE).display().to_string(),
+                source: e.into(),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(embedded_err(dir, e)),
         };
@@ -158,7 +160,7 @@ impl EmbeddedCoordinator {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Shared>, CoordError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(CoordError::SessionEnded {
-                reason: "the coordinator was closed".to_string(),
+                source: "the coordinator was closed".into(),
             });
         }
         Ok(self.shared.lock().expect("embedded state lock poisoned"))
@@ -276,7 +278,8 @@ impl Coordinator for EmbeddedCoordinator {
             if exists {
                 return Err(CoordError::Conflict {
                     unit: lease.unit.clone(),
-                    reason: format!("part {} is already registered", part.path),
+                    what: format!("part {} is already registered", part.path),
+                    source: None,
                 });
             }
         }
@@ -403,17 +406,24 @@ impl Drop for EmbeddedCoordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance;
+    use crate::PartKind;
 
-    #[tokio::test]
-    async fn conformance_in_memory() {
-        let base = Arc::new(EmbeddedCoordinator::in_memory());
-        conformance::run_all(move || {
-            let base = Arc::clone(&base);
-            async move { Ok(Box::new(base.new_session()) as Box<dyn Coordinator>) }
-        })
-        .await
-        .unwrap();
+    fn part(unit: &UnitId) -> PartRecord {
+        PartRecord {
+            table: "tbl".into(),
+            kind: PartKind::Data,
+            partition_value: String::new(),
+            path: "tbl/data/_/t-0-00000000000000000000-00000000000000000041-e1-v1.parquet".into(),
+            rows: 42,
+            bytes: 1000,
+            topic: unit.topic.clone(),
+            partition: unit.partition,
+            first_offset: 0,
+            last_offset: 41,
+            definition_version: 1,
+            lease_epoch: 1,
+            created_at_ms: 0,
+        }
     }
 
     #[tokio::test]
@@ -422,16 +432,20 @@ mod tests {
         let unit = UnitId::new("t", 0);
         {
             let c = EmbeddedCoordinator::open(dir.path()).unwrap();
-            let err = EmbeddedCoordinator::open(dir.path())
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("in use by another process"), "{err}");
+            let err = EmbeddedCoordinator::open(dir.path()).unwrap_err();
+            let cause = std::error::Error::source(&err).map(ToString::to_string);
+            assert!(
+                cause
+                    .as_deref()
+                    .is_some_and(|c| c.contains("in use by another process")),
+                "{err}: {cause:?}"
+            );
             let lease = c.acquire_lease(&unit, "w").await.unwrap();
             c.commit(
                 &lease,
                 &Commit {
                     next_offset: 42,
-                    parts: vec![conformance::sample_part("tbl", &unit, 0, 41, "x")],
+                    parts: vec![part(&unit)],
                 },
             )
             .await

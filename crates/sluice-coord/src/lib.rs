@@ -1,7 +1,8 @@
 //! Coordination: leases on source units, committed offsets, and the registry of committed parts.
 //!
 //! [`Coordinator`] is the seam; [`ZkCoordinator`] (fleets) and [`EmbeddedCoordinator`] (a
-//! laptop, unit tests) implement it, and [`conformance`] holds the one test suite both pass.
+//! laptop, unit tests) implement it, and both pass one conformance suite (in the `sluice-testkit`
+//! crate, so it stays out of production builds).
 //!
 //! # The contract
 //!
@@ -32,7 +33,6 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod assignment;
-pub mod conformance;
 mod embedded;
 mod zookeeper;
 
@@ -159,32 +159,62 @@ pub struct Member {
 /// Resolves once a watched thing may have changed; see the crate docs.
 pub type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A cause that may be only a message (a refusal the backend described in words).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
     #[error("a live worker already registered as `{id}`; give each worker its own `worker.id` (or wait for the old session to expire)")]
     MemberExists { id: String },
-    #[error("cannot reach ZooKeeper at {connect} within {timeout:?}: {reason}; check that ZooKeeper runs and `coordination.zookeeper_connect` is right")]
+    #[error("cannot reach ZooKeeper at {connect} within {timeout:?}; check that ZooKeeper runs and `coordination.zookeeper_connect` is right")]
     Unreachable {
         connect: String,
         timeout: Duration,
-        reason: String,
+        #[source]
+        source: Cause,
     },
     #[error("lease of {unit} is held by worker `{holder}`")]
     LeaseHeld { unit: UnitId, holder: String },
     #[error("lease of {unit} (epoch {epoch}) was lost to a newer owner; this worker must stop consuming it")]
     LeaseLost { unit: UnitId, epoch: u64 },
-    #[error("commit for {unit} conflicts with the registry: {reason}")]
-    Conflict { unit: UnitId, reason: String },
-    #[error("the coordination session has ended ({reason}); the worker must restart to rejoin")]
-    SessionEnded { reason: String },
-    #[error("outcome of the commit for {unit} is unknown: {reason}")]
-    Ambiguous { unit: UnitId, reason: String },
-    #[error("coordination failed at {path}: {reason}")]
-    Backend { path: String, reason: String },
-    #[error("corrupt coordination data at {path}: {reason}")]
-    Corrupt { path: String, reason: String },
-    #[error("embedded coordinator state {path}: {reason}")]
-    Embedded { path: String, reason: String },
+    #[error("commit for {unit} conflicts with the registry: {what}")]
+    Conflict {
+        unit: UnitId,
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error(
+        "the coordination session has ended (expired, closed, or refused); a new session is needed"
+    )]
+    SessionEnded {
+        #[source]
+        source: Cause,
+    },
+    #[error("outcome of the commit for {unit} is unknown: its reply was lost")]
+    Ambiguous {
+        unit: UnitId,
+        #[source]
+        source: Cause,
+    },
+    #[error("coordination failed at {path}")]
+    Backend {
+        path: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("corrupt coordination data at {path}")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("embedded coordinator state {path}")]
+    Embedded {
+        path: String,
+        #[source]
+        source: Cause,
+    },
 }
 
 /// The seam between workers and the coordination backend. See the crate docs for the contract.

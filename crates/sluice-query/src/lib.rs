@@ -37,8 +37,12 @@ pub enum QueryError {
     /// through their sources).
     #[error("{0}")]
     Sql(String),
-    #[error("cannot read storage {url}: {reason}")]
-    Storage { url: String, reason: String },
+    #[error("cannot read storage {url}")]
+    Storage {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
 }
 
 impl From<DataFusionError> for QueryError {
@@ -112,9 +116,9 @@ impl QueryEngine {
         // SQL over its source give the same estimate.
         ctx.register_udaf(sluice_transform::udaf::approx_distinct_final());
         ctx.register_udaf(sluice_transform::udaf::merge_distinct());
-        let url = url::Url::parse(STORE_URL).map_err(|e| QueryError::Storage {
+        let url = url::Url::parse(STORE_URL).map_err(|source| QueryError::Storage {
             url: storage.url().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         ctx.register_object_store(&url, storage.object_store().0);
         let catalog = ctx

@@ -109,9 +109,9 @@ pub async fn collect_table_garbage(
     let committed: HashSet<String> = coord
         .list_parts(table)
         .await
-        .map_err(|e| SinkError::Registry {
+        .map_err(|source| SinkError::Registry {
             table: table.to_string(),
-            reason: e.to_string(),
+            source,
         })?
         .into_iter()
         .map(|p| p.path)

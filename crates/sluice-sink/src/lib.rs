@@ -17,26 +17,48 @@ pub use parts::{
 };
 pub use storage::{ObjectInfo, Storage};
 
+/// A cause that may be only a message.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("storage URL `{url}` is not usable: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("storage option `{key}` is not known to the S3 client: {reason}; see the object_store AmazonS3ConfigKey names (e.g. aws_endpoint, aws_access_key_id)")]
-    BadOption { key: String, reason: String },
-    #[error("cannot sort table `{table}` ({unit}): {reason}")]
+    #[error("storage URL `{url}` is not usable: {problem}")]
+    BadUrl {
+        url: String,
+        problem: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("storage option `{key}` is not known to the S3 client; see the object_store AmazonS3ConfigKey names (e.g. aws_endpoint, aws_access_key_id)")]
+    BadOption {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot sort table `{table}` ({unit})")]
     Sort {
         table: String,
         unit: String,
-        reason: String,
+        #[source]
+        source: Cause,
     },
-    #[error("cannot encode a Parquet part of table `{table}` ({path}): {reason}")]
+    #[error("cannot encode a Parquet part of table `{table}` ({path})")]
     Encode {
         table: String,
         path: String,
-        reason: String,
+        #[source]
+        source: Cause,
     },
-    #[error("cannot list the committed parts of table `{table}`: {reason}")]
-    Registry { table: String, reason: String },
-    #[error("object storage failed at {path}: {reason}")]
-    Storage { path: String, reason: String },
+    #[error("cannot list the committed parts of table `{table}`")]
+    Registry {
+        table: String,
+        #[source]
+        source: sluice_coord::CoordError,
+    },
+    #[error("object storage failed at {path}")]
+    Storage {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
 }

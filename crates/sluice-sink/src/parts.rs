@@ -139,7 +139,7 @@ pub fn build_parts(
         let batch = quarantine_batch(&source.unit, quarantine).map_err(|e| SinkError::Encode {
             table: table.name.clone(),
             path: "quarantine".into(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         let path = part_path(table, PartKind::Quarantine, "", source);
         let bytes = encode(table, source, "", &batch, &path, false)?;
@@ -263,7 +263,7 @@ pub fn sort_and_split(
     let sort_err = |e: arrow::error::ArrowError| SinkError::Sort {
         table: table.name.clone(),
         unit: source.unit.to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     };
     let (bucket_array, granularity): (Option<ArrayRef>, Option<Granularity>) =
         match buckets(table, batch) {
@@ -301,7 +301,7 @@ pub fn sort_and_split(
             return Err(SinkError::Sort {
                 table: table.name.clone(),
                 unit: source.unit.to_string(),
-                reason: format!("partition value `{value}` came out of two buckets"),
+                source: format!("partition value `{value}` came out of two buckets").into(),
             });
         }
         out.push((value, sorted.slice(r.start, r.end - r.start)));
@@ -321,7 +321,7 @@ pub fn encode(
     let err = |e: parquet::errors::ParquetError| SinkError::Encode {
         table: table.name.clone(),
         path: path.to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     };
     let kv = |k: &str, v: String| KeyValue::new(format!("sluice.{k}"), v);
     let metadata = vec![
@@ -442,67 +442,69 @@ fn quarantine_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::Int64Type;
+    use arrow::datatypes::UInt64Type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use sluice_config::Config;
     use sluice_decode::TableBuffer;
+    use sluice_testkit::fixture;
+    use std::collections::BTreeMap;
 
+    /// The shared events table: sorted by (country, path, ts), one part per day of `ts`.
     fn table() -> TableConfig {
-        let text = r#"
-[kafka]
-bootstrap_servers = "x:1"
-[[table]]
-name = "events"
-topic = "web"
-sorting_key = ["country", "seq"]
-partition_key = { column = "ts", granularity = "day" }
-[[table.column]]
-name = "seq"
-type = "int64"
-[[table.column]]
-name = "ts"
-type = "timestamp_ms"
-[[table.column]]
-name = "country"
-type = "string"
-"#;
-        Config::from_toml_str(text, "t").unwrap().tables.remove(0)
+        Config::from_toml_str(&fixture::config_with(""), "t")
+            .unwrap()
+            .tables
+            .remove(0)
     }
 
     #[test]
     fn parts_are_sorted_split_by_day_and_named_deterministically() {
         let t = table();
         let mut buf = TableBuffer::new(&t);
-        let day = 86_400_000i64;
-        let events = [
-            (1, 2 * day + 5, "fr"),
-            (2, day + 1, "de"),
-            (3, 2 * day, "de"),
-            (4, day + 9, "at"),
-            (5, 2 * day + 1, "fr"),
-        ];
-        for (i, (seq, ts, c)) in events.iter().enumerate() {
-            let json = format!(r#"{{"seq":{seq},"ts":{ts},"country":"{c}"}}"#);
-            buf.push(i as i64 + 10, None, Some(json.as_bytes()));
+        let events = fixture::events(96, 1);
+        for (i, e) in events.iter().enumerate() {
+            buf.push(i as i64 + 10, None, e.payload.as_deref());
         }
-        buf.push(15, None, Some(b"nope"));
         let drained = buf.drain().unwrap();
         let source = FlushSource {
-            unit: UnitId::new("web", 2),
+            unit: UnitId::new("events", 2),
             first_offset: 10,
-            last_offset: 15,
+            last_offset: 105,
             lease_epoch: 7,
         };
         let parts = build_parts(&t, &source, &drained.batch, &drained.quarantine).unwrap();
+
+        // What the parts must hold: each day's rows in (country, path, ts) order, and the
+        // quarantined events in their order.
+        let mut days: BTreeMap<String, Vec<fixture::Row>> = BTreeMap::new();
+        let mut reasons = Vec::new();
+        for e in &events {
+            match e.expect {
+                fixture::Expect::Row => days
+                    .entry(fixture::event_day(e.seq))
+                    .or_default()
+                    .push(fixture::row(e.seq)),
+                fixture::Expect::Quarantine(reason) => reasons.push(reason),
+            }
+        }
+        for rows in days.values_mut() {
+            rows.sort_by_key(|r| (r.country, r.path, r.ts));
+        }
+        // Every key of the sort decides somewhere: some day has rows of one country and path.
+        assert!(days.len() > 1 && !reasons.is_empty(), "{days:?}");
+        assert!(days.values().any(|rows| rows
+            .windows(2)
+            .any(|w| (w[0].country, w[0].path) == (w[1].country, w[1].path))));
+
         let names: Vec<_> = parts.iter().map(|p| p.record.path.clone()).collect();
-        assert_eq!(
-            names,
-            vec![
-                "events/data/1970-01-02/web-2-00000000000000000010-00000000000000000015-e7-v1.parquet",
-                "events/data/1970-01-03/web-2-00000000000000000010-00000000000000000015-e7-v1.parquet",
-                "events/quarantine/web-2-00000000000000000010-00000000000000000015-e7-v1.parquet",
-            ]
-        );
+        let name = |dir: &str| {
+            format!("events/{dir}/events-2-00000000000000000010-00000000000000000105-e7-v1.parquet")
+        };
+        let mut expected: Vec<String> = days.keys().map(|d| name(&format!("data/{d}"))).collect();
+        expected.push(name("quarantine"));
+        assert_eq!(names, expected);
+        assert!(names[0].starts_with("events/data/2026-11-20/"), "{names:?}");
+
         let read = |p: &EncodedPart| {
             let reader = ParquetRecordBatchReaderBuilder::try_new(p.bytes.clone())
                 .unwrap()
@@ -513,17 +515,27 @@ type = "string"
         let seqs = |p: &EncodedPart| {
             read(p)
                 .iter()
-                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().values().to_vec())
                 .collect::<Vec<_>>()
         };
-        // Day 1: (at,4) then (de,2); day 2: (de,3), (fr,1), (fr,5).
-        assert_eq!(seqs(&parts[0]), vec![4, 2]);
-        assert_eq!(seqs(&parts[1]), vec![3, 1, 5]);
-        assert_eq!(parts[1].record.lease_epoch, 7);
-        assert_eq!(parts[2].record.rows, 1);
-        assert_eq!(
-            read(&parts[2])[0].column(4).as_string::<i32>().value(0),
-            "not_json"
-        );
+        for (part, rows) in parts.iter().zip(days.values()) {
+            let wanted: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs(part), wanted, "{}", part.record.path);
+            assert_eq!(part.record.rows as usize, rows.len());
+            assert_eq!(part.record.lease_epoch, 7);
+        }
+        let quarantine = parts.last().unwrap();
+        assert_eq!(quarantine.record.rows as usize, reasons.len());
+        let read_reasons: Vec<String> = read(quarantine)
+            .iter()
+            .flat_map(|b| {
+                let reason = b.column(4).as_string::<i32>();
+                reason
+                    .iter()
+                    .map(|r| r.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(read_reasons, reasons);
     }
 }

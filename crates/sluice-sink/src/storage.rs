@@ -33,10 +33,10 @@ pub struct Storage {
     url: String,
 }
 
-fn storage_err(path: &str, e: impl std::fmt::Display) -> SinkError {
+fn storage_err(path: &str, source: object_store::Error) -> SinkError {
     SinkError::Storage {
         path: path.to_string(),
-        reason: e.to_string(),
+        source,
     }
 }
 
@@ -44,9 +44,15 @@ impl Storage {
     /// Opens the storage a config names. `file://` directories are created if missing.
     pub fn open(config: &StorageConfig) -> Result<Storage, SinkError> {
         let url = config.url.as_str();
-        let bad = |reason: &str| SinkError::BadUrl {
+        let bad = |problem: &str| SinkError::BadUrl {
             url: url.to_string(),
-            reason: reason.to_string(),
+            problem: problem.to_string(),
+            source: None,
+        };
+        let failed = |problem: String, e: crate::Cause| SinkError::BadUrl {
+            url: url.to_string(),
+            problem,
+            source: Some(e),
         };
         if let Some(rest) = url.strip_prefix("file://") {
             if !config.options.is_empty() {
@@ -55,10 +61,12 @@ impl Storage {
             if rest.is_empty() {
                 return Err(bad("no directory given"));
             }
-            let dir = std::path::absolute(rest).map_err(|e| bad(&e.to_string()))?;
+            let dir = std::path::absolute(rest)
+                .map_err(|e| failed(format!("`{rest}` is not a usable path"), e.into()))?;
             std::fs::create_dir_all(&dir)
-                .map_err(|e| bad(&format!("cannot create {}: {e}", dir.display())))?;
-            let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(&e.to_string()))?;
+                .map_err(|e| failed(format!("cannot create {}", dir.display()), e.into()))?;
+            let store = LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| failed(format!("cannot open {}", dir.display()), e.into()))?;
             return Ok(Storage {
                 store: Arc::new(store),
                 root: Path::default(),
@@ -73,9 +81,9 @@ impl Storage {
             let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
             for (key, value) in &config.options {
                 let parsed =
-                    AmazonS3ConfigKey::from_str(key).map_err(|e| SinkError::BadOption {
+                    AmazonS3ConfigKey::from_str(key).map_err(|source| SinkError::BadOption {
                         key: key.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?;
                 builder = builder.with_config(parsed, value);
             }

@@ -277,17 +277,15 @@ impl Telemetry {
 /// bound address (the real port when the configured one is 0).
 pub async fn serve(telemetry: Arc<Telemetry>) -> Result<SocketAddr, TelemetryError> {
     let address = telemetry.config.telemetry.listen_address.clone();
-    let listener =
-        tokio::net::TcpListener::bind(&address)
-            .await
-            .map_err(|e| TelemetryError::Bind {
-                address: address.clone(),
-                reason: e.to_string(),
-            })?;
-    let bound = listener.local_addr().map_err(|e| TelemetryError::Bind {
-        address,
-        reason: e.to_string(),
-    })?;
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|source| TelemetryError::Bind {
+            address: address.clone(),
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind { address, source })?;
     let _ = telemetry.bound.set(bound);
     let app = Router::new()
         .route("/", get(dashboard))

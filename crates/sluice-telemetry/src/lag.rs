@@ -111,7 +111,10 @@ pub async fn fleet_report(
         Ok::<_, sluice_source::SourceError>(all)
     })
     .await
-    .map_err(|e| TelemetryError::Task(e.to_string()))??;
+    .map_err(|source| TelemetryError::Task {
+        task: "reading watermarks",
+        source,
+    })??;
 
     let mut units = Vec::with_capacity(watermarks.len());
     let mut probes = Vec::new();
@@ -155,7 +158,10 @@ pub async fn fleet_report(
     let probed =
         tokio::task::spawn_blocking(move || p.timestamps_at(&probes, TIMESTAMP_PROBE_WAIT))
             .await
-            .map_err(|e| TelemetryError::Task(e.to_string()))??;
+            .map_err(|source| TelemetryError::Task {
+                task: "reading timestamps",
+                source,
+            })??;
     stamps.extend(probed);
     let taken_at_ms = now_ms();
     for u in &mut units {

@@ -29,10 +29,21 @@ pub enum TelemetryError {
     Coordination(#[from] sluice_coord::CoordError),
     #[error(transparent)]
     Source(#[from] sluice_source::SourceError),
-    #[error("cannot listen on {address} (telemetry.listen_address): {reason}; pick a free port, or 0 for any free port")]
-    Bind { address: String, reason: String },
-    #[error("the metrics recorder cannot be installed: {reason}")]
-    Recorder { reason: String },
-    #[error("a background task failed: {0}")]
-    Task(String),
+    #[error("cannot listen on {address} (telemetry.listen_address); pick a free port, or 0 for any free port")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the metrics recorder cannot be installed")]
+    Recorder {
+        #[source]
+        source: metrics_exporter_prometheus::BuildError,
+    },
+    #[error("a background task ({task}) failed")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }

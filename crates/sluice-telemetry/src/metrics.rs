@@ -101,9 +101,8 @@ pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, TelemetryError>
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let recorder_error = |e: metrics_exporter_prometheus::BuildError| TelemetryError::Recorder {
-        reason: e.to_string(),
-    };
+    let recorder_error =
+        |source: metrics_exporter_prometheus::BuildError| TelemetryError::Recorder { source };
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_duration_seconds".to_string()),

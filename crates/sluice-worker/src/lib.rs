@@ -2,18 +2,23 @@
 //! member of a fleet.
 //!
 //! Read in this order to follow one event:
-//! * [`run`]: opens a coordination session and runs it; rejoins with a new session if the old
-//!   one is lost (a paused or partitioned worker), so a worker never needs a restart to recover.
-//! * `fleet::Session::run`: joins the fleet, computes which partitions are its own by weighted
-//!   rendezvous hashing ([`sluice_coord::assignment`]), takes their leases, and loops: a batch is
-//!   polled from Kafka ([`sluice_source::KafkaSource`]), decoded into the buffer of every table
-//!   reading its topic ([`sluice_decode::TableBuffer`]); membership changes hand partitions over.
-//! * `unit::OwnedUnit::start_flush`: when a flush policy fires, the buffers of one partition
-//!   are drained into a task of their own, which turns them into sorted Parquet parts
-//!   ([`sluice_sink::build_parts`]) off the async runtime, uploads them, and commits them together
-//!   with the partition's next offset in one coordinator commit that only succeeds under this
-//!   worker's lease, after the partition's previous flush committed. The session goes on
-//!   consuming meanwhile.
+//! * [`run`]: opens the seams ([`Services`]: the source, storage, coordination) and runs
+//!   sessions; rejoins with a new session if the old one is lost (a paused or partitioned
+//!   worker), so a worker never needs a restart to recover.
+//! * `session.rs`, `Session::run`: joins the fleet and loops over what can happen next: a batch
+//!   from the reader, a membership change, a flush finishing, a tick.
+//! * `rebalance.rs`: which partitions are this worker's by weighted rendezvous hashing
+//!   ([`sluice_coord::assignment`]), handing over and taking leases.
+//! * `ingest.rs`, `Ingest::consume`: each message of a batch ([`sluice_source::Reader`]) is
+//!   decoded into the buffers of every table reading its topic ([`sluice_decode::TableBuffer`],
+//!   owned per partition by `unit.rs`); the flush policies (rows, bytes, age, and the memory
+//!   budget of `budget.rs`) start flushes.
+//! * `flush.rs`: one flush as a task of its own: the buffers (and the views over them) become
+//!   sorted Parquet parts ([`sluice_sink::build_parts`]) off the async runtime, are uploaded,
+//!   and are committed together with the partition's next offset in one coordinator commit that
+//!   only succeeds under this worker's lease, after the partition's previous flush committed.
+//!   The session goes on consuming meanwhile.
+//! * `stop_at_end.rs`: with `--stop-at-end`, when the whole topic is committed up to its end.
 //!
 //! Exactly-once follows from three facts: parts are invisible until the commit that also moves
 //! the offset; a new owner resumes from the committed offset and drops whatever was buffered or
@@ -24,13 +29,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use sluice_config::{Config, CoordinationBackend, CoordinationConfig};
 use sluice_coord::{CoordError, Coordinator, EmbeddedCoordinator, UnitId, ZkCoordinator};
 use sluice_sink::Storage;
+use sluice_source::{KafkaSource, Source};
 use sluice_transform::Views;
 
+mod budget;
 mod failpoint;
-mod fleet;
+mod flush;
+mod ingest;
+mod rebalance;
+mod session;
+mod stop_at_end;
+#[cfg(test)]
+mod tests;
 mod unit;
 
 pub use failpoint::Failpoints;
@@ -56,10 +70,22 @@ pub enum WorkerError {
     SessionLost,
     #[error("an earlier flush of {unit} failed, so the flush from offset {first_offset} did not commit (it would have skipped the earlier one's offsets); the next owner re-reads from the committed offset")]
     PredecessorFailed { unit: UnitId, first_offset: i64 },
-    #[error("the Kafka source stopped unexpectedly")]
+    #[error("the reply to the commit of {unit} from offset {first_offset} was lost, and the committed offset is {committed:?}, so it did not happen; the next owner re-reads from there")]
+    NotCommitted {
+        unit: UnitId,
+        first_offset: i64,
+        committed: Option<i64>,
+    },
+    #[error("the source gave no watermarks for {unit}, so there is no offset to start it from")]
+    NoWatermarks { unit: UnitId },
+    #[error("the source stopped unexpectedly")]
     SourceStopped,
-    #[error("a background task failed: {0}")]
-    Task(String),
+    #[error("a background task ({task}) failed")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error(transparent)]
     Telemetry(#[from] sluice_telemetry::TelemetryError),
     #[error(transparent)]
@@ -78,6 +104,7 @@ impl WorkerError {
             WorkerError::SessionLost
                 | WorkerError::LeaseLost { .. }
                 | WorkerError::PredecessorFailed { .. }
+                | WorkerError::NotCommitted { .. }
                 | WorkerError::Coordination(_)
         )
     }
@@ -123,6 +150,42 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+/// Opens a new coordination session (each rejoin opens one).
+pub type OpenCoordinator =
+    Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Coordinator>, CoordError>> + Send + Sync>;
+
+/// What a worker runs against: the seams. [`Services::from_config`] opens the real ones; tests
+/// put in-memory ones in.
+pub struct Services {
+    pub source: Arc<dyn Source>,
+    pub storage: Storage,
+    pub coordination: OpenCoordinator,
+    /// The views, planned against the tables.
+    pub views: Arc<Views>,
+}
+
+impl Services {
+    /// Kafka, the configured storage and coordination backend; every view planned and checked
+    /// before anything is consumed, so a bad one refuses start-up.
+    pub async fn from_config(config: &Config) -> Result<Services, WorkerError> {
+        let mut kafka = config.kafka.clone();
+        kafka.properties.insert(
+            sluice_config::KAFKA_PREFETCH_PROPERTY.to_string(),
+            config.kafka_prefetch_kib().to_string(),
+        );
+        let coordination = config.coordination.clone();
+        Ok(Services {
+            source: Arc::new(KafkaSource::new(kafka)),
+            storage: Storage::open(&config.storage)?,
+            coordination: Box::new(move || {
+                let c = coordination.clone();
+                Box::pin(async move { open_coordinator(&c).await })
+            }),
+            views: Arc::new(Views::compile(config).await?),
+        })
+    }
+}
+
 /// Opens the coordination backend a config names.
 pub async fn open_coordinator(
     config: &CoordinationConfig,
@@ -148,28 +211,28 @@ pub async fn open_coordinator(
 pub async fn run(
     config: Arc<Config>,
     options: RunOptions,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Result<RunSummary, WorkerError> {
+    let services = Services::from_config(&config).await?;
+    run_with(config, options, services, shutdown).await
+}
+
+/// [`run`] against the given seams.
+pub async fn run_with(
+    config: Arc<Config>,
+    options: RunOptions,
+    services: Services,
     mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<RunSummary, WorkerError> {
     let started = Instant::now();
-    let storage = Storage::open(&config.storage)?;
-    // Every view is planned and checked before anything is consumed: a bad one refuses start-up.
-    let views = Arc::new(Views::compile(&config).await?);
-    if !views.is_empty() {
-        tracing::info!(views = ?views, "views planned");
+    if !services.views.is_empty() {
+        tracing::info!(views = ?services.views, "views planned");
     }
     let telemetry = start_telemetry(&config, &options).await?;
     let sampler = telemetry
         .as_ref()
         .map(|t| tokio::spawn(Arc::clone(t).run_sampler()));
-    let outcome = run_sessions(
-        &config,
-        &options,
-        &storage,
-        &views,
-        telemetry,
-        &mut shutdown,
-    )
-    .await;
+    let outcome = run_sessions(&config, &options, &services, telemetry, &mut shutdown).await;
     if let Some(s) = sampler {
         s.abort();
     }
@@ -196,8 +259,7 @@ async fn start_telemetry(
 async fn run_sessions(
     config: &Arc<Config>,
     options: &RunOptions,
-    storage: &Storage,
-    views: &Arc<Views>,
+    services: &Services,
     telemetry: Option<Arc<Telemetry>>,
     shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<RunSummary, WorkerError> {
@@ -205,12 +267,11 @@ async fn run_sessions(
     let mut quick_failures = 0u32;
     loop {
         let session_started = Instant::now();
-        let coord = open_coordinator(&config.coordination).await?;
-        let outcome = fleet::Session::new(
+        let coord = (services.coordination)().await?;
+        let outcome = session::Session::new(
             config,
             Arc::clone(&coord),
-            storage,
-            views,
+            services,
             options,
             &mut summary,
             telemetry.clone(),
@@ -251,12 +312,19 @@ async fn run_sessions(
             1
         };
         if quick_failures > MAX_QUICK_REJOINS {
-            tracing::error!(error = %e, "coordination keeps failing right after rejoining; stopping");
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "coordination keeps failing right after rejoining; stopping"
+            );
             return Err(e);
         }
         summary.rejoins += 1;
         metrics::counter!(sluice_telemetry::metrics::SESSION_REJOINS).increment(1);
-        tracing::warn!(error = %e, rejoins = summary.rejoins, "lost ownership; rejoining the fleet with a new session");
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            rejoins = summary.rejoins,
+            "lost ownership; rejoining the fleet with a new session"
+        );
         let backoff = Duration::from_millis(200 * (1 << quick_failures.min(5)));
         tokio::select! {
             () = &mut *shutdown => break,

@@ -1,93 +1,43 @@
-//! One owned source partition: its lease, the buffers of every table reading its topic, and its
-//! flushes.
-//!
-//! A flush takes everything buffered and runs as a task of its own: sort and Parquet encoding on
-//! a blocking thread, the uploads, then the commit of the parts with the partition's next
-//! offset, under the unit's lease. Meanwhile the session goes on decoding the next events into
-//! fresh buffers, so consumption overlaps with encoding and I/O. Two rules keep this
-//! exactly-once:
-//!
-//! * A unit's commits happen strictly in order: each flush waits for its predecessor's commit
-//!   before committing its own, since the offset it commits presumes everything before it.
-//! * A flush whose predecessor failed never commits (that would skip the predecessor's
-//!   offsets): the session sees the first failure, ends, and a new owner re-reads from the
-//!   committed offset.
+//! One owned source partition: its lease, the buffers of every table reading its topic, where
+//! consumption stands, and its flushes in flight (oldest first).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::TableConfig;
-use sluice_coord::{Commit, CoordError, Coordinator, Lease, PartKind, UnitId};
-use sluice_decode::{Drained, TableBuffer};
-use sluice_sink::{build_parts, FlushSource, Storage};
+use sluice_coord::{Lease, UnitId};
+use sluice_decode::TableBuffer;
+use sluice_sink::FlushSource;
 use sluice_source::SourceMessage;
 use sluice_telemetry::metrics as m;
-use tokio::sync::oneshot;
-use tokio::task::{AbortHandle, JoinSet};
-
-use crate::{Failpoints, WorkerError};
 use sluice_transform::Views;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
-/// Uploads in flight per flush.
-const UPLOAD_CONCURRENCY: usize = 8;
-
-/// What every flush task needs, shared.
-#[derive(Clone)]
-pub(crate) struct FlushContext {
-    pub(crate) coord: Arc<dyn Coordinator>,
-    pub(crate) storage: Storage,
-    pub(crate) failpoints: Failpoints,
-    /// The views, if the configuration has any.
-    pub(crate) views: Option<Arc<Views>>,
-}
-
-/// The flush tasks of a session; each ends with its unit's commit or the error that stopped it.
-pub(crate) type FlushTasks = JoinSet<Result<Committed, WorkerError>>;
-
-/// What a flush in flight is counted for against the memory budget, per raw byte of the events
-/// it took from the buffers: besides its decoded columns it holds their sorted copy, the
-/// encoder's pages and compressor, and the encoded parts until they are uploaded. Counting
-/// only the raw size let peak RSS exceed the budget by up to 100 MiB under backpressure
-/// (docs/performance.md).
-const IN_FLIGHT_CHARGE: u64 = 2;
+use crate::budget::Charge;
+use crate::flush::{self, Flush, FlushContext, FlushTasks};
+use crate::WorkerError;
 
 /// A flush started and not yet committed.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) first_offset: i64,
     pub(crate) first_timestamp_ms: Option<i64>,
-    /// What it is counted for against the memory budget until it commits.
-    pub(crate) charge: u64,
+    /// What it holds against the memory budget until it commits.
+    charge: Charge,
     task: AbortHandle,
-}
-
-/// What starting a flush moved: raw bytes out of the buffers, and the charge it holds instead.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Started {
-    pub(crate) taken: u64,
-    pub(crate) charge: u64,
-}
-
-/// What a committed flush did, for the run summary.
-#[derive(Debug)]
-pub(crate) struct Committed {
-    pub(crate) unit: UnitId,
-    pub(crate) rows: u64,
-    pub(crate) quarantined: u64,
-    pub(crate) parts: u64,
-    pub(crate) part_bytes: u64,
 }
 
 /// A source partition this worker holds the lease of.
 pub(crate) struct OwnedUnit {
     pub(crate) id: UnitId,
     pub(crate) lease: Lease,
-    pub(crate) tables: Vec<(Arc<TableConfig>, TableBuffer)>,
+    tables: Vec<(Arc<TableConfig>, TableBuffer)>,
     /// Offsets of the first and last buffered message.
     pub(crate) buffered: Option<(i64, i64)>,
     /// Kafka timestamp of the first buffered message.
-    pub(crate) first_timestamp_ms: Option<i64>,
+    first_timestamp_ms: Option<i64>,
     /// With `stop_at_end`: the high watermark to reach.
     pub(crate) end: Option<i64>,
     /// Next offset to consume: committed, in flight or buffered.
@@ -159,6 +109,7 @@ impl OwnedUnit {
         })
     }
 
+    /// Whether consumption reached the end this run was asked to reach (never without one).
     pub(crate) fn reached_end(&self) -> bool {
         match (self.end, self.position) {
             (Some(end), Some(pos)) => pos >= end,
@@ -180,10 +131,11 @@ impl OwnedUnit {
         }
     }
 
-    /// Whether the message is one this unit still needs: not before its position (a restarted
-    /// source may hand over messages it already had).
+    /// Whether the message is one this unit still needs: not before its position (a reopened
+    /// reader may hand over messages it already had), and not past the end this run was asked
+    /// to reach (pushing those would commit one message per flush from there on).
     pub(crate) fn wants(&self, m: &SourceMessage<'_>) -> bool {
-        self.position.is_none_or(|p| m.offset >= p)
+        self.position.is_none_or(|p| m.offset >= p) && self.end.is_none_or(|end| m.offset < end)
     }
 
     pub(crate) fn push(&mut self, m: &SourceMessage<'_>) {
@@ -213,55 +165,50 @@ impl OwnedUnit {
         }
     }
 
-    /// Starts a flush of everything buffered as a task in `tasks` (nothing if nothing is
-    /// buffered).
+    /// Starts a flush of everything buffered as a task in `tasks`, holding `charge` until it
+    /// commits. The caller checked that something is buffered.
     pub(crate) fn start_flush(
         &mut self,
         ctx: &FlushContext,
         tasks: &mut FlushTasks,
-    ) -> Result<Started, WorkerError> {
-        let Some((first_offset, last_offset)) = self.buffered.take() else {
-            return Ok(Started::default());
-        };
-        let taken = self.bytes();
-        let charge = taken * IN_FLIGHT_CHARGE;
+        charge: Charge,
+    ) -> Result<(), WorkerError> {
+        let (first_offset, last_offset) = self.buffered.take().expect("something is buffered");
         let mut drained = Vec::with_capacity(self.tables.len());
         for (table, buffer) in &mut self.tables {
             drained.push((Arc::clone(table), buffer.drain()?));
         }
-        let source = FlushSource {
-            unit: self.id.clone(),
-            first_offset,
-            last_offset,
-            lease_epoch: self.lease.epoch,
-        };
         let (done, committed) = oneshot::channel();
-        let predecessor = self.last_commit.replace(committed);
-        let task = tasks.spawn(flush(
-            ctx.clone(),
-            self.lease.clone(),
-            source,
+        let flush = Flush {
+            lease: self.lease.clone(),
+            source: FlushSource {
+                unit: self.id.clone(),
+                first_offset,
+                last_offset,
+                lease_epoch: self.lease.epoch,
+            },
             drained,
-            predecessor,
+            predecessor: self.last_commit.replace(committed),
             done,
-        ));
+        };
+        let task = tasks.spawn(flush::run(ctx.clone(), flush));
         self.in_flight.push_back(InFlight {
             first_offset,
             first_timestamp_ms: self.first_timestamp_ms.take(),
             charge,
             task,
         });
-        Ok(Started { taken, charge })
+        Ok(())
     }
 
     /// Marks the oldest in-flight flush committed; returns the charge it held.
-    pub(crate) fn finish_flush(&mut self) -> u64 {
-        self.in_flight.pop_front().map_or(0, |f| f.charge)
+    pub(crate) fn finish_flush(&mut self) -> Option<Charge> {
+        self.in_flight.pop_front().map(|f| f.charge)
     }
 
     /// Stops this unit's in-flight flushes (their commits may or may not have happened: the
-    /// registry says which); returns the charge they held.
-    pub(crate) fn abort_flushes(&mut self) -> u64 {
+    /// registry says which); returns the charges they held.
+    pub(crate) fn abort_flushes(&mut self) -> Vec<Charge> {
         self.last_commit = None;
         self.in_flight
             .drain(..)
@@ -269,154 +216,6 @@ impl OwnedUnit {
                 f.task.abort();
                 f.charge
             })
-            .sum()
+            .collect()
     }
-}
-
-/// Maps a failed commit: losing the lease or the session means another worker owns the
-/// partition now, which is not an error of this worker but the end of its ownership.
-fn refused(lease: &Lease, e: CoordError, source: &FlushSource) -> WorkerError {
-    match e {
-        CoordError::LeaseLost { .. } | CoordError::SessionEnded { .. } => {
-            tracing::warn!(unit = %lease.unit, epoch = lease.epoch, first_offset = source.first_offset, last_offset = source.last_offset, error = %e, "commit refused: this worker no longer owns the partition; its buffered events are left to the new owner");
-            WorkerError::LeaseLost {
-                unit: lease.unit.clone(),
-            }
-        }
-        other => other.into(),
-    }
-}
-
-/// One flush: parts built off the runtime, uploaded, then committed after the unit's previous
-/// flush committed. `done` resolves for the next flush only once this one committed.
-async fn flush(
-    ctx: FlushContext,
-    lease: Lease,
-    source: FlushSource,
-    drained: Vec<(Arc<TableConfig>, Drained)>,
-    predecessor: Option<oneshot::Receiver<()>>,
-    done: oneshot::Sender<()>,
-) -> Result<Committed, WorkerError> {
-    let started = Instant::now();
-    let rows: u64 = drained.iter().map(|(_, d)| d.batch.num_rows() as u64).sum();
-    let quarantined: u64 = drained.iter().map(|(_, d)| d.quarantine.len() as u64).sum();
-
-    // Views, sorting and Parquet encoding are CPU work: off the async runtime. The views run
-    // over each table's batch here, so their parts commit with the table's, all or nothing.
-    let encode_source = source.clone();
-    let runtime = tokio::runtime::Handle::current();
-    let views = ctx.views.clone();
-    let (parts, by_reason) = tokio::task::spawn_blocking(move || {
-        let mut all = Vec::new();
-        // Counted per (table, reason) now, recorded only once the commit succeeds.
-        let mut by_reason: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-        let mut count = |table: &str, rows: &[sluice_decode::QuarantineRow]| {
-            for q in rows {
-                *by_reason
-                    .entry((table.to_string(), q.reason.code()))
-                    .or_default() += 1;
-            }
-        };
-        for (table, d) in &drained {
-            all.extend(build_parts(table, &encode_source, &d.batch, &d.quarantine)?);
-            count(&table.name, &d.quarantine);
-            let Some(views) = &views else { continue };
-            for out in views.apply(&runtime, &table.name, &d.batch, d.origins.as_ref()) {
-                all.extend(build_parts(
-                    &out.target,
-                    &encode_source,
-                    &out.batch,
-                    &out.quarantine,
-                )?);
-                count(&out.target.name, &out.quarantine);
-            }
-        }
-        Ok::<_, sluice_sink::SinkError>((all, by_reason))
-    })
-    .await
-    .map_err(|e| WorkerError::Task(e.to_string()))??;
-
-    use futures::stream::{StreamExt, TryStreamExt};
-    // Collected first: a stream over a borrowing closure is not `Send` enough for a task.
-    let uploads: Vec<_> = parts
-        .iter()
-        .map(|p| ctx.storage.put(&p.record.path, p.bytes.clone()))
-        .collect();
-    futures::stream::iter(uploads)
-        .buffer_unordered(UPLOAD_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    ctx.failpoints.hit("after_upload");
-    ctx.failpoints.hit("before_commit");
-
-    if let Some(predecessor) = predecessor {
-        predecessor
-            .await
-            .map_err(|_| WorkerError::PredecessorFailed {
-                unit: lease.unit.clone(),
-                first_offset: source.first_offset,
-            })?;
-    }
-    let commit = Commit {
-        next_offset: source.last_offset + 1,
-        parts: parts.into_iter().map(|p| p.record).collect(),
-    };
-    let commit_started = Instant::now();
-    let committed = ctx.coord.commit(&lease, &commit).await;
-    metrics::histogram!(m::COMMIT_DURATION).record(commit_started.elapsed().as_secs_f64());
-    match committed {
-        Ok(()) => {}
-        Err(CoordError::Ambiguous { reason, .. }) => {
-            // The reply was lost; the registry knows whether the commit happened.
-            match ctx.coord.committed_offset(&lease.unit).await {
-                Ok(Some(o)) if o == commit.next_offset => {}
-                Ok(committed) => {
-                    return Err(CoordError::Ambiguous {
-                        unit: lease.unit.clone(),
-                        reason: format!("{reason}; the committed offset is {committed:?}, so the commit did not happen"),
-                    }
-                    .into())
-                }
-                Err(e) => return Err(refused(&lease, e, &source)),
-            }
-        }
-        Err(e) => return Err(refused(&lease, e, &source)),
-    }
-    ctx.failpoints.hit("after_commit");
-    // The next flush of this unit may commit now; it is gone if the session ended meanwhile.
-    let _ = done.send(());
-
-    let part_bytes: u64 = commit.parts.iter().map(|p| p.bytes).sum();
-    metrics::histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
-    for p in &commit.parts {
-        let table = [("table", p.table.clone())];
-        metrics::counter!(m::TABLE_PARTS_WRITTEN, &table).increment(1);
-        metrics::counter!(m::TABLE_BYTES_COMMITTED, &table).increment(p.bytes);
-        if p.kind == PartKind::Data {
-            metrics::counter!(m::TABLE_ROWS_COMMITTED, &table).increment(p.rows);
-        }
-    }
-    for ((table, reason), n) in by_reason {
-        metrics::counter!(m::TABLE_QUARANTINED_ROWS, "table" => table, "reason" => reason)
-            .increment(n);
-    }
-    tracing::info!(
-        unit = %lease.unit,
-        epoch = lease.epoch,
-        first_offset = source.first_offset,
-        last_offset = source.last_offset,
-        rows,
-        quarantined,
-        parts = commit.parts.len(),
-        bytes = part_bytes,
-        took_ms = started.elapsed().as_millis() as u64,
-        "committed"
-    );
-    Ok(Committed {
-        unit: lease.unit,
-        rows,
-        quarantined,
-        parts: commit.parts.len() as u64,
-        part_bytes,
-    })
 }

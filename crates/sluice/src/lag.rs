@@ -25,7 +25,7 @@ pub struct LagArgs {
 }
 
 pub async fn lag(args: LagArgs) -> Result<()> {
-    let config = crate::load(&args.config)?;
+    let config = crate::common::load(&args.config)?;
     let coord = open_coordinator(&config.coordination).await?;
     let kafka = config.kafka.clone();
     let probe = std::sync::Arc::new(

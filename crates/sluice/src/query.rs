@@ -22,6 +22,7 @@ use sluice_worker::open_coordinator;
     sluice query --config my.toml --format csv \"SELECT * FROM quarantine.page_views\""
 )]
 pub struct QueryArgs {
+    /// The configuration file: its tables, ZooKeeper and storage.
     #[arg(short, long, env = "SLUICE_CONFIG")]
     config: PathBuf,
     /// The SQL statement (DataFusion's dialect: PostgreSQL-like).
@@ -46,7 +47,7 @@ enum Format {
 
 pub async fn query(args: QueryArgs) -> Result<()> {
     let started = Instant::now();
-    let config = crate::load(&args.config)?;
+    let config = crate::common::load(&args.config)?;
     let storage = Storage::open(&config.storage)?;
     let coord = open_coordinator(&config.coordination).await?;
     let snapshot = Snapshot::take(&*coord, &config).await;

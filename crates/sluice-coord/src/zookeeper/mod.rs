@@ -25,21 +25,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
 
 use crate::{
     Commit, CoordError, Coordinator, Lease, Member, PartRecord, Signal, UnitId, UnitState,
 };
 
+mod nodes;
+
+use nodes::{backend, encode_segment, LeaseData};
+
 /// How many znode reads `list_parts` keeps in flight.
 const LIST_CONCURRENCY: usize = 64;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct LeaseData {
-    worker: String,
-    epoch: u64,
-}
 
 /// Coordinator over a ZooKeeper ensemble. One session per instance.
 pub struct ZkCoordinator {
@@ -63,39 +60,6 @@ impl std::fmt::Debug for ZkCoordinator {
     }
 }
 
-fn backend(path: &str, e: zk::Error) -> CoordError {
-    match e {
-        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
-            CoordError::SessionEnded {
-                reason: e.to_string(),
-            }
-        }
-        other => CoordError::Backend {
-            path: path.to_string(),
-            reason: other.to_string(),
-        },
-    }
-}
-
-/// Makes a value safe as one znode name segment.
-pub(crate) fn encode_segment(value: &str) -> String {
-    if value.is_empty() {
-        return "_".to_string();
-    }
-    let mut out = String::with_capacity(value.len());
-    for ch in value.chars() {
-        match ch {
-            '/' | '%' => out.push_str(&format!("%{:02X}", ch as u32)),
-            c if c.is_control() => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    if out == "." || out == ".." || out == "zookeeper" {
-        out = format!("%{out}");
-    }
-    out
-}
-
 impl ZkCoordinator {
     /// Connects and creates the deployment root. Fails within `connect_timeout` when no server
     /// of the ensemble answers.
@@ -105,10 +69,10 @@ impl ZkCoordinator {
         session_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<ZkCoordinator, CoordError> {
-        let unreachable = |reason: String| CoordError::Unreachable {
+        let unreachable = |source: crate::Cause| CoordError::Unreachable {
             connect: connect.to_string(),
             timeout: connect_timeout,
-            reason,
+            source,
         };
         let attempt = zk::Client::connector()
             .with_session_timeout(session_timeout)
@@ -116,8 +80,8 @@ impl ZkCoordinator {
             .connect(connect);
         let client = match tokio::time::timeout(connect_timeout, attempt).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => return Err(unreachable("timed out".to_string())),
+            Ok(Err(e)) => return Err(unreachable(e.into())),
+            Err(_) => return Err(unreachable("no server answered in time".into())),
         };
         let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
         client
@@ -144,7 +108,7 @@ impl ZkCoordinator {
             .expect("client lock poisoned")
             .clone()
             .ok_or_else(|| CoordError::SessionEnded {
-                reason: "the coordinator was closed".to_string(),
+                source: "the coordinator was closed".into(),
             })
     }
 
@@ -177,84 +141,6 @@ impl ZkCoordinator {
             encode_segment(&part.topic),
             part.partition
         )
-    }
-
-    fn persistent() -> zk::CreateOptions<'static> {
-        zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
-    }
-
-    async fn ensure_dir(&self, client: &zk::Client, dir: &str) -> Result<(), CoordError> {
-        if self
-            .known_dirs
-            .lock()
-            .expect("dirs lock poisoned")
-            .contains(dir)
-        {
-            return Ok(());
-        }
-        client
-            .mkdir(dir, &Self::persistent())
-            .await
-            .map_err(|e| backend(dir, e))?;
-        self.known_dirs
-            .lock()
-            .expect("dirs lock poisoned")
-            .insert(dir.to_string());
-        Ok(())
-    }
-
-    async fn create_if_missing(
-        client: &zk::Client,
-        path: &str,
-        data: &[u8],
-    ) -> Result<(), CoordError> {
-        match client.create(path, data, &Self::persistent()).await {
-            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
-            Err(e) => Err(backend(path, e)),
-        }
-    }
-
-    async fn read_lease_holder(
-        client: &zk::Client,
-        path: &str,
-    ) -> Result<Option<LeaseData>, CoordError> {
-        match client.get_data(path).await {
-            Ok((data, _)) => {
-                serde_json::from_slice(&data)
-                    .map(Some)
-                    .map_err(|e| CoordError::Corrupt {
-                        path: path.to_string(),
-                        reason: e.to_string(),
-                    })
-            }
-            Err(zk::Error::NoNode) => Ok(None),
-            Err(e) => Err(backend(path, e)),
-        }
-    }
-
-    fn parse_i64(path: &str, data: &[u8]) -> Result<Option<i64>, CoordError> {
-        if data.is_empty() {
-            return Ok(None);
-        }
-        std::str::from_utf8(data)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .map(Some)
-            .ok_or_else(|| CoordError::Corrupt {
-                path: path.to_string(),
-                reason: format!(
-                    "expected an integer, found {:?}",
-                    String::from_utf8_lossy(data)
-                ),
-            })
-    }
-
-    async fn list(client: &zk::Client, path: &str) -> Result<Vec<String>, CoordError> {
-        match client.list_children(path).await {
-            Ok(children) => Ok(children),
-            Err(zk::Error::NoNode) => Ok(Vec::new()),
-            Err(e) => Err(backend(path, e)),
-        }
     }
 }
 
@@ -432,24 +318,26 @@ impl Coordinator for ZkCoordinator {
             Err(zk::MultiWriteError::OperationFailed { index: 1, source }) => {
                 Err(CoordError::Conflict {
                     unit: unit.clone(),
-                    reason: format!("the committed offset changed under this lease ({source})"),
+                    what: "the committed offset changed under this lease".to_string(),
+                    source: Some(source.into()),
                 })
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => {
                 Err(CoordError::Conflict {
                     unit: unit.clone(),
-                    reason: format!("cannot register part {}: {source}", part_paths[index - 2].0),
+                    what: format!("cannot register part {}", part_paths[index - 2].0),
+                    source: Some(source.into()),
                 })
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => match source {
                 zk::Error::SessionExpired | zk::Error::ClientClosed => {
                     Err(CoordError::SessionEnded {
-                        reason: source.to_string(),
+                        source: source.into(),
                     })
                 }
                 other => Err(CoordError::Ambiguous {
                     unit: unit.clone(),
-                    reason: other.to_string(),
+                    source: other.into(),
                 }),
             },
         }
@@ -478,7 +366,7 @@ impl Coordinator for ZkCoordinator {
                         .map_err(|e| backend(&path, e))?;
                     serde_json::from_slice::<PartRecord>(&data).map_err(|e| CoordError::Corrupt {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        source: e.into(),
                     })
                 }
             })
@@ -568,7 +456,7 @@ impl Coordinator for ZkCoordinator {
                     members.push(serde_json::from_slice::<Member>(&data).map_err(|e| {
                         CoordError::Corrupt {
                             path: path.clone(),
-                            reason: e.to_string(),
+                            source: e.into(),
                         }
                     })?)
                 }

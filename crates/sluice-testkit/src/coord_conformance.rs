@@ -1,4 +1,4 @@
-//! The conformance suite every [`Coordinator`] implementation must pass.
+//! The conformance suite every [`Coordinator`] must pass: the contract in `sluice_coord`'s docs.
 //!
 //! `make` opens a new handle (its own session) on one shared backend each time it is called,
 //! the way two worker processes would each open a ZooKeeper session. Each case uses topics of its
@@ -7,35 +7,14 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::{Commit, CoordError, Coordinator, Member, PartKind, PartRecord, Signal, UnitId};
+use sluice_coord::{Commit, CoordError, Coordinator, Member, PartKind, PartRecord, Signal, UnitId};
+
+use crate::{fail, unique, ConformanceFailure, OrFail};
 
 /// How long a watch may take to fire after the change it watches.
 const SIGNAL_WITHIN: Duration = Duration::from_secs(10);
 
-/// A failed expectation, with the case it failed in.
-#[derive(Debug, thiserror::Error)]
-#[error("conformance case `{case}` failed: {message}")]
-pub struct ConformanceFailure {
-    pub case: &'static str,
-    pub message: String,
-}
-
 type Outcome = Result<(), ConformanceFailure>;
-
-fn fail(case: &'static str, message: impl Into<String>) -> ConformanceFailure {
-    ConformanceFailure {
-        case,
-        message: message.into(),
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 /// A part record for tests; `tag` makes the object name unique.
 pub fn sample_part(table: &str, unit: &UnitId, first: i64, last: i64, tag: &str) -> PartRecord {
@@ -123,9 +102,7 @@ async fn membership_is_unique_and_watched(
 ) -> Outcome {
     const CASE: &str = "membership_is_unique_and_watched";
     let id = unique("member");
-    a.join(&sample_member(&id))
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.join(&sample_member(&id)).await.or_fail(CASE)?;
     match b.join(&sample_member(&id)).await {
         Err(CoordError::MemberExists { .. }) => {}
         other => {
@@ -135,10 +112,7 @@ async fn membership_is_unique_and_watched(
             ))
         }
     }
-    let (members, signal) = b
-        .watch_members()
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let (members, signal) = b.watch_members().await.or_fail(CASE)?;
     let Some(seen) = members.iter().find(|m| m.id == id) else {
         return Err(fail(CASE, "a joined member is not listed"));
     };
@@ -159,13 +133,8 @@ async fn membership_is_unique_and_watched(
         return Err(fail(CASE, "a member that left is still listed"));
     }
     // The id is free again, and membership ends with the session.
-    b.join(&sample_member(&id))
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
-    let (_, signal) = a
-        .watch_members()
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    b.join(&sample_member(&id)).await.or_fail(CASE)?;
+    let (_, signal) = a.watch_members().await.or_fail(CASE)?;
     b.close().await.map_err(|e| fail(CASE, e.to_string()))?;
     fires(CASE, "the member's session closed", signal).await?;
     if member_ids(CASE, &*a).await?.contains(&id) {
@@ -177,46 +146,27 @@ async fn membership_is_unique_and_watched(
 async fn lease_watch_fires_on_release(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
     const CASE: &str = "lease_watch_fires_on_release";
     let unit = UnitId::new(unique("watch"), 1);
-    let (holder, _) = b
-        .watch_lease(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let (holder, _) = b.watch_lease(&unit).await.or_fail(CASE)?;
     if holder.is_some() {
         return Err(fail(CASE, format!("a new unit has holder {holder:?}")));
     }
-    let lease = a
-        .acquire_lease(&unit, "wa")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
-    let (holder, signal) = b
-        .watch_lease(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let lease = a.acquire_lease(&unit, "wa").await.or_fail(CASE)?;
+    let (holder, signal) = b.watch_lease(&unit).await.or_fail(CASE)?;
     if holder.as_deref() != Some("wa") {
         return Err(fail(CASE, format!("holder {holder:?}, expected wa")));
     }
-    a.release_lease(&lease)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.release_lease(&lease).await.or_fail(CASE)?;
     fires(CASE, "the lease was released", signal).await?;
-    let (holder, signal) = b
-        .watch_lease(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let (holder, signal) = b.watch_lease(&unit).await.or_fail(CASE)?;
     if holder.is_some() {
         return Err(fail(
             CASE,
             format!("released lease still held by {holder:?}"),
         ));
     }
-    a.acquire_lease(&unit, "wa")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.acquire_lease(&unit, "wa").await.or_fail(CASE)?;
     fires(CASE, "the lease was taken", signal).await?;
-    let (_, signal) = b
-        .watch_lease(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let (_, signal) = b.watch_lease(&unit).await.or_fail(CASE)?;
     a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
     fires(CASE, "the holder's session closed", signal).await?;
     b.close().await.map_err(|e| fail(CASE, e.to_string()))
@@ -253,20 +203,14 @@ async fn session_end_is_signalled(a: Box<dyn Coordinator>, b: Box<dyn Coordinato
 async fn fresh_unit(c: Box<dyn Coordinator>) -> Outcome {
     const CASE: &str = "fresh_unit";
     let unit = UnitId::new(unique("fresh"), 3);
-    let offset = c
-        .committed_offset(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let offset = c.committed_offset(&unit).await.or_fail(CASE)?;
     if offset.is_some() {
         return Err(fail(
             CASE,
             format!("a unit never committed has offset {offset:?}"),
         ));
     }
-    let lease = c
-        .acquire_lease(&unit, "w1")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let lease = c.acquire_lease(&unit, "w1").await.or_fail(CASE)?;
     if lease.epoch == 0 || lease.worker_id != "w1" || lease.unit != unit {
         return Err(fail(CASE, format!("unexpected lease {lease:?}")));
     }
@@ -279,10 +223,7 @@ async fn data_and_quarantine_of_one_flush_are_distinct(c: Box<dyn Coordinator>) 
     const CASE: &str = "data_and_quarantine_of_one_flush_are_distinct";
     let unit = UnitId::new(unique("keyless"), 0);
     let table = unique("tbl_keyless");
-    let lease = c
-        .acquire_lease(&unit, "w1")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let lease = c.acquire_lease(&unit, "w1").await.or_fail(CASE)?;
     let file = format!("{}-0-{:020}-{:020}-e1-v1.parquet", unit.topic, 0, 9);
     let mut data = sample_part(&table, &unit, 0, 9, "x");
     data.partition_value = String::new();
@@ -298,11 +239,8 @@ async fn data_and_quarantine_of_one_flush_are_distinct(c: Box<dyn Coordinator>) 
         },
     )
     .await
-    .map_err(|e| fail(CASE, e.to_string()))?;
-    let mut got = c
-        .list_parts(&table)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    .or_fail(CASE)?;
+    let mut got = c.list_parts(&table).await.or_fail(CASE)?;
     got.sort_by_key(|p| p.kind == PartKind::Quarantine);
     if got != vec![data, quarantine] {
         return Err(fail(CASE, format!("table {table} lists {got:?}")));
@@ -314,10 +252,7 @@ async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
     const CASE: &str = "commit_is_visible_atomically";
     let unit = UnitId::new(unique("commit"), 0);
     let (t1, t2) = (unique("tbl_a"), unique("tbl_b"));
-    let lease = c
-        .acquire_lease(&unit, "w1")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let lease = c.acquire_lease(&unit, "w1").await.or_fail(CASE)?;
     let parts = vec![
         sample_part(&t1, &unit, 0, 9, "a"),
         sample_part(&t2, &unit, 0, 9, "b"),
@@ -330,7 +265,7 @@ async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
         },
     )
     .await
-    .map_err(|e| fail(CASE, e.to_string()))?;
+    .or_fail(CASE)?;
     let second = sample_part(&t1, &unit, 10, 19, "c");
     c.commit(
         &lease,
@@ -340,33 +275,21 @@ async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
         },
     )
     .await
-    .map_err(|e| fail(CASE, e.to_string()))?;
-    let offset = c
-        .committed_offset(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    .or_fail(CASE)?;
+    let offset = c.committed_offset(&unit).await.or_fail(CASE)?;
     if offset != Some(20) {
         return Err(fail(CASE, format!("offset {offset:?}, expected Some(20)")));
     }
-    let mut got = c
-        .list_parts(&t1)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let mut got = c.list_parts(&t1).await.or_fail(CASE)?;
     got.sort_by_key(|p| p.first_offset);
     if got != vec![parts[0].clone(), second] {
         return Err(fail(CASE, format!("table {t1} lists {got:?}")));
     }
-    let got = c
-        .list_parts(&t2)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let got = c.list_parts(&t2).await.or_fail(CASE)?;
     if got != vec![parts[1].clone()] {
         return Err(fail(CASE, format!("table {t2} lists {got:?}")));
     }
-    let units = c
-        .list_units()
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let units = c.list_units().await.or_fail(CASE)?;
     let state = units
         .iter()
         .find(|u| u.unit == unit)
@@ -383,9 +306,7 @@ async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
 async fn lease_is_exclusive(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
     const CASE: &str = "lease_is_exclusive";
     let unit = UnitId::new(unique("exclusive"), 1);
-    a.acquire_lease(&unit, "worker-a")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.acquire_lease(&unit, "worker-a").await.or_fail(CASE)?;
     match b.acquire_lease(&unit, "worker-b").await {
         Err(CoordError::LeaseHeld { holder, .. }) if holder == "worker-a" => {}
         other => {
@@ -403,10 +324,7 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
     const CASE: &str = "stale_lease_cannot_commit";
     let unit = UnitId::new(unique("zombie"), 0);
     let table = unique("tbl");
-    let old = a
-        .acquire_lease(&unit, "worker-a")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let old = a.acquire_lease(&unit, "worker-a").await.or_fail(CASE)?;
     a.commit(
         &old,
         &Commit {
@@ -415,14 +333,9 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
         },
     )
     .await
-    .map_err(|e| fail(CASE, e.to_string()))?;
-    a.release_lease(&old)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
-    let new = b
-        .acquire_lease(&unit, "worker-b")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    .or_fail(CASE)?;
+    a.release_lease(&old).await.or_fail(CASE)?;
+    let new = b.acquire_lease(&unit, "worker-b").await.or_fail(CASE)?;
     if new.epoch <= old.epoch {
         return Err(fail(
             CASE,
@@ -443,14 +356,8 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
             ))
         }
     }
-    let offset = b
-        .committed_offset(&unit)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
-    let parts = b
-        .list_parts(&table)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let offset = b.committed_offset(&unit).await.or_fail(CASE)?;
+    let parts = b.list_parts(&table).await.or_fail(CASE)?;
     if offset != Some(5) || parts.len() != 1 {
         return Err(fail(
             CASE,
@@ -468,7 +375,7 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
         },
     )
     .await
-    .map_err(|e| fail(CASE, e.to_string()))?;
+    .or_fail(CASE)?;
     a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
     b.close().await.map_err(|e| fail(CASE, e.to_string()))
 }
@@ -476,10 +383,7 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
 async fn closed_session_frees_leases(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) -> Outcome {
     const CASE: &str = "closed_session_frees_leases";
     let unit = UnitId::new(unique("expiry"), 2);
-    let old = a
-        .acquire_lease(&unit, "worker-a")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let old = a.acquire_lease(&unit, "worker-a").await.or_fail(CASE)?;
     a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
     // The server ends the session asynchronously; await the lease becoming free.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -525,21 +429,11 @@ async fn release_of_lost_lease_is_harmless(
 ) -> Outcome {
     const CASE: &str = "release_of_lost_lease_is_harmless";
     let unit = UnitId::new(unique("release"), 0);
-    let old = a
-        .acquire_lease(&unit, "worker-a")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
-    a.release_lease(&old)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
-    let new = b
-        .acquire_lease(&unit, "worker-b")
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    let old = a.acquire_lease(&unit, "worker-a").await.or_fail(CASE)?;
+    a.release_lease(&old).await.or_fail(CASE)?;
+    let new = b.acquire_lease(&unit, "worker-b").await.or_fail(CASE)?;
     // Releasing the stale lease again must not free the new holder's lease.
-    a.release_lease(&old)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    a.release_lease(&old).await.or_fail(CASE)?;
     match a.acquire_lease(&unit, "worker-a").await {
         Err(CoordError::LeaseHeld { holder, .. }) if holder == "worker-b" => {}
         other => {
@@ -549,9 +443,7 @@ async fn release_of_lost_lease_is_harmless(
             ))
         }
     }
-    b.release_lease(&new)
-        .await
-        .map_err(|e| fail(CASE, e.to_string()))?;
+    b.release_lease(&new).await.or_fail(CASE)?;
     a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
     b.close().await.map_err(|e| fail(CASE, e.to_string()))
 }

@@ -1,0 +1,103 @@
+//! `[coordination]`: where leases, offsets and the part registry live.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{invalid, ConfigError};
+
+/// Which coordination backend holds leases, offsets and the part registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinationBackend {
+    /// A ZooKeeper ensemble: for fleets.
+    Zookeeper,
+    /// A single-process store in a local directory: for a laptop and unit tests.
+    Embedded,
+}
+
+/// Where leases, offsets and the part registry live.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// `zookeeper` or `embedded`. Default: `zookeeper`.
+    pub backend: CoordinationBackend,
+    /// ZooKeeper connect string, `host:port[,host:port...]`. Default: `127.0.0.1:2181`.
+    pub zookeeper_connect: String,
+    /// Root znode of this Sluice deployment; several deployments can share one ensemble.
+    /// Default: `/sluice`.
+    pub root: String,
+    /// ZooKeeper session timeout; a crashed worker's leases are freed after this long.
+    /// Default: 10000 (10 s).
+    pub session_timeout_ms: u64,
+    /// How long to try to reach ZooKeeper at start-up before failing. Default: 10000 (10 s).
+    pub connect_timeout_ms: u64,
+    /// Directory of the embedded backend's state file. Default: `sluice-state` (relative to
+    /// the working directory).
+    pub embedded_dir: PathBuf,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            backend: CoordinationBackend::Zookeeper,
+            zookeeper_connect: "127.0.0.1:2181".to_string(),
+            root: "/sluice".to_string(),
+            session_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            embedded_dir: PathBuf::from("sluice-state"),
+        }
+    }
+}
+
+impl CoordinationConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_root()?;
+        if self.backend == CoordinationBackend::Zookeeper {
+            self.validate_zookeeper_connect()?;
+            self.validate_session_timeout()?;
+        }
+        Ok(())
+    }
+
+    /// Every znode path is the root joined with `/`, so a relative root or a trailing slash
+    /// would make paths ZooKeeper refuses.
+    fn validate_root(&self) -> Result<(), ConfigError> {
+        let root = &self.root;
+        if root.starts_with('/') && (root.len() == 1 || !root.ends_with('/')) {
+            return Ok(());
+        }
+        Err(invalid(
+            "coordination.root",
+            format!("`{root}` is not an absolute znode path"),
+            "start it with `/` and end it without one, e.g. `/sluice/prod`",
+        ))
+    }
+
+    fn validate_zookeeper_connect(&self) -> Result<(), ConfigError> {
+        if self.zookeeper_connect.trim().is_empty() {
+            return Err(invalid(
+                "coordination.zookeeper_connect",
+                "is empty",
+                "set it to `host:port[,host:port...]`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// ZooKeeper raises a shorter timeout to its minimum silently; refusing it keeps the
+    /// configured value the one in effect.
+    fn validate_session_timeout(&self) -> Result<(), ConfigError> {
+        if self.session_timeout_ms < 2_000 {
+            return Err(invalid(
+                "coordination.session_timeout_ms",
+                format!(
+                    "{} ms is below ZooKeeper's minimum",
+                    self.session_timeout_ms
+                ),
+                "use at least 2000 (ZooKeeper's floor is twice its tickTime)",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! Reading and writing single znodes: errors, names, directories, the small values Sluice keeps
+//! in them.
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+use super::ZkCoordinator;
+use crate::CoordError;
+
+/// The data of a unit's `lease` znode.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct LeaseData {
+    pub(super) worker: String,
+    pub(super) epoch: u64,
+}
+
+pub(super) fn backend(path: &str, e: zk::Error) -> CoordError {
+    match e {
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
+            CoordError::SessionEnded { source: e.into() }
+        }
+        other => CoordError::Backend {
+            path: path.to_string(),
+            source: other.into(),
+        },
+    }
+}
+
+/// Makes a value safe as one znode name segment.
+pub(crate) fn encode_segment(value: &str) -> String {
+    if value.is_empty() {
+        return "_".to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    for ch in value.chars() {
+        match ch {
+            '/' | '%' => out.push_str(&format!("%{:02X}", ch as u32)),
+            c if c.is_control() => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if out == "." || out == ".." || out == "zookeeper" {
+        out = format!("%{out}");
+    }
+    out
+}
+
+impl ZkCoordinator {
+    pub(super) fn persistent() -> zk::CreateOptions<'static> {
+        zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+    }
+
+    pub(super) async fn ensure_dir(
+        &self,
+        client: &zk::Client,
+        dir: &str,
+    ) -> Result<(), CoordError> {
+        if self
+            .known_dirs
+            .lock()
+            .expect("dirs lock poisoned")
+            .contains(dir)
+        {
+            return Ok(());
+        }
+        client
+            .mkdir(dir, &Self::persistent())
+            .await
+            .map_err(|e| backend(dir, e))?;
+        self.known_dirs
+            .lock()
+            .expect("dirs lock poisoned")
+            .insert(dir.to_string());
+        Ok(())
+    }
+
+    pub(super) async fn create_if_missing(
+        client: &zk::Client,
+        path: &str,
+        data: &[u8],
+    ) -> Result<(), CoordError> {
+        match client.create(path, data, &Self::persistent()).await {
+            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(backend(path, e)),
+        }
+    }
+
+    pub(super) async fn read_lease_holder(
+        client: &zk::Client,
+        path: &str,
+    ) -> Result<Option<LeaseData>, CoordError> {
+        match client.get_data(path).await {
+            Ok((data, _)) => {
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|e| CoordError::Corrupt {
+                        path: path.to_string(),
+                        source: e.into(),
+                    })
+            }
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(backend(path, e)),
+        }
+    }
+
+    pub(super) fn parse_i64(path: &str, data: &[u8]) -> Result<Option<i64>, CoordError> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        std::str::from_utf8(data)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map(Some)
+            .ok_or_else(|| CoordError::Corrupt {
+                path: path.to_string(),
+                source: format!(
+                    "expected an integer, found {:?}",
+                    String::from_utf8_lossy(data)
+                )
+                .into(),
+            })
+    }
+
+    pub(super) async fn list(client: &zk::Client, path: &str) -> Result<Vec<String>, CoordError> {
+        match client.list_children(path).await {
+            Ok(children) => Ok(children),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(backend(path, e)),
+        }
+    }
+}

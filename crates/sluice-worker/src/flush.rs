@@ -1,0 +1,273 @@
+//! One flush, as a task of its own: [`encode`] the drained buffers (and the views over them) into
+//! sorted Parquet parts off the async runtime, [`upload`] them, [`commit_in_order`] after the
+//! unit's previous flush committed, and [`record`] what was committed.
+//!
+//! Two rules keep this exactly-once:
+//!
+//! * A unit's commits happen strictly in order: each flush waits for its predecessor's commit
+//!   before committing its own, since the offset it commits presumes everything before it.
+//! * A flush whose predecessor failed never commits (that would skip the predecessor's
+//!   offsets): the session sees the first failure, ends, and a new owner re-reads from the
+//!   committed offset.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{StreamExt, TryStreamExt};
+use sluice_config::TableConfig;
+use sluice_coord::{Commit, CoordError, Coordinator, Lease, PartKind, UnitId};
+use sluice_decode::{Drained, QuarantineRow};
+use sluice_sink::{build_parts, EncodedPart, FlushSource, SinkError, Storage};
+use sluice_telemetry::metrics as m;
+use sluice_transform::Views;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::{Failpoints, WorkerError};
+
+/// Uploads in flight per flush.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// What every flush task needs, shared.
+#[derive(Clone)]
+pub(crate) struct FlushContext {
+    pub(crate) coord: Arc<dyn Coordinator>,
+    pub(crate) storage: Storage,
+    pub(crate) failpoints: Failpoints,
+    /// The views, if the configuration has any.
+    pub(crate) views: Option<Arc<Views>>,
+}
+
+/// The flush tasks of a session; each ends with its unit's commit or the error that stopped it.
+pub(crate) type FlushTasks = JoinSet<Result<Committed, WorkerError>>;
+
+/// Everything one flush works on, taken from its unit when it started.
+pub(crate) struct Flush {
+    pub(crate) lease: Lease,
+    pub(crate) source: FlushSource,
+    pub(crate) drained: Vec<(Arc<TableConfig>, Drained)>,
+    /// Resolves once the unit's previous flush committed; dropped unresolved if it failed.
+    pub(crate) predecessor: Option<oneshot::Receiver<()>>,
+    /// Resolved for the unit's next flush once this one committed.
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// What a committed flush did, for the run summary.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub(crate) unit: UnitId,
+    pub(crate) rows: u64,
+    pub(crate) quarantined: u64,
+    pub(crate) parts: u64,
+    pub(crate) part_bytes: u64,
+}
+
+/// The parts of one flush, and its quarantined rows per (table, reason), recorded as metrics
+/// only once they commit.
+struct Encoded {
+    parts: Vec<EncodedPart>,
+    quarantined_by_reason: BTreeMap<(String, &'static str), u64>,
+}
+
+/// Runs one flush to its commit.
+pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, WorkerError> {
+    let started = Instant::now();
+    let rows: u64 = flush
+        .drained
+        .iter()
+        .map(|(_, d)| d.batch.num_rows() as u64)
+        .sum();
+    let quarantined: u64 = flush
+        .drained
+        .iter()
+        .map(|(_, d)| d.quarantine.len() as u64)
+        .sum();
+    let encoded = encode(&ctx, &flush.source, flush.drained).await?;
+    upload(&ctx.storage, &encoded.parts).await?;
+    ctx.failpoints.hit("after_upload");
+    ctx.failpoints.hit("before_commit");
+    let commit = Commit {
+        next_offset: flush.source.last_offset + 1,
+        parts: encoded.parts.into_iter().map(|p| p.record).collect(),
+    };
+    commit_in_order(
+        &*ctx.coord,
+        &flush.lease,
+        &flush.source,
+        &commit,
+        flush.predecessor,
+    )
+    .await?;
+    ctx.failpoints.hit("after_commit");
+    // The next flush of this unit may commit now; it is gone if the session ended meanwhile.
+    let _ = flush.done.send(());
+    let committed = Committed {
+        unit: flush.lease.unit.clone(),
+        rows,
+        quarantined,
+        parts: commit.parts.len() as u64,
+        part_bytes: commit.parts.iter().map(|p| p.bytes).sum(),
+    };
+    record(
+        &flush.lease,
+        &flush.source,
+        &commit,
+        &committed,
+        encoded.quarantined_by_reason,
+        started,
+    );
+    Ok(committed)
+}
+
+/// Views, sorting and Parquet encoding: CPU work, on a blocking thread. The views run over each
+/// table's batch here, so their parts commit with the table's, all or nothing.
+async fn encode(
+    ctx: &FlushContext,
+    source: &FlushSource,
+    drained: Vec<(Arc<TableConfig>, Drained)>,
+) -> Result<Encoded, WorkerError> {
+    let source = source.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let views = ctx.views.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut encoded = Encoded {
+            parts: Vec::new(),
+            quarantined_by_reason: BTreeMap::new(),
+        };
+        for (table, d) in &drained {
+            encoded.add(table, &source, &d.batch, &d.quarantine)?;
+            let Some(views) = &views else { continue };
+            for out in views.apply(&runtime, &table.name, &d.batch, d.origins.as_ref()) {
+                encoded.add(&out.target, &source, &out.batch, &out.quarantine)?;
+            }
+        }
+        Ok::<_, SinkError>(encoded)
+    })
+    .await
+    .map_err(|source| WorkerError::Task {
+        task: "encoding a flush",
+        source,
+    })?
+    .map_err(WorkerError::from)
+}
+
+impl Encoded {
+    fn add(
+        &mut self,
+        table: &TableConfig,
+        source: &FlushSource,
+        batch: &arrow::record_batch::RecordBatch,
+        quarantine: &[QuarantineRow],
+    ) -> Result<(), SinkError> {
+        self.parts
+            .extend(build_parts(table, source, batch, quarantine)?);
+        for q in quarantine {
+            *self
+                .quarantined_by_reason
+                .entry((table.name.clone(), q.reason.code()))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Uploads the parts, several at a time. Their names are deterministic, so a retried flush
+/// rewrites the same objects.
+async fn upload(storage: &Storage, parts: &[EncodedPart]) -> Result<(), WorkerError> {
+    // Collected first: a stream over a borrowing closure is not `Send` enough for a task.
+    let uploads: Vec<_> = parts
+        .iter()
+        .map(|p| storage.put(&p.record.path, p.bytes.clone()))
+        .collect();
+    futures::stream::iter(uploads)
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Commits after the unit's previous flush committed, under the unit's lease. A commit whose
+/// reply was lost is resolved by reading the committed offset back.
+async fn commit_in_order(
+    coord: &dyn Coordinator,
+    lease: &Lease,
+    source: &FlushSource,
+    commit: &Commit,
+    predecessor: Option<oneshot::Receiver<()>>,
+) -> Result<(), WorkerError> {
+    if let Some(predecessor) = predecessor {
+        predecessor
+            .await
+            .map_err(|_| WorkerError::PredecessorFailed {
+                unit: lease.unit.clone(),
+                first_offset: source.first_offset,
+            })?;
+    }
+    let commit_started = Instant::now();
+    let outcome = coord.commit(lease, commit).await;
+    metrics::histogram!(m::COMMIT_DURATION).record(commit_started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(CoordError::Ambiguous { .. }) => match coord.committed_offset(&lease.unit).await {
+            Ok(Some(o)) if o == commit.next_offset => Ok(()),
+            Ok(committed) => Err(WorkerError::NotCommitted {
+                unit: lease.unit.clone(),
+                first_offset: source.first_offset,
+                committed,
+            }),
+            Err(e) => Err(refused(lease, e, source)),
+        },
+        Err(e) => Err(refused(lease, e, source)),
+    }
+}
+
+/// Maps a failed commit: losing the lease or the session means another worker owns the
+/// partition now, which is not an error of this worker but the end of its ownership.
+fn refused(lease: &Lease, e: CoordError, source: &FlushSource) -> WorkerError {
+    match e {
+        CoordError::LeaseLost { .. } | CoordError::SessionEnded { .. } => {
+            tracing::warn!(unit = %lease.unit, epoch = lease.epoch, first_offset = source.first_offset, last_offset = source.last_offset, error = &e as &dyn std::error::Error, "commit refused: this worker no longer owns the partition; its buffered events are left to the new owner");
+            WorkerError::LeaseLost {
+                unit: lease.unit.clone(),
+            }
+        }
+        other => other.into(),
+    }
+}
+
+/// Metrics and the log line of a committed flush.
+fn record(
+    lease: &Lease,
+    source: &FlushSource,
+    commit: &Commit,
+    committed: &Committed,
+    quarantined_by_reason: BTreeMap<(String, &'static str), u64>,
+    started: Instant,
+) {
+    metrics::histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+    for p in &commit.parts {
+        let table = [("table", p.table.clone())];
+        metrics::counter!(m::TABLE_PARTS_WRITTEN, &table).increment(1);
+        metrics::counter!(m::TABLE_BYTES_COMMITTED, &table).increment(p.bytes);
+        if p.kind == PartKind::Data {
+            metrics::counter!(m::TABLE_ROWS_COMMITTED, &table).increment(p.rows);
+        }
+    }
+    for ((table, reason), n) in quarantined_by_reason {
+        metrics::counter!(m::TABLE_QUARANTINED_ROWS, "table" => table, "reason" => reason)
+            .increment(n);
+    }
+    tracing::info!(
+        unit = %lease.unit,
+        epoch = lease.epoch,
+        first_offset = source.first_offset,
+        last_offset = source.last_offset,
+        rows = committed.rows,
+        quarantined = committed.quarantined,
+        parts = committed.parts,
+        bytes = committed.part_bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "committed"
+    );
+}

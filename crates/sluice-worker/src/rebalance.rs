@@ -1,0 +1,322 @@
+//! Membership and rebalancing: who is in the fleet, which partitions rendezvous hashing gives
+//! this worker, handing over what is no longer ours and taking over what now is.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use sluice_config::{StartFrom, TableConfig};
+use sluice_coord::{assignment, CoordError, Lease, Member, UnitId};
+use sluice_sink::{collect_table_garbage, GcScope};
+use sluice_telemetry::metrics as m;
+
+use crate::session::Session;
+use crate::unit::OwnedUnit;
+use crate::WorkerError;
+
+pub(crate) type UnitSignal = Pin<Box<dyn Future<Output = UnitId> + Send>>;
+
+/// This worker's view of the fleet.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    pub(crate) me: Member,
+    pub(crate) members: Vec<Member>,
+    /// Every partition of every topic a table reads.
+    pub(crate) universe: BTreeSet<UnitId>,
+    /// Units assigned to this worker whose lease another worker still holds, since when, and
+    /// whether that was reported.
+    pub(crate) waiting: HashMap<UnitId, (Instant, bool)>,
+}
+
+impl Fleet {
+    pub(crate) fn new(id: &str, weight: f64, address: Option<String>) -> Fleet {
+        Fleet {
+            me: Member {
+                id: id.to_string(),
+                weight,
+                address,
+                host: crate::hostname(),
+                pid: std::process::id(),
+                joined_at_ms: now_ms(),
+            },
+            members: Vec::new(),
+            universe: BTreeSet::new(),
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// The units rendezvous hashing assigns to this worker.
+    pub(crate) fn assigned(&self) -> impl Iterator<Item = &UnitId> {
+        self.universe
+            .iter()
+            .filter(|u| assignment::owner(u, &self.members).is_some_and(|m| m.id == self.me.id))
+    }
+
+    /// Reports units this worker should own that someone else has held for too long: a warning
+    /// in a fleet, an error with `stop_at_end` (nothing else would end the run).
+    pub(crate) fn check_waiting(
+        &mut self,
+        lease_wait_ms: u64,
+        stop_at_end: bool,
+    ) -> Result<(), WorkerError> {
+        let limit = Duration::from_millis(lease_wait_ms);
+        for (unit, (since, reported)) in self.waiting.iter_mut() {
+            if *reported || since.elapsed() < limit {
+                continue;
+            }
+            if stop_at_end {
+                return Err(WorkerError::LeaseWait {
+                    unit: unit.clone(),
+                    waited: since.elapsed(),
+                });
+            }
+            tracing::warn!(unit = %unit, waited_ms = since.elapsed().as_millis() as u64, "a partition assigned to this worker is still leased by another; is a worker with a stale view of the fleet stuck?");
+            *reported = true;
+        }
+        Ok(())
+    }
+}
+
+impl Session<'_> {
+    /// Registers as a member. A member of the same id from an earlier session (this worker
+    /// before a crash) blocks it until that session expires.
+    pub(crate) async fn join(&mut self) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let wait = Duration::from_millis(self.config.worker.lease_wait_ms);
+        let mut logged = false;
+        loop {
+            let (_, changed) = self.coord.watch_members().await?;
+            match self.coord.join(&self.fleet.me).await {
+                Ok(()) => {
+                    tracing::info!(worker = %self.fleet.me.id, weight = self.fleet.me.weight, "joined the fleet");
+                    return Ok(());
+                }
+                Err(CoordError::MemberExists { id }) => {
+                    let left = wait.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(CoordError::MemberExists { id }.into());
+                    }
+                    if !logged {
+                        tracing::info!(worker = %id, "a member with this id is still registered (an earlier run whose session has not expired?); waiting for it to go");
+                        logged = true;
+                    }
+                    let _ = tokio::time::timeout(left, changed).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Re-reads the topics' partitions; true if the set of units changed.
+    pub(crate) async fn refresh_universe(&mut self) -> Result<bool, WorkerError> {
+        let mut universe = BTreeSet::new();
+        for topic in self.tables_by_topic.keys() {
+            let partitions = self.services.source.partitions(topic).await?;
+            universe.extend(
+                partitions
+                    .into_iter()
+                    .map(|p| UnitId::new(topic.clone(), p)),
+            );
+        }
+        if universe == self.fleet.universe {
+            return Ok(false);
+        }
+        if !self.fleet.universe.is_empty() {
+            let added: Vec<String> = universe
+                .difference(&self.fleet.universe)
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(?added, "partitions added to the topics");
+        }
+        if let Some(ends) = &mut self.ends {
+            ends.learn(&*self.services.source, &universe).await?;
+        }
+        // Partitions are never removed from a Kafka topic; keep what we knew if a broker
+        // answered with less.
+        self.fleet.universe.extend(universe);
+        Ok(true)
+    }
+
+    /// Hands over what is no longer ours, takes what now is, and restarts the reader if the
+    /// owned set changed. Returns signals for the leases still to wait for.
+    pub(crate) async fn rebalance(&mut self) -> Result<FuturesUnordered<UnitSignal>, WorkerError> {
+        metrics::counter!(m::REBALANCES).increment(1);
+        let desired: BTreeSet<UnitId> = self.fleet.assigned().cloned().collect();
+        let mut changed = self.hand_over_all_but(&desired).await?;
+        let (acquired, signals) = self.acquire(&desired).await?;
+        if !acquired.is_empty() {
+            self.take_over(acquired).await?;
+            changed = true;
+        }
+        if changed {
+            self.restart_reader().await?;
+            tracing::info!(
+                members = self.fleet.members.len(),
+                owned = self.ingest.owned.len(),
+                waiting = self.fleet.waiting.len(),
+                units = self.fleet.universe.len(),
+                "rebalanced"
+            );
+        }
+        self.report(true);
+        Ok(signals)
+    }
+
+    /// Hands over every owned unit not in `desired`: flush, commit, then release, so the next
+    /// owner resumes exactly there. True if any was handed over.
+    async fn hand_over_all_but(&mut self, desired: &BTreeSet<UnitId>) -> Result<bool, WorkerError> {
+        let mut changed = false;
+        let mut i = 0;
+        while i < self.ingest.owned.len() {
+            if desired.contains(&self.ingest.owned[i].id) {
+                i += 1;
+                continue;
+            }
+            let unit = self.ingest.hand_over(i).await?;
+            // A lease left held would block its new owner for as long as this session lives:
+            // failing here ends the session (and so the lease), and the worker rejoins.
+            self.coord.release_lease(&unit.lease).await?;
+            metrics::counter!(m::HANDOVERS).increment(1);
+            tracing::info!(unit = %unit.id, epoch = unit.lease.epoch, committed = ?unit.position, "handed over");
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Takes the leases of the desired units not held yet; for those another worker still
+    /// holds, returns a signal for when that lease changes.
+    async fn acquire(
+        &mut self,
+        desired: &BTreeSet<UnitId>,
+    ) -> Result<(Vec<Lease>, FuturesUnordered<UnitSignal>), WorkerError> {
+        let signals = FuturesUnordered::new();
+        let held: BTreeSet<UnitId> = self.ingest.owned.iter().map(|u| u.id.clone()).collect();
+        let mut acquired = Vec::new();
+        self.fleet
+            .waiting
+            .retain(|u, _| desired.contains(u) && !held.contains(u));
+        for unit in desired.difference(&held) {
+            match self.coord.acquire_lease(unit, &self.fleet.me.id).await {
+                Ok(lease) => {
+                    self.fleet.waiting.remove(unit);
+                    acquired.push(lease);
+                }
+                Err(CoordError::LeaseHeld { holder, .. }) => {
+                    let (now_holder, signal) = self.coord.watch_lease(unit).await?;
+                    if self
+                        .fleet
+                        .waiting
+                        .insert(unit.clone(), (Instant::now(), false))
+                        .is_none()
+                    {
+                        tracing::info!(unit = %unit, holder = %holder, "waiting for the previous owner to hand the partition over (or for its session to expire)");
+                    }
+                    let unit = unit.clone();
+                    signals.push(Box::pin(async move {
+                        // Released between the attempt and the watch: look again at once.
+                        if now_holder.is_some() {
+                            signal.await;
+                        }
+                        unit
+                    }) as UnitSignal);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((acquired, signals))
+    }
+
+    /// Sets up freshly leased units: committed offsets, garbage of earlier leases, where to
+    /// start, and with `stop_at_end` where to stop.
+    async fn take_over(&mut self, leases: Vec<Lease>) -> Result<(), WorkerError> {
+        let mut epochs = HashMap::new();
+        let mut new_units = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let position = self.coord.committed_offset(&lease.unit).await?;
+            tracing::info!(unit = %lease.unit, epoch = lease.epoch, committed = ?position, "lease acquired");
+            epochs.insert(lease.unit.clone(), lease.epoch);
+            let tables = &self.tables_by_topic[&lease.unit.topic];
+            let views = self.ingest.ctx().views.as_deref();
+            new_units.push(OwnedUnit::new(lease, tables, position, views));
+        }
+        self.collect_earlier_leases_garbage(&new_units, &epochs)
+            .await?;
+        if let Some(ends) = &self.ends {
+            for u in &mut new_units {
+                if let Some((low, high)) = ends.of(&u.id) {
+                    u.end = Some(high);
+                    // An empty or fully-deleted partition has nothing to reach.
+                    if u.position.is_none() && high <= low {
+                        u.position = Some(high);
+                    }
+                }
+            }
+        }
+        self.resolve_fresh_starts(&mut new_units).await?;
+        self.ingest.owned.extend(new_units);
+        self.ingest.reindex();
+        Ok(())
+    }
+
+    /// Objects uploaded under earlier leases and never committed can go now: those leases can
+    /// no longer commit. The current lease's objects are never touched. A unit's flushes write
+    /// the tables reading its topic and their views' targets.
+    async fn collect_earlier_leases_garbage(
+        &mut self,
+        units: &[OwnedUnit],
+        epochs: &HashMap<UnitId, u64>,
+    ) -> Result<(), WorkerError> {
+        let mut tables: Vec<&TableConfig> = Vec::new();
+        for topic in units.iter().map(|u| u.id.topic.as_str()) {
+            for t in self.config.tables_fed_by(topic) {
+                if !tables.iter().any(|k| k.name == t.name) {
+                    tables.push(t);
+                }
+            }
+        }
+        for table in tables {
+            let report = collect_table_garbage(
+                &self.services.storage,
+                &*self.coord,
+                &table.name,
+                GcScope::EarlierLeases(epochs),
+            )
+            .await?;
+            if !report.deleted.is_empty() {
+                tracing::info!(table = %table.name, deleted = report.deleted.len(), "collected uncommitted objects of earlier leases");
+            }
+            self.garbage_collected += report.deleted.len();
+        }
+        Ok(())
+    }
+
+    /// Partitions never committed start at an offset resolved here from the watermarks, one
+    /// request per topic (`kafka.start_from`).
+    async fn resolve_fresh_starts(&mut self, units: &mut [OwnedUnit]) -> Result<(), WorkerError> {
+        let fresh = units
+            .iter()
+            .filter(|u| u.position.is_none())
+            .map(|u| (u.id.topic.clone(), u.id.partition));
+        let marks = sluice_source::watermarks_of(&*self.services.source, fresh).await?;
+        for u in units.iter_mut().filter(|u| u.position.is_none()) {
+            let (low, high) = *marks
+                .get(&(u.id.topic.clone(), u.id.partition))
+                .ok_or_else(|| WorkerError::NoWatermarks { unit: u.id.clone() })?;
+            u.position = Some(match self.config.kafka.start_from {
+                StartFrom::Earliest => low,
+                StartFrom::Latest => high,
+            });
+            tracing::info!(unit = %u.id, start = ?u.position, from = ?self.config.kafka.start_from, "nothing committed yet; starting from the topic's watermark");
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

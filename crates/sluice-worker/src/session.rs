@@ -1,0 +1,331 @@
+//! One coordination session of a worker: join the fleet, own the partitions rendezvous hashing
+//! gives it, consume them, and hand them over when the membership changes.
+//!
+//! The loop waits on six things at once: the session ending (stop everything at once: the
+//! leases are gone), shutdown (leave, drain, release), a membership change (rebalance), a lease
+//! this worker waits for changing (rebalance), a batch from the reader (decode, flush when due),
+//! and a tick (age flushes, partition discovery, progress checks).
+//!
+//! Handover keeps exactly-once without any coordination between the two workers: the old owner
+//! flushes, commits and only then releases the lease; the new owner can only take the lease
+//! after that (or after the old session expired, when whatever it had not committed is simply
+//! re-read from the committed offset) and resumes from the committed offset.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_config::{Config, TableConfig};
+use sluice_coord::{Coordinator, UnitId};
+use sluice_source::{Assignment, Reader, SourceBatch, SourceError};
+use sluice_telemetry::{Readiness, Telemetry};
+
+use crate::flush::FlushContext;
+use crate::ingest::Ingest;
+use crate::rebalance::Fleet;
+use crate::stop_at_end::Ends;
+use crate::{RunOptions, RunSummary, Services, WorkerError};
+
+pub(crate) type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub(crate) struct Session<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) coord: Arc<dyn Coordinator>,
+    pub(crate) services: &'a Services,
+    pub(crate) options: &'a RunOptions,
+    /// The run's totals, to which this session's counts are added when it ends.
+    summary: &'a mut RunSummary,
+    /// Metrics, readiness and the dashboard's state, when the endpoint is enabled.
+    telemetry: Option<Arc<Telemetry>>,
+    pub(crate) tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>>,
+    pub(crate) fleet: Fleet,
+    pub(crate) ingest: Ingest,
+    /// With `stop_at_end`: the ends to reach.
+    pub(crate) ends: Option<Ends>,
+    pub(crate) reader: Option<Box<dyn Reader>>,
+    /// Uncommitted objects of earlier leases deleted by this session.
+    pub(crate) garbage_collected: usize,
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new(
+        config: &'a Config,
+        coord: Arc<dyn Coordinator>,
+        services: &'a Services,
+        options: &'a RunOptions,
+        summary: &'a mut RunSummary,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Self {
+        let mut tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>> = HashMap::new();
+        for t in &config.tables {
+            if let Some(topic) = &t.topic {
+                tables_by_topic
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(Arc::new(t.clone()));
+            }
+        }
+        let address = config
+            .worker
+            .address
+            .clone()
+            .or_else(|| telemetry.as_ref().and_then(|t| t.url()));
+        let ctx = FlushContext {
+            coord: Arc::clone(&coord),
+            storage: services.storage.clone(),
+            // Shared by every session: a failpoint's count runs across rejoins.
+            failpoints: options.failpoints.clone(),
+            views: (!services.views.is_empty()).then(|| Arc::clone(&services.views)),
+        };
+        Session {
+            config,
+            fleet: Fleet::new(&options.worker_id, config.worker.weight, address),
+            ingest: Ingest::new(ctx, config.worker.memory_budget_bytes),
+            ends: options.stop_at_end.then(Ends::default),
+            coord,
+            services,
+            options,
+            summary,
+            telemetry,
+            tables_by_topic,
+            reader: None,
+            garbage_collected: 0,
+        }
+    }
+
+    /// Runs until shutdown (`Ok` after draining), until `stop_at_end` is satisfied (`Ok`), or
+    /// until an error; [`WorkerError::calls_for_rejoin`] errors mean: rejoin with a new session.
+    pub(crate) async fn run(mut self, shutdown: &mut Shutdown) -> Result<(), WorkerError> {
+        let result = self.run_inner(shutdown).await;
+        if let Some(reader) = self.reader.take() {
+            reader.stop().await;
+        }
+        let c = self.ingest.counts;
+        let s = &mut *self.summary;
+        s.events += c.events;
+        s.event_bytes += c.event_bytes;
+        s.rows += c.rows;
+        s.quarantined += c.quarantined;
+        s.parts += c.parts;
+        s.part_bytes += c.part_bytes;
+        s.commits += c.commits;
+        s.garbage_collected += self.garbage_collected;
+        result
+    }
+
+    async fn run_inner(&mut self, shutdown: &mut Shutdown) -> Result<(), WorkerError> {
+        let mut session_ended = self.coord.session_ended();
+        // Joining may wait for this id's previous session to expire; a shutdown meanwhile ends
+        // the run at once (nothing is owned yet).
+        tokio::select! {
+            biased;
+            () = &mut *shutdown => {
+                tracing::info!("shutdown requested before joining the fleet");
+                return Ok(());
+            }
+            joined = self.join() => joined?,
+        }
+        if let Some(t) = &self.telemetry {
+            t.set_coordinator(Some(Arc::clone(&self.coord)));
+        }
+        self.refresh_universe().await?;
+        let (members, mut members_changed) = self.coord.watch_members().await?;
+        self.fleet.members = members;
+        let mut lease_changed = self.rebalance().await?;
+
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            self.config.worker.flush_check_interval_ms,
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refresh_every = Duration::from_millis(self.config.kafka.metadata_refresh_ms);
+        let mut next_refresh = Instant::now() + refresh_every;
+
+        loop {
+            if self.at_end(false).await? {
+                return self.finish_at_end().await;
+            }
+            tokio::select! {
+                biased;
+                () = &mut session_ended => {
+                    self.report(false);
+                    tracing::error!(worker = %self.fleet.me.id, owned = self.ingest.owned.len(), "coordination session ended; stopped fetching and committing, buffered events are left to the next owners");
+                    return Err(WorkerError::SessionLost);
+                }
+                () = &mut *shutdown => {
+                    tracing::info!("shutdown requested; draining: leaving the fleet, committing, releasing leases");
+                    self.leave_and_drain().await;
+                    return Ok(());
+                }
+                () = &mut members_changed => {
+                    let (members, signal) = self.coord.watch_members().await?;
+                    members_changed = signal;
+                    if self.at_end(true).await? {
+                        return self.finish_at_end().await;
+                    }
+                    if members != self.fleet.members {
+                        tracing::info!(members = ?members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), "membership changed");
+                        self.fleet.members = members;
+                        lease_changed = self.rebalance().await?;
+                    }
+                }
+                Some(_unit) = futures::StreamExt::next(&mut lease_changed) => {
+                    lease_changed = self.rebalance().await?;
+                }
+                done = self.ingest.next_finished() => self.ingest.complete(done)?,
+                batch = next_batch(&mut self.reader) => {
+                    let batch = batch.ok_or(WorkerError::SourceStopped)??;
+                    self.ingest.consume(&batch).await?;
+                }
+                _ = tick.tick() => {
+                    self.ingest.flush_aged().await?;
+                    self.fleet.check_waiting(self.config.worker.lease_wait_ms, self.options.stop_at_end)?;
+                    self.report(true);
+                    if Instant::now() >= next_refresh {
+                        next_refresh = Instant::now() + refresh_every;
+                        // A broker hiccup here must not stop ingestion: the partitions known
+                        // so far stay valid, and the next refresh tries again.
+                        match self.refresh_universe().await {
+                            Ok(true) => lease_changed = self.rebalance().await?,
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot re-read the topics' partitions; trying again at the next refresh"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish_at_end(&mut self) -> Result<(), WorkerError> {
+        tracing::info!("every partition is committed up to its end; stopping");
+        self.leave_and_drain().await;
+        Ok(())
+    }
+
+    /// With `stop_at_end`: whether every partition of the topics, this worker's and the
+    /// others', is committed up to the end it had when this worker first saw it.
+    async fn at_end(&mut self, now: bool) -> Result<bool, WorkerError> {
+        let Some(ends) = &mut self.ends else {
+            return Ok(false);
+        };
+        let mine_done = self.fleet.waiting.is_empty()
+            && self
+                .ingest
+                .owned
+                .iter()
+                .all(|u| u.reached_end() && u.settled());
+        if !mine_done {
+            return Ok(false);
+        }
+        let mine: BTreeSet<&UnitId> = self.ingest.owned.iter().map(|u| &u.id).collect();
+        ends.others_done(&*self.coord, &self.fleet.universe, &mine, now)
+            .await
+    }
+
+    /// Refreshes readiness and the worker-level gauges.
+    pub(crate) fn report(&self, session_up: bool) {
+        let Some(t) = &self.telemetry else { return };
+        t.update(
+            Readiness {
+                session_up,
+                assigned: self.fleet.assigned().count(),
+                owned: self.ingest.owned.len(),
+                waiting: self.fleet.waiting.len(),
+            },
+            self.ingest.held_bytes(),
+        );
+        t.set_totals(
+            self.summary.events + self.ingest.counts.events,
+            self.summary.quarantined + self.ingest.counts.quarantined,
+        );
+        t.set_oldest_buffered(
+            self.ingest
+                .owned
+                .iter()
+                .filter_map(|u| Some((u.id.clone(), u.oldest_uncommitted()?)))
+                .collect(),
+        );
+    }
+
+    /// Replaces the reader with one of exactly the owned units, each from its position.
+    /// Messages the old one had fetched are dropped and read again.
+    pub(crate) async fn restart_reader(&mut self) -> Result<(), WorkerError> {
+        if let Some(reader) = self.reader.take() {
+            reader.stop().await;
+        }
+        self.ingest.reindex();
+        let assignments: Vec<Assignment> = self
+            .ingest
+            .owned
+            .iter()
+            .filter(|u| !u.reached_end())
+            .filter_map(|u| {
+                Some(Assignment {
+                    topic: u.id.topic.clone(),
+                    partition: u.id.partition,
+                    start: u.position?,
+                })
+            })
+            .collect();
+        if !assignments.is_empty() {
+            self.reader = Some(self.services.source.open(&assignments).await?);
+        }
+        Ok(())
+    }
+
+    /// Graceful leave: deregister first, so the others start waiting for our leases, then
+    /// commit and release unit by unit within the shutdown deadline. Whatever misses the
+    /// deadline is released uncommitted and re-read by its next owner: nothing is lost.
+    async fn leave_and_drain(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.stop().await;
+        }
+        self.report(false);
+        if let Err(e) = self.coord.leave(&self.fleet.me.id).await {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot leave the fleet; membership ends with the session"
+            );
+        }
+        let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
+        let started = Instant::now();
+        // Everything buffered starts flushing at once; units are then released one by one as
+        // their flushes commit, so each moves to its next owner as early as it can.
+        for i in 0..self.ingest.owned.len() {
+            if let Err(e) = self.ingest.flush_unit(i).await {
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot commit while draining; the next owners re-read from the committed offsets");
+                break;
+            }
+        }
+        for i in 0..self.ingest.owned.len() {
+            let left = deadline.saturating_sub(started.elapsed());
+            let unit = self.ingest.owned[i].id.clone();
+            match tokio::time::timeout(left, self.ingest.settle(Some(i))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(unit = %unit, error = &e as &dyn std::error::Error, "cannot commit while draining; the next owner re-reads from the committed offset");
+                }
+                Err(_) => {
+                    tracing::warn!(unit = %unit, ?deadline, "shutdown deadline passed before this partition was committed; the next owner re-reads it from the committed offset");
+                }
+            }
+            // Whatever did not commit stops here, before the lease goes.
+            self.ingest.abort(i);
+            if let Err(e) = self.coord.release_lease(&self.ingest.owned[i].lease).await {
+                tracing::warn!(unit = %unit, error = &e as &dyn std::error::Error, "cannot release lease; it ends with the session");
+            }
+        }
+        self.ingest.owned.clear();
+        self.ingest.reindex();
+    }
+}
+
+async fn next_batch(
+    reader: &mut Option<Box<dyn Reader>>,
+) -> Option<Result<SourceBatch, SourceError>> {
+    match reader {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,95 @@
+//! `sluice check`: validate a configuration file and say what it defines; with --connect, also
+//! reach the services it names.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use sluice_config::Config;
+use sluice_sink::Storage;
+use sluice_transform::Views;
+use sluice_worker::open_coordinator;
+
+use crate::common::load;
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// The configuration file to validate.
+    #[arg(short, long, env = "SLUICE_CONFIG")]
+    config: PathBuf,
+    /// Also reach ZooKeeper, Kafka and storage: open the storage, read the committed offsets and
+    /// count each topic's partitions.
+    #[arg(long)]
+    connect: bool,
+}
+
+pub async fn check(args: CheckArgs) -> Result<()> {
+    let config = load(&args.config)?;
+    println!("{}: valid", args.config.display());
+    for line in table_lines(&config) {
+        println!("{line}");
+    }
+    // Loading checks each view's fields; only planning its SQL against its source's columns
+    // finds a query that cannot run.
+    let views = Views::compile(&config).await?;
+    for v in &config.views {
+        println!(
+            "  view {} over {} -> {}: plans against {}'s columns",
+            v.name, v.source, v.target, v.source
+        );
+    }
+    drop(views);
+    if args.connect {
+        check_connections(&config).await?;
+    }
+    Ok(())
+}
+
+/// One line per table: what feeds it (a topic or a view), its columns, sorting and partitioning.
+fn table_lines(config: &Config) -> impl Iterator<Item = String> + '_ {
+    config.tables.iter().map(|t| {
+        let fed_by = match &t.topic {
+            Some(topic) => format!("topic {topic}"),
+            None => config
+                .views
+                .iter()
+                .find(|v| v.target == t.name)
+                .map_or_else(String::new, |v| {
+                    format!("view {} over {}", v.name, v.source)
+                }),
+        };
+        format!(
+            "  table {} <- {} ({} columns, sorted by [{}], partitioned by {})",
+            t.name,
+            fed_by,
+            t.columns.len(),
+            t.sorting_key.join(", "),
+            t.partition_key
+                .as_ref()
+                .map_or("nothing".to_string(), |p| format!(
+                    "{:?} of {}",
+                    p.granularity, p.column
+                )
+                .to_lowercase())
+        )
+    })
+}
+
+/// Storage, then coordination, then Kafka: the first that cannot be reached ends the check
+/// with its error, after the lines of those that could.
+async fn check_connections(config: &Config) -> Result<()> {
+    Storage::open(&config.storage)?;
+    println!("  storage {}: ok", config.storage.url);
+    let coord = open_coordinator(&config.coordination).await?;
+    coord.list_units().await?;
+    coord.close().await?;
+    println!("  coordination: ok");
+    for topic in config.topics() {
+        let kafka = config.kafka.clone();
+        let t = topic.clone();
+        // librdkafka's metadata request blocks.
+        let partitions =
+            tokio::task::spawn_blocking(move || sluice_source::partitions(&kafka, &t)).await??;
+        println!("  topic {topic}: {} partitions", partitions.len());
+    }
+    Ok(())
+}

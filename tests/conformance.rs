@@ -1,0 +1,65 @@
+//! The test kit's conformance suites against the real implementations of the seams: the
+//! coordinator against ZooKeeper (the server of scripts/stack.sh) and the embedded one on disk,
+//! and the source against `KafkaSource` on the real broker. (The in-memory implementations
+//! run the same suites in the test kit's unit tests.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_config::{KafkaConfig, StartFrom};
+use sluice_coord::{Coordinator, EmbeddedCoordinator, ZkCoordinator};
+use sluice_source::KafkaSource;
+use sluice_testkit::{coord_conformance, source_conformance};
+use sluice_tests::{unique, zk_root, BrokerTopics, Stack};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_passes_the_coordinator_conformance_suite() {
+    let stack = Stack::from_env();
+    let root = zk_root(&unique("conformance"));
+    let result = coord_conformance::run_all(|| {
+        let (zk, root) = (stack.zk.clone(), root.clone());
+        async move {
+            let c =
+                ZkCoordinator::connect(&zk, &root, Duration::from_secs(4), Duration::from_secs(10))
+                    .await?;
+            Ok(Box::new(c) as Box<dyn Coordinator>)
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[tokio::test]
+async fn embedded_on_disk_passes_the_coordinator_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
+    let result = coord_conformance::run_all(|| {
+        let base = Arc::clone(&base);
+        async move { Ok(Box::new(base.new_session()) as Box<dyn Coordinator>) }
+    })
+    .await;
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The suite's topics are created with the admin client and filled by a producer sending to
+/// explicit partitions; the source reads them as a worker would, with the tests' Kafka settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_passes_the_source_conformance_suite() {
+    let stack = Stack::from_env();
+    let source = KafkaSource::new(KafkaConfig {
+        bootstrap_servers: stack.kafka.clone(),
+        properties: BTreeMap::new(),
+        start_from: StartFrom::Earliest,
+        metadata_timeout_ms: 5_000,
+        metadata_refresh_ms: 30_000,
+    });
+    let topics = BrokerTopics::new(&stack.kafka).expect("a Kafka producer");
+    if let Err(e) = source_conformance::run_all(&source, &topics).await {
+        panic!("{e}");
+    }
+}
