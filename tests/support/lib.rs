@@ -232,6 +232,9 @@ pub fn describe(output: &Output) -> String {
 /// Everything a deployment's coordinator registered: the parts of every table of its config and
 /// the committed offsets of its topic (the one its tables read).
 async fn registered(config: &Config) -> Result<exactly_once::Committed> {
+    let storage = Storage::open(&config.storage)?;
+    let (store, root) = storage.object_store();
+    let objects = Objects::new(store, root.clone());
     let topic = config
         .tables
         .iter()
@@ -239,7 +242,7 @@ async fn registered(config: &Config) -> Result<exactly_once::Committed> {
         .context("no table of the config reads a topic")?;
     let tables: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
     let coord = sluice_worker::open_coordinator(&config.coordination).await?;
-    let read = exactly_once::Committed::read(&*coord, &topic, &tables).await;
+    let read = exactly_once::Committed::read(&*coord, &objects, &topic, &tables).await;
     coord.close().await?;
     read
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 mod column;
 mod coordination;
 mod kafka;
+mod merge;
 mod storage;
 mod table;
 mod telemetry;
@@ -31,6 +32,7 @@ mod tests;
 pub use column::{Aggregate, ColumnConfig, ColumnType};
 pub use coordination::{CoordinationBackend, CoordinationConfig};
 pub use kafka::{KafkaConfig, StartFrom, KAFKA_PREFETCH_PROPERTY};
+pub use merge::MergeConfig;
 pub use storage::StorageConfig;
 pub use table::{FlushConfig, Granularity, PartitionKeyConfig, TableConfig};
 pub use telemetry::TelemetryConfig;
@@ -107,6 +109,10 @@ pub struct Config {
     /// Metrics, health endpoints and the dashboard. Default: every field's own default.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Merges of each scope's parts, and when ingestion waits for them. Default: every field's
+    /// own default.
+    #[serde(default)]
+    pub merge: MergeConfig,
     /// The tables: those with a `topic` are decoded from Kafka, the others are written by a
     /// view. Written as `[[table]]` blocks. Required: at least one.
     #[serde(rename = "table")]
@@ -145,6 +151,8 @@ impl Config {
         self.validate_lease_wait()?;
         self.kafka.validate()?;
         self.storage.validate()?;
+        self.merge.validate()?;
+        self.validate_merge_memory()?;
         table::validate_tables(&self.tables)?;
         view::validate_views(self)
     }
@@ -164,6 +172,28 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// A merge is counted against the worker's memory budget; one that could take most of it
+    /// would starve ingestion of buffer space.
+    fn validate_merge_memory(&self) -> Result<(), ConfigError> {
+        let budget = self.worker.memory_budget_bytes;
+        match self.merge.memory_bytes {
+            Some(merge) if merge > budget / 2 => Err(invalid(
+                "merge.memory_bytes",
+                format!("{merge} bytes exceed half of worker.memory_budget_bytes ({budget} bytes), leaving ingestion too little of the budget"),
+                format!("lower it to at most {}, leave it out (64 MiB or half the budget), or raise worker.memory_budget_bytes to at least {}", budget / 2, merge.saturating_mul(2)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// What one running merge is counted for against `worker.memory_budget_bytes`:
+    /// `merge.memory_bytes` as set, else 64 MiB or half the budget, whichever is smaller.
+    pub fn merge_memory_bytes(&self) -> u64 {
+        self.merge
+            .memory_bytes
+            .unwrap_or(MergeConfig::DEFAULT_MEMORY_BYTES.min(self.worker.memory_budget_bytes / 2))
     }
 
     /// The size of librdkafka's prefetch queue (`queued.max.messages.kbytes`), in KiB: as set

@@ -79,6 +79,16 @@ fn omitted_sections_get_the_documented_defaults() {
     assert_eq!(c.storage.url, "file://sluice-data");
     assert_eq!(c.telemetry.listen_address, "127.0.0.1:9600");
     assert_eq!(c.telemetry.dashboard_history_s, 900);
+    assert_eq!(c.merge.fan_in, 10);
+    assert_eq!(c.merge.target_part_bytes, 1_073_741_824);
+    assert_eq!(c.merge.max_rewrites, 4);
+    assert_eq!(
+        (c.merge.soft_parts_per_scope, c.merge.hard_parts_per_scope),
+        (300, 1000)
+    );
+    assert_eq!(c.merge.quiet_after_ms, 3_600_000);
+    assert_eq!(c.merge.memory_bytes, None);
+    assert_eq!(c.merge_memory_bytes(), 67_108_864);
     let t = &c.tables[0];
     assert_eq!(t.version, 1);
     assert_eq!(t.max_message_bytes, 1_048_576);
@@ -311,4 +321,65 @@ fn telemetry_history_must_hold_a_refresh() {
         minimal()
     ));
     assert!(e.contains("telemetry.dashboard_history_s"), "{e}");
+}
+
+/// [`minimal`] with `fields` in a `[merge]` section.
+fn with_merge(fields: &str) -> String {
+    format!("{}\n[merge]\n{fields}\n", minimal())
+}
+
+#[test]
+fn merge_soft_limit_must_be_below_the_hard_one() {
+    let e = err_of(&with_merge(
+        "soft_parts_per_scope = 1000\nhard_parts_per_scope = 1000",
+    ));
+    assert!(
+        e.contains("merge.hard_parts_per_scope") && e.contains("soft_parts_per_scope (1000)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn merge_hard_limit_must_stay_listable() {
+    let e = err_of(&with_merge("hard_parts_per_scope = 5001"));
+    assert!(
+        e.contains("merge.hard_parts_per_scope") && e.contains("5000") && e.contains("1 MB"),
+        "{e}"
+    );
+    let c = Config::from_toml_str(&with_merge("hard_parts_per_scope = 5000"), "t").unwrap();
+    assert_eq!(c.merge.hard_parts_per_scope, 5000);
+}
+
+#[test]
+fn merge_fan_in_must_be_at_least_two() {
+    let e = err_of(&with_merge("fan_in = 1"));
+    assert!(
+        e.contains("merge.fan_in") && e.contains("at least 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn merge_memory_must_leave_half_the_budget() {
+    let budget = "[worker]\nmemory_budget_bytes = 100000000\n";
+    let e = err_of(&format!(
+        "{}{budget}[merge]\nmemory_bytes = 50000001\n",
+        minimal()
+    ));
+    assert!(
+        e.contains("merge.memory_bytes")
+            && e.contains("worker.memory_budget_bytes")
+            && e.contains("50000000"),
+        "{e}"
+    );
+    let half = format!("{}{budget}[merge]\nmemory_bytes = 50000000\n", minimal());
+    assert_eq!(
+        Config::from_toml_str(&half, "t")
+            .unwrap()
+            .merge_memory_bytes(),
+        50_000_000
+    );
+    // Left out, it follows a budget too small for the 64 MiB default instead of refusing it.
+    let small = Config::from_toml_str(&format!("{}{budget}", minimal()), "t").unwrap();
+    assert_eq!(small.merge_memory_bytes(), 50_000_000);
 }

@@ -57,6 +57,12 @@ pub fn score(member_id: &str, weight: f64, unit: &UnitId) -> f64 {
     weight / -u.ln()
 }
 
+/// The key a merge scope (a table's partition value) is assigned by, as if it were a unit: no
+/// topic holds a NUL byte and no partition is negative, so it never collides with a real one.
+pub fn scope_key(table: &str, value: &str) -> UnitId {
+    UnitId::new(format!("{table}\u{0}{value}"), -1)
+}
+
 /// The owner of `unit` among `members`, or `None` when there are none. Ties (practically
 /// impossible) go to the smaller member id, so the answer is still the same everywhere.
 pub fn owner<'a>(unit: &UnitId, members: &'a [Member]) -> Option<&'a Member> {

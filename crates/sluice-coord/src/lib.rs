@@ -13,7 +13,13 @@
 //!   the unit's next offset advances together, or nothing changes. It succeeds only while the
 //!   lease it is given is the unit's current one, so a worker that lost its lease (a paused
 //!   process, an expired session) can never commit: it gets [`CoordError::LeaseLost`].
-//! * A part is visible in [`Coordinator::list_parts`] iff the commit that carried it succeeded.
+//! * A part is visible in [`Coordinator::list_parts`] iff the commit that carried it succeeded,
+//!   until a merge swap replaces it or a seal moves it into a manifest.
+//! * A **scope** is one table's partition value. [`Coordinator::swap`] and [`Coordinator::seal`]
+//!   change a scope atomically and only under its current [`MergeLease`] (epochs grow like unit
+//!   leases'); ingest commits only add records and never conflict with them.
+//!   [`Coordinator::read_scope`] reads a scope consistently: never both a swap's inputs and its
+//!   output, never neither.
 //! * A lease ends by [`Coordinator::release_lease`], by [`Coordinator::close`], or when the
 //!   holder's session ends (ZooKeeper session expiry; process exit for the embedded backend).
 //! * A **member** is a worker registered with [`Coordinator::join`]. At most one live member per
@@ -34,9 +40,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod assignment;
 mod embedded;
+mod registry;
 mod zookeeper;
 
 pub use embedded::EmbeddedCoordinator;
+pub use registry::{
+    MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
+    SealedManifest,
+};
 pub use zookeeper::ZkCoordinator;
 
 /// One partition of a source topic: the unit of ownership and of committed offsets.
@@ -70,58 +81,6 @@ pub struct Lease {
     pub epoch: u64,
     /// Backend-specific fencing token (the ZooKeeper epoch znode's version).
     pub(crate) token: i64,
-}
-
-/// Whether a part holds table rows or quarantined events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartKind {
-    Data,
-    Quarantine,
-}
-
-impl fmt::Display for PartKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PartKind::Data => "data",
-            PartKind::Quarantine => "quarantine",
-        })
-    }
-}
-
-/// What the registry knows of one committed part. Small: the rows live in object storage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartRecord {
-    pub table: String,
-    pub kind: PartKind,
-    /// The partition-key value all rows of the part share (`""` when the table has none).
-    pub partition_value: String,
-    /// Object path relative to the storage root.
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub topic: String,
-    pub partition: i32,
-    /// Offsets of the source messages this part's flush covered, inclusive.
-    pub first_offset: i64,
-    pub last_offset: i64,
-    pub definition_version: u32,
-    pub lease_epoch: u64,
-    pub created_at_ms: i64,
-}
-
-impl PartRecord {
-    /// The registry key of the part, unique within table, partition value and unit: its
-    /// object's file name, prefixed `quarantine-` for quarantine parts (a table without a
-    /// partition key has data and quarantine parts of one flush under the same value, and the
-    /// same file name).
-    pub fn name(&self) -> String {
-        let file = self.path.rsplit('/').next().unwrap_or(&self.path);
-        match self.kind {
-            PartKind::Data => file.to_string(),
-            PartKind::Quarantine => format!("quarantine-{file}"),
-        }
-    }
 }
 
 /// One atomic commit: new parts (of any tables) plus the unit's next offset.
@@ -164,6 +123,18 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
+    #[error("the merge lease of table `{table}` at `{value}` is held by worker `{holder}`")]
+    ScopeLeaseHeld {
+        table: String,
+        value: String,
+        holder: String,
+    },
+    #[error("the merge lease of table `{table}` at `{value}` (epoch {epoch}) was lost to a newer one; this worker must not change the scope")]
+    ScopeLeaseLost {
+        table: String,
+        value: String,
+        epoch: u64,
+    },
     #[error("a live worker already registered as `{id}`; give each worker its own `worker.id` (or wait for the old session to expire)")]
     MemberExists { id: String },
     #[error("cannot reach ZooKeeper at {connect} within {timeout:?}; check that ZooKeeper runs and `coordination.zookeeper_connect` is right")]
@@ -177,9 +148,10 @@ pub enum CoordError {
     LeaseHeld { unit: UnitId, holder: String },
     #[error("lease of {unit} (epoch {epoch}) was lost to a newer owner; this worker must stop consuming it")]
     LeaseLost { unit: UnitId, epoch: u64 },
-    #[error("commit for {unit} conflicts with the registry: {what}")]
+    #[error("the change to {at} conflicts with the registry: {what}")]
     Conflict {
-        unit: UnitId,
+        /// The unit or the scope (`table` at `value`) changed.
+        at: String,
         what: String,
         #[source]
         source: Option<Cause>,
@@ -191,9 +163,10 @@ pub enum CoordError {
         #[source]
         source: Cause,
     },
-    #[error("outcome of the commit for {unit} is unknown: its reply was lost")]
+    #[error("the outcome of the change to {at} is unknown: its reply was lost")]
     Ambiguous {
-        unit: UnitId,
+        /// The unit or the scope (`table` at `value`) changed.
+        at: String,
         #[source]
         source: Cause,
     },
@@ -208,6 +181,12 @@ pub enum CoordError {
         path: String,
         #[source]
         source: Cause,
+    },
+    #[error("{what} would send {bytes} bytes to the coordinator in one request, above the {limit}-byte budget that keeps it inside ZooKeeper's 1 MB request limit")]
+    TooLarge {
+        what: String,
+        bytes: usize,
+        limit: usize,
     },
     #[error("embedded coordinator state {path}")]
     Embedded {
@@ -235,8 +214,58 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// [`CoordError::Ambiguous`] means the outcome is unknown; read [`Self::committed_offset`].
     async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), CoordError>;
 
-    /// All committed parts of `table` (both kinds), in no particular order.
+    /// All live part records of `table` (both kinds), in no particular order: each scope read
+    /// consistently, as [`Self::read_scope`] does. Parts sealed into manifests are not listed.
     async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError>;
+
+    /// Every scope (partition value) of `table` with its live record count and state.
+    async fn list_scopes(&self, table: &str) -> Result<Vec<ScopeSummary>, CoordError>;
+
+    /// One scope's live records and state, read so that no swap or seal happened meanwhile
+    /// (see [`ScopeListing`]); an unknown scope reads as empty.
+    async fn read_scope(&self, table: &str, value: &str) -> Result<ScopeListing, CoordError>;
+
+    /// Takes the merge lease of a scope for `worker_id`, with an epoch larger than every earlier
+    /// one of the scope; [`CoordError::LeaseHeld`] if another live one exists.
+    async fn acquire_merge_lease(
+        &self,
+        table: &str,
+        value: &str,
+        worker_id: &str,
+    ) -> Result<MergeLease, CoordError>;
+
+    /// Gives a merge lease up; releasing one that was already lost is not an error.
+    async fn release_merge_lease(&self, lease: &MergeLease) -> Result<(), CoordError>;
+
+    /// Atomically, iff `lease` is the scope's current merge lease: removes the records of
+    /// `inputs`, registers `output`, and records `retired` (the inputs' objects, to delete after
+    /// the grace period). [`CoordError::LeaseLost`] for a stale lease, [`CoordError::Conflict`] if
+    /// an input is no longer registered or the output already is; nothing changes then.
+    /// [`CoordError::Ambiguous`] means the outcome is unknown: read the scope.
+    async fn swap(
+        &self,
+        lease: &MergeLease,
+        inputs: &[PartRecord],
+        output: &PartRecord,
+        retired: &Retired,
+    ) -> Result<(), CoordError>;
+
+    /// Atomically, iff `lease` is current: removes the records of `parts` and points the scope
+    /// at `manifest` (which holds them, and the parts of the manifest it replaces, if any, whose
+    /// object `retired` then lists). Errors as [`Self::swap`].
+    async fn seal(
+        &self,
+        lease: &MergeLease,
+        parts: &[PartRecord],
+        manifest: &SealedManifest,
+        retired: Option<&Retired>,
+    ) -> Result<(), CoordError>;
+
+    /// The retired object sets of `table` not forgotten yet.
+    async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError>;
+
+    /// Forgets a retired set (its objects are deleted); forgetting it twice is not an error.
+    async fn forget_retired(&self, retired: &Retired) -> Result<(), CoordError>;
 
     /// Committed state of every unit the registry knows.
     async fn list_units(&self) -> Result<Vec<UnitState>, CoordError>;

@@ -1,16 +1,28 @@
 //! Query: SQL over the committed parts of a deployment's tables, with DataFusion.
 //!
-//! * [`Snapshot::take`]: the parts to read, a consistent cut of every table at once. The
-//!   committed offsets are read first, then the part lists, and a part counts only if the commit
-//!   that registered it is at or below its source partition's offset read first. Commits are
-//!   atomic per source partition (all tables' parts and the offset together), so every table
-//!   shows the same commits, whatever commits land while the lists are read.
+//! * [`Snapshot::take`]: the parts to read, every committed row exactly once, whatever merges
+//!   and seals commit while the snapshot is taken or read. Per table and per scope (partition
+//!   value), [`read_table`] reads the scope consistently ([`Coordinator::read_scope`]: never
+//!   both a merge's inputs and its output, never neither): its live records plus the parts of
+//!   its sealed manifest, if any. The objects of parts a merge or a seal replaces during a query
+//!   stay readable for `merge.grace_ms`, so a query that started reading them finishes.
+//! * **Across tables**, the committed offsets are read first, and a flushed (level 0) record
+//!   counts only if its source partition's offset read first covers it. Commits are atomic per
+//!   source partition (all tables' parts and the offset together), so for recent flushes every
+//!   table (a landing table and its views alike) shows the same commits, however many land while
+//!   the lists are read. Merged records and the parts of manifests always count: their rows are
+//!   committed, and a merged part cannot be split back into the commits it came from. So a
+//!   table may include rows of commits made after the offsets were read, when a merge folded
+//!   them into a merged part before its scope was read, while another table (a view of the
+//!   same source, say) does not show them yet. Each table on its own still holds every row
+//!   committed before the offsets were read exactly once, and no row twice.
 //! * [`QueryEngine::open`]: every table is a [`PartsTable`]; an aggregating table is shown
 //!   finalized (its partial states merged per grouping key: counts and sums summed, minimums
 //!   and maximums taken, `approx_distinct` sketches united), and its raw states are
 //!   `states.<table>`; each table's quarantine is `quarantine.<table>`.
 //! * Pruning: a [`PartsTable`] drops the parts whose partition-key value cannot match the query's
-//!   filters before opening any file (a query over one day reads that day's parts), and the
+//!   filters before opening any file (a query over one day reads that day's parts; a merged
+//!   part holds one scope, so it carries that scope's value like a flushed one), and the
 //!   Parquet scan then skips row groups and pages by their statistics.
 
 use std::collections::HashMap;
@@ -21,8 +33,8 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sluice_config::{Aggregate, Config, TableConfig};
-use sluice_coord::{CoordError, Coordinator, PartKind, PartRecord};
-use sluice_sink::Storage;
+use sluice_coord::{CoordError, Coordinator, PartKind, PartRecord, ScopeListing};
+use sluice_sink::{SinkError, Storage};
 
 mod table;
 
@@ -43,6 +55,15 @@ pub enum QueryError {
         #[source]
         source: url::ParseError,
     },
+    #[error("cannot open the storage of the configuration")]
+    OpenStorage(#[source] Box<SinkError>),
+    #[error("cannot read the sealed parts of table `{table}` at `{value}`")]
+    Manifest {
+        table: String,
+        value: String,
+        #[source]
+        source: Box<SinkError>,
+    },
 }
 
 impl From<DataFusionError> for QueryError {
@@ -51,16 +72,82 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// The parts of every table as of one moment, consistent across tables.
+/// One scope of a table, read consistently: its live records and state, and the parts of its
+/// sealed manifest, if any. Every committed row of the scope is in exactly one of them.
+#[derive(Debug, Clone)]
+pub struct ScopeParts {
+    pub listing: ScopeListing,
+    /// The parts of the scope's manifest (empty when the scope is not sealed).
+    pub sealed: Vec<PartRecord>,
+}
+
+impl ScopeParts {
+    /// The live records, then the sealed parts, each with whether it came from the manifest.
+    pub fn parts(&self) -> impl Iterator<Item = (&PartRecord, bool)> {
+        let live = self.listing.parts.iter().map(|p| (p, false));
+        live.chain(self.sealed.iter().map(|p| (p, true)))
+    }
+}
+
+/// Every scope of `table` ([`Coordinator::list_scopes`]), each read with
+/// [`Coordinator::read_scope`] and its manifest, if sealed, read and verified. A scope that
+/// appears after the listing holds only records committed after it began.
+pub async fn read_table(
+    coord: &dyn Coordinator,
+    storage: &Storage,
+    table: &str,
+) -> Result<Vec<ScopeParts>, QueryError> {
+    let mut out = Vec::new();
+    for scope in coord.list_scopes(table).await? {
+        let listing = coord.read_scope(table, &scope.partition_value).await?;
+        let sealed = match &listing.state.sealed {
+            Some(manifest) => sluice_sink::read_manifest(storage, manifest)
+                .await
+                .map_err(|source| QueryError::Manifest {
+                    table: table.to_string(),
+                    value: scope.partition_value.clone(),
+                    source: Box::new(source),
+                })?,
+            None => Vec::new(),
+        };
+        out.push(ScopeParts { listing, sealed });
+    }
+    Ok(out)
+}
+
+/// The parts of every table as of one moment: every committed row exactly once per table,
+/// consistent across tables for flushed parts (see the crate docs).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Committed parts (both kinds) by table.
+    /// Parts to read (both kinds) by table.
     pub parts: HashMap<String, Vec<PartRecord>>,
 }
 
 impl Snapshot {
-    /// Reads the committed offsets, then every table's parts, keeping those the offsets cover.
+    /// [`Snapshot::read`] with the configuration's storage (where manifests are read from).
     pub async fn take(coord: &dyn Coordinator, config: &Config) -> Result<Snapshot, QueryError> {
+        let storage =
+            Storage::open(&config.storage).map_err(|e| QueryError::OpenStorage(Box::new(e)))?;
+        Snapshot::read(coord, &storage, config).await
+    }
+
+    /// Reads the committed offsets, then every table's scopes ([`read_table`]); keeps the
+    /// flushed records those offsets cover, and every merged record and sealed part.
+    pub async fn read(
+        coord: &dyn Coordinator,
+        storage: &Storage,
+        config: &Config,
+    ) -> Result<Snapshot, QueryError> {
+        let tables = config.tables.iter().map(|t| t.name.as_str());
+        Snapshot::read_tables(coord, storage, tables).await
+    }
+
+    /// [`Snapshot::read`] of some tables only (`sluice parts --paths`).
+    pub async fn read_tables<'a>(
+        coord: &dyn Coordinator,
+        storage: &Storage,
+        tables: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Snapshot, QueryError> {
         let offsets: HashMap<(String, i32), i64> = coord
             .list_units()
             .await?
@@ -68,20 +155,35 @@ impl Snapshot {
             .filter_map(|u| Some(((u.unit.topic, u.unit.partition), u.next_offset?)))
             .collect();
         let mut parts = HashMap::new();
-        for t in &config.tables {
-            let listed = coord.list_parts(&t.name).await?;
-            let kept: Vec<PartRecord> = listed
-                .into_iter()
-                .filter(|p| {
-                    offsets
-                        .get(&(p.topic.clone(), p.partition))
-                        .is_some_and(|&next| p.last_offset < next)
-                })
-                .collect();
-            parts.insert(t.name.clone(), kept);
+        for table in tables {
+            let scopes = read_table(coord, storage, table).await?;
+            parts.insert(table.to_string(), kept_parts(&offsets, scopes));
         }
         Ok(Snapshot { parts })
     }
+
+    /// The parts of `table` of `kind`.
+    pub fn parts_of(&self, table: &str, kind: PartKind) -> impl Iterator<Item = &PartRecord> {
+        let parts = self.parts.get(table).map(Vec::as_slice).unwrap_or(&[]);
+        parts.iter().filter(move |p| p.kind == kind)
+    }
+}
+
+/// The parts of `scopes` a snapshot reads: the flushed records the offsets read first cover,
+/// and every merged record and sealed part.
+fn kept_parts(offsets: &HashMap<(String, i32), i64>, scopes: Vec<ScopeParts>) -> Vec<PartRecord> {
+    let mut kept = Vec::new();
+    for scope in scopes {
+        let live = scope.listing.parts.into_iter().filter(|p| {
+            p.is_merged()
+                || offsets
+                    .get(&(p.topic.clone(), p.partition))
+                    .is_some_and(|&next| p.last_offset < next)
+        });
+        kept.extend(live);
+        kept.extend(scope.sealed);
+    }
+    kept
 }
 
 /// A DataFusion session over a snapshot's parts.
@@ -199,4 +301,119 @@ fn finalized_view(t: &TableConfig) -> String {
         select.join(", "),
         quote(&t.name)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_coord::{OffsetSpan, ScopeState};
+
+    fn flushed(name: &str, partition: i32, last_offset: i64) -> PartRecord {
+        PartRecord {
+            table: "t".into(),
+            kind: PartKind::Data,
+            partition_value: "2026-11-20".into(),
+            path: format!("t/data/2026-11-20/{name}.parquet"),
+            rows: 1,
+            bytes: 1,
+            topic: "ev".into(),
+            partition,
+            first_offset: last_offset,
+            last_offset,
+            definition_version: 1,
+            lease_epoch: 1,
+            created_at_ms: 1,
+            level: 0,
+            inputs: 0,
+            spans: Vec::new(),
+            checksum: String::new(),
+            flushed_at_ms: 1,
+        }
+    }
+
+    fn merged(name: &str, spans: &[(i32, i64, i64)]) -> PartRecord {
+        PartRecord {
+            topic: String::new(),
+            partition: -1,
+            first_offset: -1,
+            last_offset: -1,
+            level: 1,
+            inputs: spans.len() as u32,
+            spans: spans
+                .iter()
+                .map(|&(partition, first_offset, last_offset)| OffsetSpan {
+                    topic: "ev".into(),
+                    partition,
+                    first_offset,
+                    last_offset,
+                })
+                .collect(),
+            ..flushed(name, 0, 0)
+        }
+    }
+
+    fn scope(parts: Vec<PartRecord>, sealed: Vec<PartRecord>) -> ScopeParts {
+        ScopeParts {
+            listing: ScopeListing {
+                table: "t".into(),
+                partition_value: "2026-11-20".into(),
+                state: ScopeState::default(),
+                generation: 0,
+                parts,
+                merge_holder: None,
+            },
+            sealed,
+        }
+    }
+
+    #[test]
+    fn flushed_parts_count_when_the_offsets_cover_them_merged_and_sealed_ones_always() {
+        let offsets = HashMap::from([(("ev".to_string(), 0), 10), (("ev".to_string(), 1), 5)]);
+        let scopes = vec![
+            scope(
+                vec![
+                    flushed("covered", 0, 9),
+                    flushed("committed-after-the-offsets", 0, 10),
+                    flushed("unit-not-committed", 2, 0),
+                    // Rows of a commit after the offsets were read, merged meanwhile.
+                    merged("merged", &[(0, 0, 19), (1, 0, 9)]),
+                ],
+                vec![
+                    flushed("sealed-late", 1, 7),
+                    merged("sealed-merged", &[(1, 0, 3)]),
+                ],
+            ),
+            scope(vec![flushed("other-scope", 1, 4)], Vec::new()),
+        ];
+        let kept: Vec<String> = kept_parts(&offsets, scopes)
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "covered.parquet",
+                "merged.parquet",
+                "sealed-late.parquet",
+                "sealed-merged.parquet",
+                "other-scope.parquet"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scope_lists_its_live_records_then_its_sealed_parts() {
+        let s = scope(vec![flushed("live", 0, 1)], vec![flushed("sealed", 0, 0)]);
+        let parts: Vec<(&str, bool)> = s
+            .parts()
+            .map(|(p, sealed)| (p.path.as_str(), sealed))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                ("t/data/2026-11-20/live.parquet", false),
+                ("t/data/2026-11-20/sealed.parquet", true)
+            ]
+        );
+    }
 }

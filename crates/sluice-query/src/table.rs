@@ -21,6 +21,7 @@ use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -44,14 +45,27 @@ pub struct ScanStats {
 /// One part: its object, size and the partition-key range it covers (if the table has a key).
 #[derive(Debug, Clone)]
 struct Part {
-    /// Object path, relative to the store's root URL.
-    object: String,
+    /// The object's location in the store (the store's own key: it escapes some characters of
+    /// partition values, so it is kept as a path, never re-parsed from a string).
+    object: ObjectPath,
     /// The part's path relative to the storage root, as the registry names it.
     path: String,
     bytes: u64,
     /// Minimum and maximum value of the partition-key column any row of the part can have;
-    /// `None` when unknown (no partition key, or a value that does not parse).
+    /// `None` when unknown (no partition key, or a value that does not parse). From the record's
+    /// partition value, which a merged part shares with the parts it replaced (a merge never
+    /// leaves its scope), so merged parts prune like flushed ones.
     range: Option<(ScalarValue, ScalarValue)>,
+}
+
+impl Part {
+    /// The part as DataFusion's scan reads it: at its location as it is, not re-parsed from a
+    /// string (which would escape the store's escapes again).
+    fn file(&self) -> PartitionedFile {
+        let mut file = PartitionedFile::new(String::new(), self.bytes);
+        file.object_meta.location = self.object.clone();
+        file
+    }
 }
 
 /// A table of committed parts.
@@ -82,7 +96,7 @@ impl PartsTable {
         let parts = parts
             .iter()
             .map(|p| Part {
-                object: storage.object_path(&p.path).to_string(),
+                object: storage.object_path(&p.path),
                 path: p.path.clone(),
                 bytes: p.bytes,
                 range: key
@@ -188,10 +202,7 @@ impl TableProvider for PartsTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let files: Vec<PartitionedFile> = kept
-            .iter()
-            .map(|p| PartitionedFile::new(p.object.clone(), p.bytes))
-            .collect();
+        let files: Vec<PartitionedFile> = kept.iter().map(|p| p.file()).collect();
         let format = ParquetFormat::default();
         let source = format.file_source(TableSchema::from(Arc::clone(&self.schema)));
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(&self.store_url)?, source)
@@ -319,6 +330,59 @@ fn partition_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_are_read_at_their_store_location_whatever_their_partition_value() {
+        let config = sluice_config::Config::from_toml_str(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n[[table]]\nname = \"t\"\n\
+             topic = \"ev\"\npartition_key = { column = \"path\", granularity = \"identity\" }\n\
+             [[table.column]]\nname = \"path\"\ntype = \"string\"\n",
+            "test",
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("sluice-query-{}", std::process::id()));
+        let storage = Storage::open(&sluice_config::StorageConfig {
+            url: format!("file://{}", dir.display()),
+            options: Default::default(),
+        })
+        .unwrap();
+        let record = sluice_coord::PartRecord {
+            table: "t".into(),
+            kind: sluice_coord::PartKind::Data,
+            partition_value: "/docs".into(),
+            path: "t/data/%2Fdocs/m1-ab-e1-v1.parquet".into(),
+            rows: 1,
+            bytes: 10,
+            topic: String::new(),
+            partition: -1,
+            first_offset: -1,
+            last_offset: -1,
+            definition_version: 1,
+            lease_epoch: 1,
+            created_at_ms: 1,
+            level: 1,
+            inputs: 2,
+            spans: Vec::new(),
+            checksum: String::new(),
+            flushed_at_ms: 1,
+        };
+        let stats = Arc::new(Mutex::new(ScanStats::default()));
+        let table =
+            PartsTable::new(&config.tables[0], &storage, "sluice://s", &[&record], stats).unwrap();
+        let file = table.parts[0].file();
+        assert_eq!(file.object_meta.location, storage.object_path(&record.path));
+        assert_eq!(
+            file.object_meta.location.as_ref(),
+            "t/data/%252Fdocs/m1-ab-e1-v1.parquet"
+        );
+        let key = ScalarValue::Utf8(Some("/docs".into()));
+        assert_eq!(
+            table.parts[0].range,
+            Some((key.clone(), key)),
+            "a merged part prunes"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn day_partitions_cover_their_day() {

@@ -1,19 +1,23 @@
 //! Sink: turns a flushed buffer into sorted Parquet parts, one per partition-key value, names
 //! them deterministically, uploads them, and collects objects that were uploaded but never
-//! committed.
+//! committed (flushed parts, merged parts, manifests), never a live, sealed or retired one.
 //!
 //! Encoding is CPU work: callers run [`build_parts`] on a blocking thread.
 
 mod gc;
+mod manifest;
 mod parts;
 pub mod sort;
 mod storage;
 
 pub use gc::{
-    collect_garbage, collect_table_garbage, parse_part_name, GcReport, GcScope, PartName,
+    collect_merge_orphans, collect_table_garbage, parse_merged_name, parse_part_name, GcReport,
+    GcScope, MergedName, PartName,
 };
+pub use manifest::{read_manifest, sha256_hex, write_manifest};
 pub use parts::{
-    build_parts, encode, part_path, quarantine_schema, sort_and_split, EncodedPart, FlushSource,
+    build_parts, encode, part_path, path_segment, quarantine_schema, sort_and_split,
+    writer_properties, EncodedPart, FlushSource, ROW_GROUP_ROWS,
 };
 pub use storage::{ObjectInfo, Storage};
 
@@ -54,6 +58,12 @@ pub enum SinkError {
         table: String,
         #[source]
         source: sluice_coord::CoordError,
+    },
+    #[error("the manifest {path} does not hold what its pointer says")]
+    Manifest {
+        path: String,
+        #[source]
+        source: Cause,
     },
     #[error("object storage failed at {path}")]
     Storage {

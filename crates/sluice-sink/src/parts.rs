@@ -28,7 +28,7 @@ use crate::SinkError;
 
 /// Rows per Parquet row group: large enough for good compression and statistics, small enough
 /// that a reader can skip most of a part by its page index.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 /// The partition value of rows whose partition-key column is null.
 const NULL_PARTITION: &str = "__null__";
@@ -78,7 +78,9 @@ pub fn part_path(
     }
 }
 
-fn path_segment(value: &str) -> String {
+/// A partition value as one object path segment: `_` for none, other than letters, digits, `-`,
+/// `_` and `.` percent-encoded.
+pub fn path_segment(value: &str) -> String {
     if value.is_empty() {
         return "_".to_string();
     }
@@ -168,6 +170,7 @@ fn record(
     rows: usize,
     bytes: usize,
 ) -> PartRecord {
+    let now = chrono::Utc::now().timestamp_millis();
     PartRecord {
         table: table.name.clone(),
         kind,
@@ -181,7 +184,12 @@ fn record(
         last_offset: source.last_offset,
         definition_version: table.version,
         lease_epoch: source.lease_epoch,
-        created_at_ms: chrono::Utc::now().timestamp_millis(),
+        created_at_ms: now,
+        level: 0,
+        inputs: 0,
+        spans: Vec::new(),
+        checksum: String::new(),
+        flushed_at_ms: now,
     }
 }
 
@@ -334,8 +342,29 @@ pub fn encode(
         kv("lease_epoch", source.lease_epoch.to_string()),
         kv("partition_value", partition_value.to_string()),
     ];
-    let sorting: Option<Vec<SortingColumn>> = if data && !table.sorting_key.is_empty() {
-        let schema = batch.schema();
+    let props = writer_properties(table, &batch.schema(), metadata, data).map_err(err)?;
+    let mut writer = ArrowWriter::try_new(
+        Vec::with_capacity(batch.get_array_memory_size() / 4),
+        batch.schema(),
+        Some(props),
+    )
+    .map_err(err)?;
+    writer.write(batch).map_err(err)?;
+    let buf = writer.into_inner().map_err(err)?;
+    Ok(Bytes::from(buf))
+}
+
+/// The writer properties of every part, flushed or merged: zstd, page statistics, row groups of
+/// [`ROW_GROUP_ROWS`] rows, the per-column encodings, the `metadata` key-values and, when
+/// `sorted` (data parts), the table's sorting key as sorting-column metadata (ascending, nulls
+/// first). One function, so a merged part is encoded exactly like a flushed one.
+pub fn writer_properties(
+    table: &TableConfig,
+    schema: &Schema,
+    metadata: Vec<KeyValue>,
+    sorted: bool,
+) -> Result<WriterProperties, parquet::errors::ParquetError> {
+    let sorting: Option<Vec<SortingColumn>> = if sorted && !table.sorting_key.is_empty() {
         Some(
             table
                 .sorting_key
@@ -351,24 +380,13 @@ pub fn encode(
     } else {
         None
     };
-    let props = column_encodings(WriterProperties::builder(), &batch.schema())
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(ZSTD_LEVEL).map_err(err)?,
-        ))
+    Ok(column_encodings(WriterProperties::builder(), schema)
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(metadata))
         .set_sorting_columns(sorting)
-        .build();
-    let mut writer = ArrowWriter::try_new(
-        Vec::with_capacity(batch.get_array_memory_size() / 4),
-        batch.schema(),
-        Some(props),
-    )
-    .map_err(err)?;
-    writer.write(batch).map_err(err)?;
-    let buf = writer.into_inner().map_err(err)?;
-    Ok(Bytes::from(buf))
+        .build())
 }
 
 /// Per-column encodings. Dictionaries pay off for strings (a table's strings are mostly

@@ -24,6 +24,26 @@
 //! | `sluice_handovers_total` | counter | |
 //! | `sluice_session_rejoins_total` | counter | |
 //! | `sluice_coordination_session_up` | gauge | |
+//! | `sluice_merges_total` | counter | table |
+//! | `sluice_merge_input_parts_total` | counter | table |
+//! | `sluice_merge_bytes_written_total` | counter | table |
+//! | `sluice_merge_failures_total` | counter | table |
+//! | `sluice_merge_duration_seconds` | histogram | |
+//! | `sluice_table_write_amplification` | gauge | table |
+//! | `sluice_table_scope_parts_max` | gauge | table |
+//! | `sluice_table_part_records` | gauge | table |
+//! | `sluice_table_sealed_scopes` | gauge | table |
+//! | `sluice_table_merge_backlog` | gauge | table |
+//! | `sluice_retired_objects_deleted_total` | counter | table |
+//! | `sluice_ingest_paused_partitions` | gauge | |
+//! | `sluice_ingest_pauses_total` | counter | |
+//!
+//! The registry gauges (`sluice_table_scope_parts_max`, `_part_records`, `_sealed_scopes`) are
+//! fleet-wide: every worker reads them from the registry (take the `max` over workers).
+//! `sluice_table_merge_backlog` counts the merges planned in the scopes this worker merges (sum
+//! over workers). The write amplification of a table over the fleet is
+//! `1 + sum(sluice_merge_bytes_written_total) / sum(sluice_table_bytes_committed_total)`; each
+//! worker's gauge is that ratio over its own counters.
 //!
 //! Every worker reports the fleet-wide `sluice_topic_unowned_partitions` (take the `max` over
 //! workers). The partition gauges are those of the partitions this worker holds; after a handover the
@@ -60,6 +80,19 @@ pub const REBALANCES: &str = "sluice_rebalances_total";
 pub const HANDOVERS: &str = "sluice_handovers_total";
 pub const SESSION_REJOINS: &str = "sluice_session_rejoins_total";
 pub const SESSION_UP: &str = "sluice_coordination_session_up";
+pub const MERGES: &str = "sluice_merges_total";
+pub const MERGE_INPUT_PARTS: &str = "sluice_merge_input_parts_total";
+pub const MERGE_BYTES_WRITTEN: &str = "sluice_merge_bytes_written_total";
+pub const MERGE_FAILURES: &str = "sluice_merge_failures_total";
+pub const MERGE_DURATION: &str = "sluice_merge_duration_seconds";
+pub const TABLE_WRITE_AMPLIFICATION: &str = "sluice_table_write_amplification";
+pub const TABLE_SCOPE_PARTS_MAX: &str = "sluice_table_scope_parts_max";
+pub const TABLE_PART_RECORDS: &str = "sluice_table_part_records";
+pub const TABLE_SEALED_SCOPES: &str = "sluice_table_sealed_scopes";
+pub const TABLE_MERGE_BACKLOG: &str = "sluice_table_merge_backlog";
+pub const RETIRED_OBJECTS_DELETED: &str = "sluice_retired_objects_deleted_total";
+pub const INGEST_PAUSED_PARTITIONS: &str = "sluice_ingest_paused_partitions";
+pub const INGEST_PAUSES: &str = "sluice_ingest_pauses_total";
 
 /// Every metric name, for tests and docs.
 pub const ALL: &[&str] = &[
@@ -84,6 +117,19 @@ pub const ALL: &[&str] = &[
     HANDOVERS,
     SESSION_REJOINS,
     SESSION_UP,
+    MERGES,
+    MERGE_INPUT_PARTS,
+    MERGE_BYTES_WRITTEN,
+    MERGE_FAILURES,
+    MERGE_DURATION,
+    TABLE_WRITE_AMPLIFICATION,
+    TABLE_SCOPE_PARTS_MAX,
+    TABLE_PART_RECORDS,
+    TABLE_SEALED_SCOPES,
+    TABLE_MERGE_BACKLOG,
+    RETIRED_OBJECTS_DELETED,
+    INGEST_PAUSED_PARTITIONS,
+    INGEST_PAUSES,
 ];
 
 /// Flush and commit latencies: from a few milliseconds (a small commit) to a minute (a large
@@ -201,5 +247,63 @@ fn describe() {
     describe_gauge!(
         SESSION_UP,
         "1 while the worker holds a coordination session and is a fleet member, else 0"
+    );
+    describe_merges();
+}
+
+fn describe_merges() {
+    describe_counter!(
+        MERGES,
+        "Merges this worker swapped into the table's registry"
+    );
+    describe_counter!(
+        MERGE_INPUT_PARTS,
+        "Parts the table's merges by this worker replaced"
+    );
+    describe_counter!(
+        MERGE_BYTES_WRITTEN,
+        Unit::Bytes,
+        "Parquet bytes of the parts this worker's merges wrote"
+    );
+    describe_counter!(
+        MERGE_FAILURES,
+        "Merges of the table that did not swap (refused, or failed; their objects are collected)"
+    );
+    describe_histogram!(
+        MERGE_DURATION,
+        Unit::Seconds,
+        "Time of one merge: read, merge, write, verify, swap"
+    );
+    describe_gauge!(
+        TABLE_WRITE_AMPLIFICATION,
+        "Bytes written per byte flushed, by this worker: 1 + merged bytes / committed bytes"
+    );
+    describe_gauge!(
+        TABLE_SCOPE_PARTS_MAX,
+        "The most live parts one scope (partition value) of the table holds"
+    );
+    describe_gauge!(
+        TABLE_PART_RECORDS,
+        "Live part records of the table in the registry (one znode each in ZooKeeper)"
+    );
+    describe_gauge!(
+        TABLE_SEALED_SCOPES,
+        "Scopes of the table sealed into manifests in object storage"
+    );
+    describe_gauge!(
+        TABLE_MERGE_BACKLOG,
+        "Merges the policy plans in the scopes this worker merges, not yet run"
+    );
+    describe_counter!(
+        RETIRED_OBJECTS_DELETED,
+        "Objects of replaced parts deleted after the grace period"
+    );
+    describe_gauge!(
+        INGEST_PAUSED_PARTITIONS,
+        "Partitions this worker holds but does not read: a scope they feed is at its hard part limit"
+    );
+    describe_counter!(
+        INGEST_PAUSES,
+        "Times ingestion paused for a scope at its hard part limit"
     );
 }

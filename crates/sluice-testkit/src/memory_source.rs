@@ -45,6 +45,8 @@ pub struct ReadProgress {
     /// Whether a reader last found nothing to hand over: whoever polls it consumed everything
     /// it was handed before asking again.
     pub idle: bool,
+    /// Readers open now (opened and not yet stopped or dropped).
+    pub open_readers: usize,
 }
 
 /// Topics in memory, shared by clones: produce to one clone, read from another.
@@ -123,6 +125,17 @@ impl MemorySource {
             .await;
     }
 
+    /// Waits until no reader is open (the worker stopped reading, e.g. paused).
+    pub async fn unread(&self) {
+        let mut progress = self.progress.subscribe();
+        let _ = progress.wait_for(|p| p.open_readers == 0).await;
+    }
+
+    /// How far the readers got so far.
+    pub fn progress(&self) -> ReadProgress {
+        *self.progress.borrow()
+    }
+
     /// Up to `max` messages of one partition from `*next` on, advancing `*next`.
     fn read(&self, a: &Assignment, next: &mut i64, batch: &mut SourceBatch, max: usize) {
         let t = self.topics.lock().expect("memory source lock");
@@ -182,6 +195,7 @@ impl Source for MemorySource {
     }
 
     async fn open(&self, assignments: &[Assignment]) -> Result<Box<dyn Reader>, SourceError> {
+        self.progress.send_modify(|p| p.open_readers += 1);
         Ok(Box::new(MemoryReader {
             source: self.clone(),
             appended: self.appended.subscribe(),
@@ -226,4 +240,12 @@ impl Reader for MemoryReader {
     }
 
     async fn stop(self: Box<Self>) {}
+}
+
+impl Drop for MemoryReader {
+    fn drop(&mut self) {
+        self.source
+            .progress
+            .send_modify(|p| p.open_readers = p.open_readers.saturating_sub(1));
+    }
 }

@@ -51,7 +51,17 @@ impl Budget {
         Charge(charge)
     }
 
-    /// A flush committed or was aborted: what it held is free.
+    /// Reserves `bytes` for work outside the flushes (a merge) if the budget has room for it
+    /// now; the charge is given back with [`Budget::release`] when the work ends.
+    pub(crate) fn try_reserve(&mut self, bytes: u64) -> Option<Charge> {
+        if self.held() + bytes > self.limit {
+            return None;
+        }
+        self.in_flight += bytes;
+        Some(Charge(bytes))
+    }
+
+    /// A flush committed or was aborted (or a merge ended): what it held is free.
     pub(crate) fn release(&mut self, charge: Charge) {
         self.in_flight = self.in_flight.saturating_sub(charge.0);
     }

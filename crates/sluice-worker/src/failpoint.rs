@@ -3,7 +3,10 @@
 //! n-th time it reaches `<point>`, so a test can kill -9 or freeze a worker at an exact step of
 //! its cycle instead of racing a timer. Points: `mid_batch` (counted per message pushed into the
 //! buffers: events buffered, not flushed), `after_upload` and `before_commit` (parts uploaded,
-//! not committed), `after_commit` (committed, buffers not yet reset). A stopped process resumes
+//! not committed), `after_commit` (committed, buffers not yet reset), `merge_after_upload` (a
+//! merged part uploaded and verified, not swapped in), `merge_after_swap` (swapped in, replaced
+//! objects not deleted), `seal_after_manifest` (a manifest written, the scope not yet pointing
+//! at it), `retire_mid_delete` (counted per replaced object deleted after the grace period). A stopped process resumes
 //! right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
 //!
 //! Clones share the count: flushes run as tasks of their own and hit the points of the one
@@ -14,7 +17,16 @@ use std::sync::Arc;
 
 use crate::WorkerError;
 
-pub const POINTS: &[&str] = &["mid_batch", "after_upload", "before_commit", "after_commit"];
+pub const POINTS: &[&str] = &[
+    "mid_batch",
+    "after_upload",
+    "before_commit",
+    "after_commit",
+    "merge_after_upload",
+    "merge_after_swap",
+    "seal_after_manifest",
+    "retire_mid_delete",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {

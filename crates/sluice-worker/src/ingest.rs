@@ -8,7 +8,7 @@ use std::time::Instant;
 use sluice_source::SourceBatch;
 use tokio::task::JoinError;
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Charge};
 use crate::flush::{Committed, FlushContext, FlushTasks};
 use crate::unit::OwnedUnit;
 use crate::WorkerError;
@@ -70,6 +70,16 @@ impl Ingest {
     /// Bytes held against the memory budget.
     pub(crate) fn held_bytes(&self) -> u64 {
         self.budget.held()
+    }
+
+    /// Reserves memory for a merge if the budget has room now.
+    pub(crate) fn reserve(&mut self, bytes: u64) -> Option<Charge> {
+        self.budget.try_reserve(bytes)
+    }
+
+    /// Gives back what a merge held.
+    pub(crate) fn release(&mut self, charge: Charge) {
+        self.budget.release(charge);
     }
 
     /// Rebuilds the routing after the set of owned units changed.

@@ -18,6 +18,10 @@
 //!   and are committed together with the partition's next offset in one coordinator commit that
 //!   only succeeds under this worker's lease, after the partition's previous flush committed.
 //!   The session goes on consuming meanwhile.
+//! * `merger/`: merges, off the ingest path: the scopes (a table's partition values) this worker
+//!   merges, each under its merge lease, with [`sluice_merge`]'s policy and executor; sealing
+//!   quiet scopes; deleting replaced objects after the grace period; back-pressure on ingestion
+//!   when a scope reaches its hard part limit.
 //! * `stop_at_end.rs`: with `--stop-at-end`, when the whole topic is committed up to its end.
 //!
 //! Exactly-once follows from three facts: parts are invisible until the commit that also moves
@@ -40,6 +44,7 @@ mod budget;
 mod failpoint;
 mod flush;
 mod ingest;
+mod merger;
 mod rebalance;
 mod session;
 mod stop_at_end;

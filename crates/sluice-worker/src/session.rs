@@ -24,6 +24,7 @@ use sluice_telemetry::{Readiness, Telemetry};
 
 use crate::flush::FlushContext;
 use crate::ingest::Ingest;
+use crate::merger::Merger;
 use crate::rebalance::Fleet;
 use crate::stop_at_end::Ends;
 use crate::{RunOptions, RunSummary, Services, WorkerError};
@@ -45,6 +46,10 @@ pub(crate) struct Session<'a> {
     /// With `stop_at_end`: the ends to reach.
     pub(crate) ends: Option<Ends>,
     pub(crate) reader: Option<Box<dyn Reader>>,
+    /// Merges of the scopes this worker merges, and back-pressure.
+    merger: Merger,
+    /// Topics not read because a table they feed has a scope at its hard part limit.
+    paused_topics: BTreeSet<String>,
     /// Uncommitted objects of earlier leases deleted by this session.
     pub(crate) garbage_collected: usize,
 }
@@ -72,6 +77,13 @@ impl<'a> Session<'a> {
             .address
             .clone()
             .or_else(|| telemetry.as_ref().and_then(|t| t.url()));
+        let merger = Merger::new(
+            config,
+            Arc::clone(&coord),
+            services.storage.clone(),
+            options.failpoints.clone(),
+            &options.worker_id,
+        );
         let ctx = FlushContext {
             coord: Arc::clone(&coord),
             storage: services.storage.clone(),
@@ -91,6 +103,8 @@ impl<'a> Session<'a> {
             telemetry,
             tables_by_topic,
             reader: None,
+            merger,
+            paused_topics: BTreeSet::new(),
             garbage_collected: 0,
         }
     }
@@ -174,12 +188,14 @@ impl<'a> Session<'a> {
                     lease_changed = self.rebalance().await?;
                 }
                 done = self.ingest.next_finished() => self.ingest.complete(done)?,
+                done = self.merger.next_finished() => self.merger.complete(done, &mut self.ingest)?,
                 batch = next_batch(&mut self.reader) => {
                     let batch = batch.ok_or(WorkerError::SourceStopped)??;
                     self.ingest.consume(&batch).await?;
                 }
                 _ = tick.tick() => {
                     self.ingest.flush_aged().await?;
+                    self.check_merges().await?;
                     self.fleet.check_waiting(self.config.worker.lease_wait_ms, self.options.stop_at_end)?;
                     self.report(true);
                     if Instant::now() >= next_refresh {
@@ -195,6 +211,42 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Runs the merge check when due, and pauses or resumes the topics feeding tables at their
+    /// hard part limit.
+    async fn check_merges(&mut self) -> Result<(), WorkerError> {
+        if !self.merger.due() {
+            return Ok(());
+        }
+        if !self
+            .merger
+            .check(&self.fleet.members, &mut self.ingest)
+            .await?
+        {
+            return Ok(());
+        }
+        let blocked = self.merger.blocked_tables();
+        let paused: BTreeSet<String> = self
+            .tables_by_topic
+            .keys()
+            .filter(|topic| {
+                self.config
+                    .tables_fed_by(topic)
+                    .iter()
+                    .any(|t| blocked.contains(&t.name))
+            })
+            .cloned()
+            .collect();
+        if paused != self.paused_topics {
+            if paused.len() > self.paused_topics.len() {
+                metrics::counter!(sluice_telemetry::metrics::INGEST_PAUSES).increment(1);
+            }
+            tracing::info!(paused = ?paused, "topics paused for merges to catch up changed");
+            self.paused_topics = paused;
+            self.restart_reader().await?;
+        }
+        Ok(())
     }
 
     async fn finish_at_end(&mut self) -> Result<(), WorkerError> {
@@ -255,11 +307,18 @@ impl<'a> Session<'a> {
             reader.stop().await;
         }
         self.ingest.reindex();
+        let paused = self
+            .ingest
+            .owned
+            .iter()
+            .filter(|u| self.paused_topics.contains(&u.id.topic))
+            .count();
+        metrics::gauge!(sluice_telemetry::metrics::INGEST_PAUSED_PARTITIONS).set(paused as f64);
         let assignments: Vec<Assignment> = self
             .ingest
             .owned
             .iter()
-            .filter(|u| !u.reached_end())
+            .filter(|u| !u.reached_end() && !self.paused_topics.contains(&u.id.topic))
             .filter_map(|u| {
                 Some(Assignment {
                     topic: u.id.topic.clone(),
@@ -290,6 +349,9 @@ impl<'a> Session<'a> {
         }
         let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
         let started = Instant::now();
+        // Merges in progress finish first (they hold no lease ingestion needs), within the
+        // deadline.
+        self.merger.stop(deadline / 2).await;
         // Everything buffered starts flushing at once; units are then released one by one as
         // their flushes commit, so each moves to its next owner as early as it can.
         for i in 0..self.ingest.owned.len() {

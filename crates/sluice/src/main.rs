@@ -14,6 +14,7 @@ mod parts;
 mod produce;
 mod query;
 mod run;
+mod scopes;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,8 +41,14 @@ enum Command {
     /// Validate a configuration file (views planned against their source tables) and report
     /// what it defines; with --connect, also reach ZooKeeper, Kafka and storage.
     Check(check::CheckArgs),
-    /// List a table's committed parts: partition value, rows, offset range, bytes.
+    /// List the live parts of the tables: flushed and merged (level, parts replaced), live in
+    /// the registry or sealed into a manifest; with --paths, exactly the parts a query reads
+    /// now, for other engines.
     Parts(parts::PartsArgs),
+    /// Show the part registry per table and partition value (scope): live records by merge
+    /// level, bytes, sealed manifests, merge lease holders and the merges the policy would plan
+    /// now, largest scopes first.
+    Scopes(scopes::ScopesArgs),
     /// Show each source partition's committed offset, lease epoch and holder.
     Offsets(offsets::OffsetsArgs),
     /// Show the fleet: live workers with their weights and addresses, which partitions each
@@ -55,7 +62,9 @@ enum Command {
     /// Run SQL over the committed parts of the tables (a consistent snapshot), views'
     /// aggregate states merged into final values.
     Query(query::QueryArgs),
-    /// Delete objects that were uploaded but never committed (crashes between upload and commit).
+    /// Delete objects nothing references and no running worker can still commit: uploads of
+    /// crashed flushes, merges and seals. Never a live or sealed part, nor one a merge replaced
+    /// that is still in its grace period.
     Gc(gc::GcArgs),
     /// Produce seeded sample events (sequence-numbered web-analytics JSON, 130-200 bytes each) to
     /// a topic, or write them to an NDJSON file.
@@ -118,6 +127,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Check(args) => check::check(args).await,
         Command::Parts(args) => parts::parts(args).await,
+        Command::Scopes(args) => scopes::scopes(args).await,
         Command::Offsets(args) => offsets::offsets(args).await,
         Command::Members(args) => members::members(args).await,
         Command::Lag(args) => lag::lag(args).await,

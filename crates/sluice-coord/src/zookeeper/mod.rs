@@ -6,7 +6,8 @@
 //! R/units/<topic>/<partition>/epoch    persistent; data = current epoch; its version fences commits
 //! R/units/<topic>/<partition>/offset   persistent; data = next offset ("" before the first commit)
 //! R/units/<topic>/<partition>/lease    ephemeral;  data = {"worker": .., "epoch": ..}
-//! R/tables/<table>/parts/<partition value>/<topic>-<partition>/<part name>   data = PartRecord JSON
+//! R/tables/<table>/parts/<partition value>/<part name>    data = PartRecord JSON
+//! R/tables/<table>/...                 scopes, merge leases, retired objects: see `scopes.rs`
 //! R/members/<worker id>                ephemeral;  data = Member JSON
 //! ```
 //!
@@ -16,27 +17,27 @@
 //! and its commit fails as a whole. (Checking the `lease` node's own version would not fence: a
 //! re-created ephemeral node starts again at version 0.)
 //!
-//! Parts are sharded by table, partition-key value and source unit, so no children list grows
-//! with the whole table; one shard holds one unit's flushes of one partition value.
+//! Parts are grouped by table and partition-key value (a scope), so no children list grows with
+//! the whole table: merges bound a scope's parts (`merge.hard_parts_per_scope`, at most 5,000 so
+//! a listing stays far inside ZooKeeper's 1 MB answers), and sealing replaces a quiet scope's
+//! records by one manifest pointer. Every multi-op is checked against a byte budget first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::{self, StreamExt, TryStreamExt};
 use zookeeper_client as zk;
 
 use crate::{
-    Commit, CoordError, Coordinator, Lease, Member, PartRecord, Signal, UnitId, UnitState,
+    Commit, CoordError, Coordinator, Lease, Member, MergeLease, PartRecord, Retired, ScopeListing,
+    ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
 };
 
 mod nodes;
+mod scopes;
 
-use nodes::{backend, encode_segment, LeaseData};
-
-/// How many znode reads `list_parts` keeps in flight.
-const LIST_CONCURRENCY: usize = 64;
+use nodes::{backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
 
 /// Coordinator over a ZooKeeper ensemble. One session per instance.
 pub struct ZkCoordinator {
@@ -45,8 +46,10 @@ pub struct ZkCoordinator {
     root: String,
     /// Version of each held unit's `offset` node, so a commit can compare-and-set it.
     offset_versions: Mutex<HashMap<UnitId, i32>>,
-    /// Part shard directories known to exist, to skip re-creating them on every commit.
+    /// Scope directories known to exist, to skip re-creating them on every commit.
     known_dirs: Mutex<HashSet<String>>,
+    /// Version of each scope's znode as this session's merge lease last left it.
+    scope_versions: Mutex<HashMap<(String, String), i32>>,
     /// Set by `close`: dropping the client does not always deliver a terminal session state.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -94,6 +97,7 @@ impl ZkCoordinator {
             root: root.trim_end_matches('/').to_string(),
             offset_versions: Mutex::new(HashMap::new()),
             known_dirs: Mutex::new(HashSet::new()),
+            scope_versions: Mutex::new(HashMap::new()),
             closed: tokio::sync::watch::channel(false).0,
         })
     }
@@ -129,17 +133,6 @@ impl ZkCoordinator {
             self.root,
             encode_segment(&unit.topic),
             unit.partition
-        )
-    }
-
-    fn shard_dir(&self, part: &PartRecord) -> String {
-        format!(
-            "{}/tables/{}/parts/{}/{}-{}",
-            self.root,
-            encode_segment(&part.table),
-            encode_segment(&part.partition_value),
-            encode_segment(&part.topic),
-            part.partition
         )
     }
 }
@@ -277,10 +270,22 @@ impl Coordinator for ZkCoordinator {
             })?;
         let mut part_paths = Vec::with_capacity(commit.parts.len());
         for part in &commit.parts {
-            let shard = self.shard_dir(part);
-            self.ensure_dir(&client, &shard).await?;
+            let scope = self.scope_dir(&part.table, &part.partition_value);
+            self.ensure_dir(&client, &scope).await?;
             let data = serde_json::to_vec(part).expect("part record serializes");
-            part_paths.push((format!("{shard}/{}", encode_segment(&part.name())), data));
+            part_paths.push((format!("{scope}/{}", encode_segment(&part.name())), data));
+        }
+        let size = multi_size(
+            [(epoch_path.as_str(), 0), (offset_path.as_str(), 20)]
+                .into_iter()
+                .chain(part_paths.iter().map(|(p, d)| (p.as_str(), d.len()))),
+        );
+        if size > MAX_MULTI_BYTES {
+            return Err(CoordError::TooLarge {
+                what: format!("the commit of {} parts for {unit}", commit.parts.len()),
+                bytes: size,
+                limit: MAX_MULTI_BYTES,
+            });
         }
 
         let mut multi = client.new_multi_writer();
@@ -317,14 +322,14 @@ impl Coordinator for ZkCoordinator {
             }
             Err(zk::MultiWriteError::OperationFailed { index: 1, source }) => {
                 Err(CoordError::Conflict {
-                    unit: unit.clone(),
+                    at: unit.to_string(),
                     what: "the committed offset changed under this lease".to_string(),
                     source: Some(source.into()),
                 })
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => {
                 Err(CoordError::Conflict {
-                    unit: unit.clone(),
+                    at: unit.to_string(),
                     what: format!("cannot register part {}", part_paths[index - 2].0),
                     source: Some(source.into()),
                 })
@@ -336,7 +341,7 @@ impl Coordinator for ZkCoordinator {
                     })
                 }
                 other => Err(CoordError::Ambiguous {
-                    unit: unit.clone(),
+                    at: unit.to_string(),
                     source: other.into(),
                 }),
             },
@@ -344,35 +349,64 @@ impl Coordinator for ZkCoordinator {
     }
 
     async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError> {
-        let client = self.client()?;
-        let parts_dir = format!("{}/tables/{}/parts", self.root, encode_segment(table));
-        let mut node_paths = Vec::new();
-        for value in Self::list(&client, &parts_dir).await? {
-            let value_dir = format!("{parts_dir}/{value}");
-            for shard in Self::list(&client, &value_dir).await? {
-                let shard_dir = format!("{value_dir}/{shard}");
-                for name in Self::list(&client, &shard_dir).await? {
-                    node_paths.push(format!("{shard_dir}/{name}"));
-                }
-            }
+        let mut parts = Vec::new();
+        for scope in self.list_scopes_of(table).await? {
+            parts.extend(
+                self.read_scope_of(table, &scope.partition_value)
+                    .await?
+                    .parts,
+            );
         }
-        stream::iter(node_paths)
-            .map(|path| {
-                let client = client.clone();
-                async move {
-                    let (data, _) = client
-                        .get_data(&path)
-                        .await
-                        .map_err(|e| backend(&path, e))?;
-                    serde_json::from_slice::<PartRecord>(&data).map_err(|e| CoordError::Corrupt {
-                        path: path.clone(),
-                        source: e.into(),
-                    })
-                }
-            })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .try_collect()
-            .await
+        Ok(parts)
+    }
+
+    async fn list_scopes(&self, table: &str) -> Result<Vec<ScopeSummary>, CoordError> {
+        self.list_scopes_of(table).await
+    }
+
+    async fn read_scope(&self, table: &str, value: &str) -> Result<ScopeListing, CoordError> {
+        self.read_scope_of(table, value).await
+    }
+
+    async fn acquire_merge_lease(
+        &self,
+        table: &str,
+        value: &str,
+        worker_id: &str,
+    ) -> Result<MergeLease, CoordError> {
+        self.acquire_merge_lease_of(table, value, worker_id).await
+    }
+
+    async fn release_merge_lease(&self, lease: &MergeLease) -> Result<(), CoordError> {
+        self.release_merge_lease_of(lease).await
+    }
+
+    async fn swap(
+        &self,
+        lease: &MergeLease,
+        inputs: &[PartRecord],
+        output: &PartRecord,
+        retired: &Retired,
+    ) -> Result<(), CoordError> {
+        self.swap_of(lease, inputs, output, retired).await
+    }
+
+    async fn seal(
+        &self,
+        lease: &MergeLease,
+        parts: &[PartRecord],
+        manifest: &SealedManifest,
+        retired: Option<&Retired>,
+    ) -> Result<(), CoordError> {
+        self.seal_of(lease, parts, manifest, retired).await
+    }
+
+    async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
+        self.list_retired_of(table).await
+    }
+
+    async fn forget_retired(&self, retired: &Retired) -> Result<(), CoordError> {
+        self.forget_retired_of(retired).await
     }
 
     async fn list_units(&self) -> Result<Vec<UnitState>, CoordError> {

@@ -7,7 +7,20 @@ use zookeeper_client as zk;
 use super::ZkCoordinator;
 use crate::CoordError;
 
-/// The data of a unit's `lease` znode.
+/// The most bytes one multi-op may carry (paths and data). ZooKeeper refuses requests above its
+/// `jute.maxbuffer`, 1 MB by default; half of that leaves room for the request's framing and a
+/// server configured lower.
+pub(super) const MAX_MULTI_BYTES: usize = 512 * 1024;
+
+/// What a multi-op of these (path, data length) operations sends, roughly: paths and data plus
+/// a per-operation header.
+pub(super) fn multi_size<'a>(ops: impl IntoIterator<Item = (&'a str, usize)>) -> usize {
+    ops.into_iter()
+        .map(|(path, data)| path.len() + data + 32)
+        .sum()
+}
+
+/// The data of a `lease` znode (a unit's, or a scope's merge lease).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct LeaseData {
     pub(super) worker: String,

@@ -24,9 +24,13 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sluice_coord::{Coordinator, PartKind, PartRecord};
+use sluice_coord::{PartKind, PartRecord};
 
 use crate::fixture::{self, day_of, Event, Expect};
+
+mod registry;
+
+pub use registry::Committed;
 
 /// The table the fixture events land in.
 pub const EVENTS_TABLE: &str = "events";
@@ -50,40 +54,6 @@ impl Produced<'_> {
     }
 }
 
-/// What the registry says was committed: every table's parts and the topic's offsets.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub parts: BTreeMap<String, Vec<PartRecord>>,
-    pub offsets: BTreeMap<i32, Option<i64>>,
-}
-
-impl Committed {
-    /// Reads the parts of `tables` and the committed offsets of `topic`.
-    pub async fn read(
-        coord: &dyn Coordinator,
-        topic: &str,
-        tables: &[String],
-    ) -> Result<Committed> {
-        let mut parts = BTreeMap::new();
-        for t in tables {
-            parts.insert(t.clone(), coord.list_parts(t).await?);
-        }
-        let offsets = coord
-            .list_units()
-            .await?
-            .into_iter()
-            .filter(|u| u.unit.topic == topic)
-            .map(|u| (u.unit.partition, u.next_offset))
-            .collect();
-        Ok(Committed { parts, offsets })
-    }
-
-    /// The parts of one table (none if it has none).
-    pub fn of(&self, table: &str) -> &[PartRecord] {
-        self.parts.get(table).map_or(&[], Vec::as_slice)
-    }
-}
-
 /// A storage root, read with `object_store` itself.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -102,18 +72,28 @@ impl Objects {
             .fold(self.root.clone(), |p, s| p.join(s))
     }
 
-    /// The Parquet record batches of an object.
-    pub async fn batches(&self, rel: &str) -> Result<Vec<RecordBatch>> {
-        let bytes = self
+    /// An object's bytes.
+    pub async fn get(&self, rel: &str) -> Result<bytes::Bytes> {
+        Ok(self
             .store
             .get(&self.full(rel))
             .await
             .with_context(|| format!("reading {rel}"))?
             .bytes()
-            .await?;
-        Ok(ParquetRecordBatchReaderBuilder::try_new(bytes)?
-            .build()?
-            .collect::<Result<_, _>>()?)
+            .await?)
+    }
+
+    /// The Parquet record batches of an object.
+    pub async fn batches(&self, rel: &str) -> Result<Vec<RecordBatch>> {
+        Self::decode(rel, self.get(rel).await?)
+    }
+
+    fn decode(rel: &str, bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
+        ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .with_context(|| format!("{rel} is not a Parquet file"))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("decoding {rel}"))
     }
 
     /// Every object under the root: path relative to it, and size.
@@ -169,32 +149,10 @@ async fn check_part(objects: &Objects, table: &str, part: &PartRecord) -> Result
         part.path,
         part.table
     );
-    let file = format!(
-        "{}-{}-{:020}-{:020}-e{}-v{}.parquet",
-        part.topic,
-        part.partition,
-        part.first_offset,
-        part.last_offset,
-        part.lease_epoch,
-        part.definition_version
-    );
-    let dir = match part.kind {
-        PartKind::Data => format!("{table}/data/"),
-        PartKind::Quarantine => format!("{table}/quarantine/"),
-    };
-    ensure!(
-        part.path.starts_with(&dir) && part.path.ends_with(&format!("/{file}")),
-        "part {} is not named {dir}.../{file}",
-        part.path
-    );
-    ensure!(
-        part.first_offset <= part.last_offset,
-        "part {} has offsets {}..{}",
-        part.path,
-        part.first_offset,
-        part.last_offset
-    );
-    let batches = objects.batches(&part.path).await?;
+    registry::check_name(table, part)?;
+    let bytes = objects.get(&part.path).await?;
+    registry::check_checksum(part, &bytes)?;
+    let batches = Objects::decode(&part.path, bytes)?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     ensure!(
         rows as u64 == part.rows,
@@ -218,22 +176,15 @@ async fn check_part(objects: &Objects, table: &str, part: &PartRecord) -> Result
             let partition = column::<Int32Type>(b, "partition")?;
             let offset = column::<Int64Type>(b, "offset")?;
             for i in 0..b.num_rows() {
+                // A chained view's failures have no offset: their input was another view's row.
+                let at = (!offset.is_null(i)).then(|| offset.value(i));
                 ensure!(
-                    topic.value(i) == part.topic && partition.value(i) == part.partition,
-                    "quarantine part {} holds a row of {}/{}",
+                    registry::covers(part, topic.value(i), partition.value(i), at),
+                    "quarantine part {} (spans {:?}) holds a row of {}/{} offset {at:?}",
                     part.path,
+                    registry::spans(part),
                     topic.value(i),
                     partition.value(i)
-                );
-                // A chained view's failures have no offset: their input was another view's row.
-                ensure!(
-                    offset.is_null(i)
-                        || (part.first_offset..=part.last_offset).contains(&offset.value(i)),
-                    "quarantine part {} ({}..{}) holds a row of offset {}",
-                    part.path,
-                    part.first_offset,
-                    part.last_offset,
-                    offset.value(i)
                 );
             }
         }
@@ -359,12 +310,10 @@ fn check_event_rows(
                 format!("part {} holds seq {s}, which was never produced", part.path)
             })?;
             ensure!(
-                at.0 == part.partition && (part.first_offset..=part.last_offset).contains(&at.1),
-                "part {} ({}/{}..{}) holds seq {s}, produced at {}/{}",
+                registry::covers_partition(part, at.0, at.1),
+                "part {} (spans {:?}) holds seq {s}, produced at {}/{}",
                 part.path,
-                part.partition,
-                part.first_offset,
-                part.last_offset,
+                registry::spans(part),
                 at.0,
                 at.1
             );
@@ -447,13 +396,15 @@ async fn check_no_strays(committed: &Committed, objects: &Objects) -> Result<()>
         .flatten()
         .map(|p| (p.path.as_str(), p.bytes))
         .collect();
+    // Objects a merge or a seal replaced stay until their grace period ends, and a sealed
+    // scope's manifest is an object too: both are accounted for by the registry.
     let strays: Vec<&String> = stored
         .keys()
-        .filter(|k| !registered.contains_key(k.as_str()))
+        .filter(|k| !registered.contains_key(k.as_str()) && !committed.other_objects.contains(*k))
         .collect();
     ensure!(
         strays.is_empty(),
-        "objects in storage that are not committed parts: {strays:?}"
+        "objects in storage that are neither committed parts, nor replaced ones in their grace period, nor manifests: {strays:?}"
     );
     for (path, bytes) in &registered {
         let size = stored

@@ -16,16 +16,22 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Commit, CoordError, Coordinator, Lease, Member, PartRecord, Signal, UnitId, UnitState,
+    Commit, CoordError, Coordinator, Lease, Member, MergeLease, PartRecord, Retired, ScopeListing,
+    ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
 };
 
 const STATE_FILE: &str = "coordinator.json";
 const LOCK_FILE: &str = "coordinator.lock";
 
+mod registry;
+
+use registry::{PersistedRegistry, Registry};
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Persisted {
     units: Vec<PersistedUnit>,
-    parts: BTreeMap<String, Vec<PartRecord>>,
+    #[serde(default, flatten)]
+    registry: PersistedRegistry,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,7 +51,7 @@ struct UnitEntry {
 #[derive(Debug)]
 struct Shared {
     units: HashMap<UnitId, UnitEntry>,
-    parts: BTreeMap<String, Vec<PartRecord>>,
+    registry: Registry,
     /// Live members by id, with the session that registered each.
     members: BTreeMap<String, (u64, Member)>,
     dir: Option<PathBuf>,
@@ -79,7 +85,7 @@ impl EmbeddedCoordinator {
     pub fn in_memory() -> EmbeddedCoordinator {
         Self::from_shared(Shared {
             units: HashMap::new(),
-            parts: BTreeMap::new(),
+            registry: Registry::default(),
             members: BTreeMap::new(),
             dir: None,
             _lock: None,
@@ -118,7 +124,7 @@ impl EmbeddedCoordinator {
             .collect();
         Ok(Self::from_shared(Shared {
             units,
-            parts: persisted.parts,
+            registry: Registry::from_persisted(persisted.registry),
             members: BTreeMap::new(),
             dir: Some(dir.to_path_buf()),
             _lock: Some(lock),
@@ -157,6 +163,21 @@ impl EmbeddedCoordinator {
         })
     }
 
+    /// Applies a change to the registry and persists it; on any failure the registry is as
+    /// before.
+    fn change_registry<T>(
+        &self,
+        change: impl FnOnce(&mut Registry) -> Result<T, CoordError>,
+    ) -> Result<T, CoordError> {
+        let mut shared = self.lock()?;
+        let before = shared.registry.clone();
+        let outcome = change(&mut shared.registry).and_then(|t| shared.persist().map(|()| t));
+        if outcome.is_err() {
+            shared.registry = before;
+        }
+        outcome
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Shared>, CoordError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(CoordError::SessionEnded {
@@ -176,6 +197,7 @@ impl Shared {
             }
         }
         self.members.retain(|_, (s, _)| *s != session);
+        self.registry.end_session(session);
         self.changed();
     }
 
@@ -197,7 +219,7 @@ impl Shared {
         units.sort_by(|a, b| a.unit.cmp(&b.unit));
         let state = Persisted {
             units,
-            parts: self.parts.clone(),
+            registry: self.registry.to_persisted(),
         };
         let bytes = serde_json::to_vec(&state).expect("state serializes");
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
@@ -270,39 +292,21 @@ impl Coordinator for EmbeddedCoordinator {
                 epoch: lease.epoch,
             });
         }
-        for part in &commit.parts {
-            let exists = shared
-                .parts
-                .get(&part.table)
-                .is_some_and(|ps| ps.iter().any(|p| p.path == part.path));
-            if exists {
-                return Err(CoordError::Conflict {
-                    unit: lease.unit.clone(),
-                    what: format!("part {} is already registered", part.path),
-                    source: None,
-                });
-            }
-        }
-        let previous = shared.units.get(&lease.unit).and_then(|e| e.next_offset);
-        for part in &commit.parts {
-            shared
-                .parts
-                .entry(part.table.clone())
-                .or_default()
-                .push(part.clone());
-        }
+        let before = (
+            shared.registry.clone(),
+            shared.units.get(&lease.unit).and_then(|e| e.next_offset),
+        );
+        shared
+            .registry
+            .add(&lease.unit.to_string(), &commit.parts)?;
         if let Some(entry) = shared.units.get_mut(&lease.unit) {
             entry.next_offset = Some(commit.next_offset);
         }
         if let Err(e) = shared.persist() {
-            // Undo in memory so memory never shows a commit the disk does not have.
-            for part in &commit.parts {
-                if let Some(ps) = shared.parts.get_mut(&part.table) {
-                    ps.retain(|p| p.path != part.path);
-                }
-            }
+            // Undone in memory so memory never shows a commit the disk does not have.
+            shared.registry = before.0;
             if let Some(entry) = shared.units.get_mut(&lease.unit) {
-                entry.next_offset = previous;
+                entry.next_offset = before.1;
             }
             return Err(e);
         }
@@ -310,7 +314,63 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError> {
-        Ok(self.lock()?.parts.get(table).cloned().unwrap_or_default())
+        Ok(self.lock()?.registry.list_parts(table))
+    }
+
+    async fn list_scopes(&self, table: &str) -> Result<Vec<ScopeSummary>, CoordError> {
+        Ok(self.lock()?.registry.list_scopes(table))
+    }
+
+    async fn read_scope(&self, table: &str, value: &str) -> Result<ScopeListing, CoordError> {
+        Ok(self.lock()?.registry.read_scope(table, value))
+    }
+
+    async fn acquire_merge_lease(
+        &self,
+        table: &str,
+        value: &str,
+        worker_id: &str,
+    ) -> Result<MergeLease, CoordError> {
+        let session = self.session;
+        self.change_registry(|r| r.acquire(session, table, value, worker_id))
+    }
+
+    async fn release_merge_lease(&self, lease: &MergeLease) -> Result<(), CoordError> {
+        self.lock()?.registry.release(self.session, lease);
+        Ok(())
+    }
+
+    async fn swap(
+        &self,
+        lease: &MergeLease,
+        inputs: &[PartRecord],
+        output: &PartRecord,
+        retired: &Retired,
+    ) -> Result<(), CoordError> {
+        let session = self.session;
+        self.change_registry(|r| r.swap(session, lease, inputs, output, retired))
+    }
+
+    async fn seal(
+        &self,
+        lease: &MergeLease,
+        parts: &[PartRecord],
+        manifest: &SealedManifest,
+        retired: Option<&Retired>,
+    ) -> Result<(), CoordError> {
+        let session = self.session;
+        self.change_registry(|r| r.seal(session, lease, parts, manifest, retired))
+    }
+
+    async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
+        Ok(self.lock()?.registry.list_retired(table))
+    }
+
+    async fn forget_retired(&self, retired: &Retired) -> Result<(), CoordError> {
+        self.change_registry(|r| {
+            r.forget_retired(retired);
+            Ok(())
+        })
     }
 
     async fn list_units(&self) -> Result<Vec<UnitState>, CoordError> {
@@ -423,6 +483,11 @@ mod tests {
             definition_version: 1,
             lease_epoch: 1,
             created_at_ms: 0,
+            level: 0,
+            inputs: 0,
+            spans: Vec::new(),
+            checksum: String::new(),
+            flushed_at_ms: 0,
         }
     }
 

@@ -11,6 +11,8 @@ use sluice_coord::{Commit, CoordError, Coordinator, Member, PartKind, PartRecord
 
 use crate::{fail, unique, ConformanceFailure, OrFail};
 
+mod scopes;
+
 /// How long a watch may take to fire after the change it watches.
 const SIGNAL_WITHIN: Duration = Duration::from_secs(10);
 
@@ -35,6 +37,11 @@ pub fn sample_part(table: &str, unit: &UnitId, first: i64, last: i64, tag: &str)
         definition_version: 1,
         lease_epoch: 0,
         created_at_ms: 0,
+        level: 0,
+        inputs: 0,
+        spans: Vec::new(),
+        checksum: String::new(),
+        flushed_at_ms: 0,
     }
 }
 
@@ -59,6 +66,11 @@ where
     membership_is_unique_and_watched(open().await?, open().await?).await?;
     lease_watch_fires_on_release(open().await?, open().await?).await?;
     session_end_is_signalled(open().await?, open().await?).await?;
+    scopes::merge_lease_is_exclusive_and_epochs_grow(open().await?, open().await?).await?;
+    scopes::swap_replaces_inputs_atomically(open().await?).await?;
+    scopes::stale_merge_lease_cannot_swap(open().await?, open().await?).await?;
+    scopes::inputs_merged_already_are_refused(open().await?).await?;
+    scopes::seal_moves_records_into_a_manifest(open().await?).await?;
     Ok(())
 }
 

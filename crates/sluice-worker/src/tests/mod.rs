@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::{Failpoints, RunOptions, RunSummary, Services, WorkerError};
 
+mod merges;
+
 const TOPIC: &str = "web";
 /// How long any one wait of a test may take before it fails.
 const WITHIN: Duration = Duration::from_secs(60);
@@ -29,6 +31,8 @@ struct Settings {
     max_rows: usize,
     max_age_ms: u64,
     memory_budget_bytes: u64,
+    /// The `[merge]` section's settings, as TOML lines.
+    merge: &'static str,
 }
 
 impl Default for Settings {
@@ -38,6 +42,8 @@ impl Default for Settings {
             max_rows: 100,
             max_age_ms: 50,
             memory_budget_bytes: 64 << 20,
+            // Merges only where a test asks for them.
+            merge: "enabled = false",
         }
     }
 }
@@ -45,6 +51,8 @@ impl Default for Settings {
 /// One deployment in memory: a topic, a coordinator, storage, and what was produced.
 struct Harness {
     _dir: tempfile::TempDir,
+    /// The config up to its `[merge]` section's settings.
+    text: String,
     config: Arc<Config>,
     source: MemorySource,
     partitions: i32,
@@ -76,16 +84,23 @@ enabled = false
 
 [storage]
 url = "file://{data}"
-{table}"#,
+
+{table}
+[merge]
+"#,
             budget = s.memory_budget_bytes,
             data = dir.path().join("data").display(),
             table = fixture::events_table(TOPIC, s.max_rows, s.max_age_ms),
         );
-        let config = Arc::new(Config::from_toml_str(&text, "worker test")?);
+        let config = Arc::new(Config::from_toml_str(
+            &format!("{text}{}", s.merge),
+            "worker test",
+        )?);
         let source = MemorySource::new();
         source.create_topic(TOPIC, s.partitions);
         Ok(Harness {
             _dir: dir,
+            text,
             config,
             source,
             partitions: s.partitions,
@@ -94,6 +109,15 @@ url = "file://{data}"
             events: Vec::new(),
             located: Default::default(),
         })
+    }
+
+    /// Workers started from now on run with these `[merge]` settings.
+    fn set_merge(&mut self, merge: &str) -> Result<()> {
+        self.config = Arc::new(Config::from_toml_str(
+            &format!("{}{merge}", self.text),
+            "worker test",
+        )?);
+        Ok(())
     }
 
     /// Produces `n` more events, numbered after those already produced.
@@ -180,15 +204,11 @@ url = "file://{data}"
     async fn verify(&self) -> Result<Committed> {
         let c = self.observer();
         let tables: Vec<String> = self.config.tables.iter().map(|t| t.name.clone()).collect();
-        let committed = Committed::read(&c, TOPIC, &tables).await?;
         let storage = Storage::open(&self.config.storage)?;
         let (store, root) = storage.object_store();
-        exactly_once::verify(
-            &committed,
-            &Objects::new(store, root.clone()),
-            self.produced(),
-        )
-        .await?;
+        let objects = Objects::new(store, root.clone());
+        let committed = Committed::read(&c, &objects, TOPIC, &tables).await?;
+        exactly_once::verify(&committed, &objects, self.produced()).await?;
         Ok(committed)
     }
 }

@@ -1,0 +1,536 @@
+//! Scopes in ZooKeeper: one znode per table and partition value whose children are the part
+//! records, whose data is the scope's state and whose version fences merges and tells readers
+//! that the scope changed under them.
+//!
+//! ```text
+//! R/tables/<table>/parts/<value>          data = ScopeState JSON ("" = default)
+//! R/tables/<table>/parts/<value>/<part>   data = PartRecord JSON
+//! R/tables/<table>/merging/<value>        ephemeral; data = {"worker": .., "epoch": ..}
+//! R/tables/<table>/retired/<name>         data = Retired JSON
+//! ```
+//!
+//! Taking a merge lease creates the ephemeral `merging` node and bumps the epoch in the scope's
+//! data in one multi-op; a swap or a seal sets the scope's data at the version the lease holder
+//! last wrote, so a stale holder fails as a whole, and every such change bumps the version a
+//! reader checks before and after listing. Ingest commits only create children, which changes
+//! neither the data nor its version.
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use zookeeper_client as zk;
+
+use super::nodes::{backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
+use super::ZkCoordinator;
+use crate::{
+    CoordError, MergeLease, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
+    SealedManifest,
+};
+
+/// How many znode reads a scope listing keeps in flight.
+const LIST_CONCURRENCY: usize = 64;
+/// How often a scope listing is retried when the scope keeps changing under it.
+const READ_ATTEMPTS: usize = 20;
+
+impl ZkCoordinator {
+    pub(super) fn table_dir(&self, table: &str) -> String {
+        format!("{}/tables/{}", self.root, encode_segment(table))
+    }
+
+    pub(super) fn scope_dir(&self, table: &str, value: &str) -> String {
+        format!("{}/parts/{}", self.table_dir(table), encode_segment(value))
+    }
+
+    fn merging_path(&self, table: &str, value: &str) -> String {
+        format!(
+            "{}/merging/{}",
+            self.table_dir(table),
+            encode_segment(value)
+        )
+    }
+
+    fn retired_path(&self, table: &str, name: &str) -> String {
+        format!("{}/retired/{}", self.table_dir(table), encode_segment(name))
+    }
+
+    fn parse_state(path: &str, data: &[u8]) -> Result<ScopeState, CoordError> {
+        if data.is_empty() {
+            return Ok(ScopeState::default());
+        }
+        serde_json::from_slice(data).map_err(|e| CoordError::Corrupt {
+            path: path.to_string(),
+            source: e.into(),
+        })
+    }
+
+    /// The scope's state and the version of its znode; a missing scope is empty, version -1.
+    async fn scope_state(
+        client: &zk::Client,
+        dir: &str,
+    ) -> Result<(ScopeState, i32, usize), CoordError> {
+        match client.get_data(dir).await {
+            Ok((data, stat)) => Ok((
+                Self::parse_state(dir, &data)?,
+                stat.version,
+                stat.num_children as usize,
+            )),
+            Err(zk::Error::NoNode) => Ok((ScopeState::default(), -1, 0)),
+            Err(e) => Err(backend(dir, e)),
+        }
+    }
+
+    pub(super) async fn list_scopes_of(
+        &self,
+        table: &str,
+    ) -> Result<Vec<ScopeSummary>, CoordError> {
+        let client = self.client()?;
+        let parts_dir = format!("{}/parts", self.table_dir(table));
+        let mut out = Vec::new();
+        for child in Self::list(&client, &parts_dir).await? {
+            let dir = format!("{parts_dir}/{child}");
+            let (state, version, live_parts) = Self::scope_state(&client, &dir).await?;
+            if version < 0 {
+                continue;
+            }
+            out.push(ScopeSummary {
+                partition_value: decode_segment(&child),
+                live_parts,
+                state,
+            });
+        }
+        out.sort_by(|a, b| a.partition_value.cmp(&b.partition_value));
+        Ok(out)
+    }
+
+    pub(super) async fn read_scope_of(
+        &self,
+        table: &str,
+        value: &str,
+    ) -> Result<ScopeListing, CoordError> {
+        let client = self.client()?;
+        let dir = self.scope_dir(table, value);
+        for _ in 0..READ_ATTEMPTS {
+            let (state, version, _) = Self::scope_state(&client, &dir).await?;
+            let parts = Self::read_records(&client, &dir).await?;
+            let merge_holder = Self::read_lease_holder(&client, &self.merging_path(table, value))
+                .await?
+                .map(|h| h.worker);
+            let (_, after, _) = Self::scope_state(&client, &dir).await?;
+            if after == version {
+                return Ok(ScopeListing {
+                    table: table.to_string(),
+                    partition_value: value.to_string(),
+                    state,
+                    generation: i64::from(version),
+                    parts,
+                    merge_holder,
+                });
+            }
+        }
+        Err(CoordError::Backend {
+            path: dir,
+            source: format!("the scope changed during each of {READ_ATTEMPTS} readings").into(),
+        })
+    }
+
+    /// Every part record under a scope's znode, in name order.
+    async fn read_records(client: &zk::Client, dir: &str) -> Result<Vec<PartRecord>, CoordError> {
+        let mut names = Self::list(client, dir).await?;
+        names.sort();
+        let records: Vec<Option<PartRecord>> = stream::iter(names)
+            .map(|name| {
+                let client = client.clone();
+                let path = format!("{dir}/{name}");
+                async move {
+                    match client.get_data(&path).await {
+                        Ok((data, _)) => serde_json::from_slice::<PartRecord>(&data)
+                            .map(Some)
+                            .map_err(|e| CoordError::Corrupt {
+                                path: path.clone(),
+                                source: e.into(),
+                            }),
+                        // Swapped away after the listing: the version check repeats the read.
+                        Err(zk::Error::NoNode) => Ok(None),
+                        Err(e) => Err(backend(&path, e)),
+                    }
+                }
+            })
+            .buffered(LIST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(records.into_iter().flatten().collect())
+    }
+
+    pub(super) async fn acquire_merge_lease_of(
+        &self,
+        table: &str,
+        value: &str,
+        worker_id: &str,
+    ) -> Result<MergeLease, CoordError> {
+        let client = self.client()?;
+        let dir = self.scope_dir(table, value);
+        self.ensure_dir(&client, &dir).await?;
+        self.ensure_dir(&client, &format!("{}/merging", self.table_dir(table)))
+            .await?;
+        let lease_path = self.merging_path(table, value);
+        loop {
+            let (mut state, version, _) = Self::scope_state(&client, &dir).await?;
+            state.merge_epoch += 1;
+            let data = serde_json::to_vec(&LeaseData {
+                worker: worker_id.to_string(),
+                epoch: state.merge_epoch,
+            })
+            .expect("lease data serializes");
+            let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+            let mut multi = client.new_multi_writer();
+            multi
+                .add_create(&lease_path, &data, &ephemeral)
+                .map_err(|e| backend(&lease_path, e))?;
+            multi
+                .add_set_data(&dir, &state_bytes(&state), Some(version))
+                .map_err(|e| backend(&dir, e))?;
+            match multi.commit().await {
+                Ok(results) => {
+                    let token = set_version(&results, 1).unwrap_or(version + 1);
+                    self.remember_scope_version(table, value, token);
+                    return Ok(MergeLease {
+                        table: table.to_string(),
+                        partition_value: value.to_string(),
+                        worker_id: worker_id.to_string(),
+                        epoch: state.merge_epoch,
+                        token: i64::from(token),
+                    });
+                }
+                Err(zk::MultiWriteError::OperationFailed {
+                    index: 0,
+                    source: zk::Error::NodeExists,
+                }) => match Self::read_lease_holder(&client, &lease_path).await? {
+                    Some(h) => {
+                        return Err(CoordError::ScopeLeaseHeld {
+                            table: table.to_string(),
+                            value: value.to_string(),
+                            holder: h.worker,
+                        })
+                    }
+                    None => continue,
+                },
+                // Another merge lease or a seal changed the scope meanwhile: read it again.
+                Err(zk::MultiWriteError::OperationFailed {
+                    index: 1,
+                    source: zk::Error::BadVersion,
+                }) => continue,
+                Err(e) => return Err(backend(&lease_path, e.into())),
+            }
+        }
+    }
+
+    pub(super) async fn release_merge_lease_of(
+        &self,
+        lease: &MergeLease,
+    ) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let path = self.merging_path(&lease.table, &lease.partition_value);
+        // Only our own: a newer holder's node carries a larger epoch.
+        match Self::read_lease_holder(&client, &path).await? {
+            Some(h) if h.epoch == lease.epoch && h.worker == lease.worker_id => {
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(backend(&path, e)),
+                }
+            }
+            _ => {}
+        }
+        self.forget_scope_version(&lease.table, &lease.partition_value);
+        Ok(())
+    }
+
+    pub(super) async fn swap_of(
+        &self,
+        lease: &MergeLease,
+        inputs: &[PartRecord],
+        output: &PartRecord,
+        retired: &Retired,
+    ) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let (dir, token, state) = self.fenced_scope(&client, lease).await?;
+        self.ensure_dir(
+            &client,
+            &format!("{}/retired", self.table_dir(&lease.table)),
+        )
+        .await?;
+        let output_data = serde_json::to_vec(output).expect("part record serializes");
+        let retired_data = serde_json::to_vec(retired).expect("retired record serializes");
+        let retired_path = self.retired_path(&lease.table, &retired.name);
+        let output_path = format!("{dir}/{}", encode_segment(&output.name()));
+        let input_paths: Vec<String> = inputs
+            .iter()
+            .map(|p| format!("{dir}/{}", encode_segment(&p.name())))
+            .collect();
+        let state_data = state_bytes(&state);
+        let size = multi_size(
+            [(dir.as_str(), state_data.len())]
+                .into_iter()
+                .chain(input_paths.iter().map(|p| (p.as_str(), 0)))
+                .chain([
+                    (output_path.as_str(), output_data.len()),
+                    (retired_path.as_str(), retired_data.len()),
+                ]),
+        );
+        if size > MAX_MULTI_BYTES {
+            return Err(CoordError::TooLarge {
+                what: format!("the swap of {} parts of {}", inputs.len(), lease.table),
+                bytes: size,
+                limit: MAX_MULTI_BYTES,
+            });
+        }
+        let mut multi = client.new_multi_writer();
+        multi
+            .add_set_data(&dir, &state_data, Some(token))
+            .map_err(|e| backend(&dir, e))?;
+        for path in &input_paths {
+            multi.add_delete(path, None).map_err(|e| backend(path, e))?;
+        }
+        multi
+            .add_create(&output_path, &output_data, &Self::persistent())
+            .map_err(|e| backend(&output_path, e))?;
+        multi
+            .add_create(&retired_path, &retired_data, &Self::persistent())
+            .map_err(|e| backend(&retired_path, e))?;
+        let result = multi.commit().await;
+        self.finish_scope_write(lease, result, |i| {
+            if i <= input_paths.len() {
+                format!(
+                    "part {} is no longer registered (merged or sealed already)",
+                    input_paths[i - 1]
+                )
+            } else {
+                format!(
+                    "{} is already registered",
+                    if i == input_paths.len() + 1 {
+                        &output_path
+                    } else {
+                        &retired_path
+                    }
+                )
+            }
+        })
+    }
+
+    pub(super) async fn seal_of(
+        &self,
+        lease: &MergeLease,
+        parts: &[PartRecord],
+        manifest: &SealedManifest,
+        retired: Option<&Retired>,
+    ) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let (dir, token, mut state) = self.fenced_scope(&client, lease).await?;
+        state.sealed = Some(manifest.clone());
+        let state_data = state_bytes(&state);
+        let part_paths: Vec<String> = parts
+            .iter()
+            .map(|p| format!("{dir}/{}", encode_segment(&p.name())))
+            .collect();
+        let retired_node = match retired {
+            Some(r) => {
+                self.ensure_dir(
+                    &client,
+                    &format!("{}/retired", self.table_dir(&lease.table)),
+                )
+                .await?;
+                Some((
+                    self.retired_path(&lease.table, &r.name),
+                    serde_json::to_vec(r).expect("retired record serializes"),
+                ))
+            }
+            None => None,
+        };
+        let size = multi_size(
+            [(dir.as_str(), state_data.len())]
+                .into_iter()
+                .chain(part_paths.iter().map(|p| (p.as_str(), 0)))
+                .chain(retired_node.iter().map(|(p, d)| (p.as_str(), d.len()))),
+        );
+        if size > MAX_MULTI_BYTES {
+            return Err(CoordError::TooLarge {
+                what: format!("sealing {} parts of {}", parts.len(), lease.table),
+                bytes: size,
+                limit: MAX_MULTI_BYTES,
+            });
+        }
+        let mut multi = client.new_multi_writer();
+        multi
+            .add_set_data(&dir, &state_data, Some(token))
+            .map_err(|e| backend(&dir, e))?;
+        for path in &part_paths {
+            multi.add_delete(path, None).map_err(|e| backend(path, e))?;
+        }
+        if let Some((path, data)) = &retired_node {
+            multi
+                .add_create(path, data, &Self::persistent())
+                .map_err(|e| backend(path, e))?;
+        }
+        let result = multi.commit().await;
+        self.finish_scope_write(lease, result, |i| {
+            if i <= part_paths.len() {
+                format!("part {} is no longer registered", part_paths[i - 1])
+            } else {
+                "the retired record already exists".to_string()
+            }
+        })
+    }
+
+    /// The scope's znode, the version this lease holder last wrote, and the state to write
+    /// back; `LeaseLost` without a lease of this session.
+    async fn fenced_scope(
+        &self,
+        client: &zk::Client,
+        lease: &MergeLease,
+    ) -> Result<(String, i32, ScopeState), CoordError> {
+        let lost = || lost(lease);
+        let token = self
+            .scope_version(&lease.table, &lease.partition_value)
+            .ok_or_else(lost)?;
+        let dir = self.scope_dir(&lease.table, &lease.partition_value);
+        let (state, version, _) = Self::scope_state(client, &dir).await?;
+        if version != token || state.merge_epoch != lease.epoch {
+            return Err(lost());
+        }
+        Ok((dir, token, state))
+    }
+
+    /// Maps a swap's or seal's outcome (the scope's data is operation 0), remembering the new
+    /// version on success.
+    fn finish_scope_write(
+        &self,
+        lease: &MergeLease,
+        result: Result<Vec<zk::MultiWriteResult>, zk::MultiWriteError>,
+        conflict: impl Fn(usize) -> String,
+    ) -> Result<(), CoordError> {
+        let scope = format!("table {} at {:?}", lease.table, lease.partition_value);
+        match result {
+            Ok(results) => {
+                if let Some(v) = set_version(&results, 0) {
+                    self.remember_scope_version(&lease.table, &lease.partition_value, v);
+                }
+                Ok(())
+            }
+            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => Err(lost(lease)),
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                Err(CoordError::Conflict {
+                    at: scope,
+                    what: conflict(index),
+                    source: Some(source.into()),
+                })
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) => match source {
+                zk::Error::SessionExpired | zk::Error::ClientClosed => {
+                    Err(CoordError::SessionEnded {
+                        source: source.into(),
+                    })
+                }
+                other => Err(CoordError::Ambiguous {
+                    at: scope,
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+
+    pub(super) async fn list_retired_of(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
+        let client = self.client()?;
+        let dir = format!("{}/retired", self.table_dir(table));
+        let mut out = Vec::new();
+        for name in Self::list(&client, &dir).await? {
+            let path = format!("{dir}/{name}");
+            match client.get_data(&path).await {
+                Ok((data, _)) => {
+                    out.push(
+                        serde_json::from_slice(&data).map_err(|e| CoordError::Corrupt {
+                            path: path.clone(),
+                            source: e.into(),
+                        })?,
+                    )
+                }
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(backend(&path, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn forget_retired_of(&self, retired: &Retired) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let path = self.retired_path(&retired.table, &retired.name);
+        match client.delete(&path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(backend(&path, e)),
+        }
+    }
+
+    fn remember_scope_version(&self, table: &str, value: &str, version: i32) {
+        self.scope_versions
+            .lock()
+            .expect("scope lock poisoned")
+            .insert((table.to_string(), value.to_string()), version);
+    }
+
+    fn forget_scope_version(&self, table: &str, value: &str) {
+        self.scope_versions
+            .lock()
+            .expect("scope lock poisoned")
+            .remove(&(table.to_string(), value.to_string()));
+    }
+
+    fn scope_version(&self, table: &str, value: &str) -> Option<i32> {
+        self.scope_versions
+            .lock()
+            .expect("scope lock poisoned")
+            .get(&(table.to_string(), value.to_string()))
+            .copied()
+    }
+}
+
+fn lost(lease: &MergeLease) -> CoordError {
+    CoordError::ScopeLeaseLost {
+        table: lease.table.clone(),
+        value: lease.partition_value.clone(),
+        epoch: lease.epoch,
+    }
+}
+
+fn state_bytes(state: &ScopeState) -> Vec<u8> {
+    serde_json::to_vec(state).expect("scope state serializes")
+}
+
+/// The version a multi-op's `index`-th operation, a set-data, left its node at.
+fn set_version(results: &[zk::MultiWriteResult], index: usize) -> Option<i32> {
+    match results.get(index) {
+        Some(zk::MultiWriteResult::SetData { stat }) => Some(stat.version),
+        _ => None,
+    }
+}
+
+/// The value an encoded znode name segment stands for.
+pub(super) fn decode_segment(segment: &str) -> String {
+    if segment == "_" {
+        return String::new();
+    }
+    let s = segment
+        .strip_prefix('%')
+        .filter(|rest| matches!(*rest, "." | ".." | "zookeeper"))
+        .unwrap_or(segment);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
