@@ -57,6 +57,8 @@ echo "== lag after (every partition committed up to its end)"
 "$sluice" lag --config "$config"
 echo "== committed parts"
 "$sluice" parts --config "$config"
+echo "== scopes (per partition value: live parts by level, sealed or not, merges planned)"
+"$sluice" scopes --config "$config"
 echo "== what the views computed (sluice query: SQL over the committed parts, partial states merged)"
 "$sluice" query --config "$config" \
     "SELECT country, sum(views) AS views, round(sum(duration_ms) / sum(views), 1) AS avg_duration_ms,

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_tests::fleet::{
-    deployment, fleet_state, spawn, tail, wait_balanced, wait_caught_up, Worker,
+    deployment, fleet_state, spawn, spawn_frozen, tail, wait_balanced, wait_caught_up, Worker,
 };
 use sluice_tests::{committed, wait_until};
 
@@ -185,24 +185,8 @@ async fn kill_9_partitions_are_taken_over_within_the_session_timeout() -> Result
 async fn a_paused_worker_cannot_commit_and_rejoins_cleanly() -> Result<()> {
     const PARTITIONS: i32 = 4;
     let mut d = deployment("fleet-zombie", PARTITIONS, 1_200, 300).await?;
-    let logs = d.dir.path().join("logs");
     // The zombie stops itself right before its first commit, with its parts uploaded.
-    let zombie = Worker::spawn(
-        &d.config,
-        "zombie",
-        &[("SLUICE_FAILPOINT", "before_commit:1:stop")],
-        &logs,
-    )?;
-    wait_until(
-        SETTLE,
-        Duration::from_millis(50),
-        "the zombie to stop itself",
-        || {
-            let stopped = zombie.is_stopped();
-            async move { Ok(stopped) }
-        },
-    )
-    .await?;
+    let zombie = spawn_frozen(&d, "zombie", "before_commit:1:stop").await?;
     let zombie_epochs: BTreeMap<i32, u64> = {
         let config = sluice_tests::load_config(&d.config)?;
         let coord = sluice_worker::open_coordinator(&config.coordination).await?;
@@ -416,6 +400,18 @@ async fn a_restart_under_the_same_id_waits_and_stops_cleanly_on_sigterm() -> Res
     );
     // A third start takes everything over once the crashed session has expired.
     let third = spawn(&d, "w1")?;
+    // Joined (the log is shared by the three runs: the first joined once, the second never),
+    // so its signal handlers are in place before the SIGTERM below.
+    wait_until(
+        SETTLE,
+        Duration::from_millis(50),
+        "the third run to join",
+        || {
+            let log = third.log_text();
+            async move { Ok(log.matches("joined the fleet").count() >= 2) }
+        },
+    )
+    .await?;
     wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
     third.terminate(SETTLE).await?;
     d.verify().await

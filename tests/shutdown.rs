@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use sluice_tests::fleet::{deployment, spawn, tail, Worker};
 use sluice_tests::web::{endpoint, get, series};
-use sluice_tests::{committed, wait_until, zk_root, Prepared, Stack};
-use zookeeper_client as zk;
+use sluice_tests::{committed, wait_until, zk_client, zk_root, Prepared};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_commits_what_is_buffered_and_releases_leases() -> Result<()> {
@@ -87,14 +86,7 @@ async fn consumed_everything(d: &Prepared, worker: &Worker) -> Result<()> {
 /// Reads ZooKeeper directly: every partition's unit is there (`offset`), and none has a
 /// `lease` node (ephemeral, removed when released or when its session ends).
 async fn no_leases_left(d: &Prepared) -> Result<()> {
-    let stack = Stack::from_env();
-    let connect = zk::Client::connector()
-        .with_session_timeout(Duration::from_secs(4))
-        .connect(&stack.zk);
-    let client = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .context("ZooKeeper did not answer within 10 s")?
-        .context("connecting to ZooKeeper")?;
+    let client = zk_client().await?;
     // The coordinator's layout (crates/sluice-coord/src/zookeeper.rs): a topic name without
     // `/` or `%` is its own znode name.
     let units = format!("{}/units/{}", zk_root(&d.topic), d.topic);

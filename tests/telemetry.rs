@@ -200,6 +200,89 @@ async fn lag_reports_a_known_backlog_with_no_worker_then_zero_once_caught_up() -
     d.verify().await
 }
 
+/// The fullest scope of the events table, as `sluice scopes --json` reads the registry: its
+/// partition value and live parts (the first in value order among equals).
+async fn fullest_scope(d: &Prepared) -> Result<(String, i64)> {
+    let out = run_sluice(
+        &[
+            "scopes",
+            "--config",
+            d.config_arg(),
+            "--table",
+            "events",
+            "--json",
+        ],
+        &[],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "sluice scopes failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout)?;
+    let mut scopes = doc["tables"][0]["partition_values"]
+        .as_array()
+        .context("partition values")?
+        .iter()
+        .map(|s| {
+            let value = s["partition_value"].as_str().context("value")?.to_string();
+            Ok((value, s["live_parts"].as_i64().context("live parts")?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    scopes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    scopes.into_iter().next().context("no scope of events")
+}
+
+/// The dashboard's DOM once its "Parts per scope" panel and the registry gauges of `addr` show
+/// the fullest scope of the events table as `sluice scopes` reads it (read before and after the
+/// page, so that a merge in between only means another try).
+async fn dashboard_with_the_fullest_scope(
+    d: &Prepared,
+    addr: std::net::SocketAddr,
+    url: &str,
+) -> Result<String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let before = fullest_scope(d).await?;
+        let dom = chromium(url, Duration::from_secs(8), None)?;
+        let metrics = get(addr, "/metrics")?.1;
+        if fullest_scope(d).await? != before {
+            continue;
+        }
+        let (value, parts) = &before;
+        let bar = format!(r#"data-scope="events/{value}" data-live-parts="{parts}""#);
+        let table = format!(r#"data-table-parts="events" data-max-parts="{parts}""#);
+        let gauge = series(
+            &metrics,
+            "sluice_table_scope_parts_max",
+            &[("table", "events")],
+        );
+        if dom.contains(&bar) && dom.contains(&table) && gauge == Some(*parts as f64) {
+            // The gauges the worker sets only on change or at its merge check stay exported.
+            ensure!(
+                series(&metrics, "sluice_ingest_paused_partitions", &[]) == Some(0.0),
+                "paused partitions gauge:\n{metrics}"
+            );
+            ensure!(
+                series(
+                    &metrics,
+                    "sluice_table_merge_backlog",
+                    &[("table", "events")]
+                )
+                .is_some(),
+                "merge backlog gauge:\n{metrics}"
+            );
+            return Ok(dom);
+        }
+        last = format!(
+            "no `{bar}` and `{table}` with the gauge at {parts} (it is {gauge:?}) in:\n{dom}"
+        );
+    }
+    anyhow::bail!("the dashboard never showed the fullest scope: {last}")
+}
+
 /// `sluice lag --watch --json`, read until `n` documents arrived, then stopped.
 async fn watch_json(d: &Prepared, n: usize) -> Result<Vec<Value>> {
     use tokio::io::AsyncBufReadExt;
@@ -300,8 +383,15 @@ async fn a_fleet_holding_a_backlog_shows_it_in_metrics_health_and_the_dashboard(
                 })
                 .sum();
             let held = holders(&all);
-            let settled =
-                consumed == 600.0 && held.len() == 4 && held.values().all(|h| h.len() == 1);
+            // Every worker's fleet-wide gauge set too: it comes with a full refresh, which a
+            // refresh still probing timestamps may not have finished yet.
+            let fleet_wide = all
+                .iter()
+                .all(|(_, text)| series(text, "sluice_topic_unowned_partitions", &[]).is_some());
+            let settled = consumed == 600.0
+                && held.len() == 4
+                && held.values().all(|h| h.len() == 1)
+                && fleet_wide;
             Ok(settled.then_some(all))
         },
     )
@@ -355,7 +445,7 @@ async fn a_fleet_holding_a_backlog_shows_it_in_metrics_health_and_the_dashboard(
 
     // The dashboard of w1, in a real browser, shows the whole fleet, the same figures, and red.
     let url = format!("http://{}/", addrs[0]);
-    let dom = chromium(&url, Duration::from_secs(8), None)?;
+    let dom = dashboard_with_the_fullest_scope(&d, addrs[0], &url).await?;
     ensure!(
         dom.contains(r#"data-loaded="true""#),
         "page did not render:\n{dom}"

@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use sluice_coord::PartKind;
-use sluice_testkit::fixture::{self, event_day, Expect, Row};
+use sluice_testkit::fixture::{event_day, Expect, Row};
+use sluice_tests::per_hour::{per_hour_groups, per_hour_view, Group};
 use sluice_tests::{committed, describe, prepare, run_sluice, Prepared, StorageKind};
 
 const PARTITIONS: i32 = 4;
@@ -28,56 +29,14 @@ sorting_key = ["country", "seq"]
 partition_key = { column = "ts", granularity = "day" }
 "#;
 
-/// The views and the other tables, after the error table's columns.
+/// The filter view, and the chain's table and view over the filter view's target, after the
+/// error table's columns (the aggregation view, `per_hour_view`, follows them).
 const VIEWS: &str = r#"
 [[view]]
 name = "errors_only"
 source = "events"
 target = "errors"
 sql = "SELECT seq, ts, country, path, duration_ms FROM events WHERE NOT ok"
-
-[[table]]
-name = "events_per_hour"
-sorting_key = ["hour", "country"]
-partition_key = { column = "hour", granularity = "day" }
-[[table.column]]
-name = "hour"
-type = "timestamp_ms"
-[[table.column]]
-name = "country"
-type = "string"
-[[table.column]]
-name = "events"
-type = "int64"
-aggregate = "count"
-[[table.column]]
-name = "duration_ms"
-type = "float64"
-aggregate = "sum"
-[[table.column]]
-name = "min_duration_ms"
-type = "float64"
-aggregate = "min"
-[[table.column]]
-name = "max_duration_ms"
-type = "float64"
-aggregate = "max"
-[[table.column]]
-name = "users"
-type = "uint64"
-aggregate = "approx_distinct"
-
-[[view]]
-name = "per_hour"
-source = "events"
-target = "events_per_hour"
-sql = """
-SELECT date_trunc('hour', ts) AS hour, country, count(*) AS events,
-       sum(duration_ms) AS duration_ms, min(duration_ms) AS min_duration_ms,
-       max(duration_ms) AS max_duration_ms, approx_distinct(user_id) AS users
-FROM events
-GROUP BY date_trunc('hour', ts), country
-"""
 
 [[table]]
 name = "errors_per_country"
@@ -100,45 +59,7 @@ sql = "SELECT country, count(*) AS errors FROM errors GROUP BY country"
 /// The views and their tables, appended to the test deployment's config.
 fn views() -> String {
     let copied = sluice_testkit::fixture::columns(&["seq", "ts", "country", "path", "duration_ms"]);
-    format!("{ERRORS_TABLE}{copied}{VIEWS}")
-}
-
-/// `sluice query --format json`: the rows as JSON lines, and stderr (what was read).
-async fn query(d: &Prepared, sql: &str) -> Result<(Vec<serde_json::Value>, String)> {
-    let out = run_sluice(
-        &[
-            "query",
-            "--config",
-            d.config_arg(),
-            "--format",
-            "json",
-            "--verbose",
-            sql,
-        ],
-        &[],
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(
-        out.status.success(),
-        "query `{sql}` failed: {}",
-        describe(&out)
-    );
-    let rows = String::from_utf8(out.stdout.clone())?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("query output of `{sql}`"))?;
-    Ok((rows, String::from_utf8_lossy(&out.stderr).into_owned()))
-}
-
-/// The landing table's rows: the produced events that are well-formed, as the fixture says.
-fn landing_rows(d: &Prepared) -> Vec<Row> {
-    d.events
-        .iter()
-        .filter(|e| e.expect == Expect::Row)
-        .map(|e| fixture::row(e.seq))
-        .collect()
+    format!("{ERRORS_TABLE}{copied}{VIEWS}{}", per_hour_view())
 }
 
 /// A `timestamp_ms` as `sluice query --format json` prints it: RFC 3339 in UTC, with
@@ -156,7 +77,7 @@ async fn keyed_rows<K: Ord + std::fmt::Debug, V>(
     expected: &BTreeMap<K, V>,
     key: impl Fn(&Value) -> Option<K>,
 ) -> Result<BTreeMap<K, Value>> {
-    let (rows, _) = query(d, sql).await?;
+    let (rows, _) = d.query(sql).await?;
     let mut actual = BTreeMap::new();
     for r in rows {
         let k = key(&r).with_context(|| format!("`{sql}` returned {r}"))?;
@@ -211,37 +132,14 @@ async fn check_errors(d: &Prepared, landing: &[Row]) -> Result<()> {
     Ok(())
 }
 
-/// One (hour, country) group of the landing rows.
-struct Group {
-    events: i64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    users: BTreeSet<i64>,
-}
-
 /// `events_per_hour` (the aggregation view) holds one row per (hour, country) of the landing
 /// rows, with their count, sum, min and max of `duration_ms` and distinct `user_id`s; returns
 /// the number of groups.
 async fn check_per_hour(d: &Prepared, landing: &[Row]) -> Result<usize> {
-    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-    for r in landing {
-        let hour = printed_ts(r.ts - r.ts.rem_euclid(3_600_000));
-        let g = groups
-            .entry((hour, r.country.to_string()))
-            .or_insert(Group {
-                events: 0,
-                sum: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                users: BTreeSet::new(),
-            });
-        g.events += 1;
-        g.sum += r.duration_ms;
-        g.min = g.min.min(r.duration_ms);
-        g.max = g.max.max(r.duration_ms);
-        g.users.insert(r.user_id);
-    }
+    let groups: BTreeMap<(String, String), Group> = per_hour_groups(landing)
+        .into_iter()
+        .map(|((hour, country), g)| ((printed_ts(hour), country), g))
+        .collect();
     let sql = "SELECT hour, country, events, duration_ms, min_duration_ms, max_duration_ms, \
                users FROM events_per_hour";
     let actual = keyed_rows(d, sql, &groups, |r| {
@@ -353,13 +251,15 @@ async fn views_hold_what_the_produced_events_say_after_a_crash() -> Result<()> {
     }
 
     // Each view's table holds what the produced events say, computed from the fixture.
-    let landing = landing_rows(&d);
+    let landing = d.landing_rows();
     check_errors(&d, &landing).await?;
     let groups = check_per_hour(&d, &landing).await?;
     let countries = check_errors_per_country(&d, &landing).await?;
     // The totals came from merging partial states of several flushes, not from one batch:
     // each of the few countries has errors in many flushes.
-    let (states, _) = query(&d, "SELECT count(*) AS n FROM states.errors_per_country").await?;
+    let (states, _) = d
+        .query("SELECT count(*) AS n FROM states.errors_per_country")
+        .await?;
     let state_rows = states[0]["n"].as_u64().context("state rows")?;
     ensure!(
         state_rows > 2 * countries as u64,
@@ -391,11 +291,11 @@ async fn views_hold_what_the_produced_events_say_after_a_crash() -> Result<()> {
         .collect();
     let next = (chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")? + chrono::Duration::days(1))
         .format("%Y-%m-%d");
-    let (rows, stderr) = query(
-        &d,
-        &format!("SELECT count(*) AS n FROM events WHERE ts >= '{day}' AND ts < '{next}'"),
-    )
-    .await?;
+    let (rows, stderr) = d
+        .query(&format!(
+            "SELECT count(*) AS n FROM events WHERE ts >= '{day}' AND ts < '{next}'"
+        ))
+        .await?;
     let read: BTreeSet<&str> = stderr
         .lines()
         .filter_map(|l| l.trim().strip_prefix("read "))
@@ -456,7 +356,9 @@ sql = "SELECT seq, 1000 / (CAST(seq AS BIGINT) % 7) AS ratio FROM events"
         .filter(|e| e.expect == Expect::Row)
         .map(|e| e.seq)
         .collect();
-    let (written, _) = query(&d, "SELECT seq, ratio FROM ratios ORDER BY seq").await?;
+    let (written, _) = d
+        .query("SELECT seq, ratio FROM ratios ORDER BY seq")
+        .await?;
     let written: Vec<u64> = written.iter().filter_map(|r| r["seq"].as_u64()).collect();
     let expected: Vec<u64> = rows.iter().copied().filter(|s| s % 7 != 0).collect();
     ensure!(
@@ -466,8 +368,7 @@ sql = "SELECT seq, 1000 / (CAST(seq AS BIGINT) % 7) AS ratio FROM events"
         expected.len()
     );
 
-    let (quarantined, _) = query(
-        &d,
+    let (quarantined, _) = d.query(
         "SELECT \"partition\", \"offset\", reason, view_name, error FROM quarantine.ratios ORDER BY \"partition\", \"offset\"",
     )
     .await?;

@@ -1,11 +1,13 @@
 //! `sluice-bench`: Sluice's throughput benchmark. `benches/throughput.sh` runs the whole of it
 //! against a stack of its own; the subcommands are its steps, each measured in its own process.
+//! `merges` is the merges benchmark, which `benches/merges.sh` runs against a stack of its own.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_bench::convert::{convert, ConvertOptions};
+use sluice_bench::merges::{self, MergesOptions, Store};
 use sluice_bench::run::{render, run, BrokerSide, RunOptions};
 use sluice_config::{Config, StorageConfig};
 use sluice_transform::Views;
@@ -18,7 +20,9 @@ use std::sync::Arc;
     about = "Sluice's throughput benchmark: the conversion path alone, raw Kafka consumption, and workers end to end",
     long_about = "Measures events/s, MB/s, CPU seconds per million events and peak RSS. `run` does it all \
                   in one go (benches/throughput.sh starts the broker stack it needs); the other \
-                  subcommands are its steps, each printing its figures as one JSON line."
+                  subcommands are its steps, each printing its figures as one JSON line. `merges` \
+                  is the merges benchmark (benches/merges.sh): parts per scope over time with and \
+                  without merges, write amplification, znodes before and after sealing, query time."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -81,6 +85,58 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
     },
+    /// The merges benchmark (benches/merges.sh starts the stack it needs): one paced stream of
+    /// seeded events ingested with tiny flushes twice, without and with merges; part records
+    /// per scope every second, write amplification, the table's znodes before and after
+    /// sealing, and a one-day `sluice query` over both data sets.
+    Merges {
+        /// The deployment: table, flush policy and `[merge]`; connection fields are replaced.
+        #[arg(long, default_value = "benches/merges.toml")]
+        config: PathBuf,
+        /// Events produced in each run (the same events both times).
+        #[arg(long, default_value_t = 600_000)]
+        events: u64,
+        /// Events produced per second.
+        #[arg(long, default_value_t = 15_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Partitions of each run's topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Configs, logs, file:// parts and merges-results.json go here.
+        #[arg(long, default_value = "target/bench/merges")]
+        work_dir: PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// ZooKeeper connect string.
+        #[arg(long)]
+        zookeeper: String,
+        /// S3 endpoint: parts go to s3://BUCKET/merges-<stamp>-<run> there [default: file://
+        /// under the work dir].
+        #[arg(long, requires_all = ["s3_bucket", "s3_access_key", "s3_secret_key"])]
+        s3_endpoint: Option<String>,
+        #[arg(long)]
+        s3_bucket: Option<String>,
+        #[arg(long)]
+        s3_access_key: Option<String>,
+        #[arg(long)]
+        s3_secret_key: Option<String>,
+        /// The `sluice` binary [default: the one next to this program].
+        #[arg(long)]
+        sluice: Option<PathBuf>,
+        /// Runs of the one-day query per data set.
+        #[arg(long, default_value_t = 5)]
+        query_runs: usize,
+        /// The day the query reads.
+        #[arg(long, default_value = "2026-11-20")]
+        day: String,
+        /// Seconds a run may take, after production ends, to commit everything and (with
+        /// merges) to seal every scope.
+        #[arg(long, default_value_t = 180)]
+        settle_timeout_s: u64,
+    },
     /// A plain rdkafka consumer with Sluice's source settings, reading a topic to its end.
     Consume {
         /// A Sluice config: its `[kafka]` section is used.
@@ -93,6 +149,17 @@ enum Cmd {
 
 fn load(path: &std::path::Path) -> Result<Config> {
     Ok(Config::load(path)?)
+}
+
+/// The `sluice` binary: the one given, else the one next to this program.
+fn sluice_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    Ok(match given {
+        Some(s) => s,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory around this executable")?
+            .join("sluice"),
+    })
 }
 
 fn main() -> Result<()> {
@@ -112,13 +179,7 @@ fn main() -> Result<()> {
         } => {
             load(&config)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let sluice = match sluice {
-                Some(s) => s,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("no directory around this executable")?
-                    .join("sluice"),
-            };
+            let sluice = sluice_path(sluice)?;
             let broker = match (brokers, zookeeper) {
                 (Some(brokers), Some(zookeeper)) => Some(BrokerSide {
                     brokers,
@@ -176,6 +237,54 @@ fn main() -> Result<()> {
                 },
             })?;
             println!("{}", serde_json::to_string(&figures)?);
+        }
+        Cmd::Merges {
+            config,
+            events,
+            rate,
+            seed,
+            partitions,
+            work_dir,
+            brokers,
+            zookeeper,
+            s3_endpoint,
+            s3_bucket,
+            s3_access_key,
+            s3_secret_key,
+            sluice,
+            query_runs,
+            day,
+            settle_timeout_s,
+        } => {
+            let store = match (s3_endpoint, s3_bucket, s3_access_key, s3_secret_key) {
+                (Some(endpoint), Some(bucket), Some(access_key), Some(secret_key)) => Store::S3 {
+                    endpoint,
+                    bucket,
+                    access_key,
+                    secret_key,
+                },
+                _ => Store::File,
+            };
+            let opts = MergesOptions {
+                config,
+                events,
+                rate,
+                seed,
+                partitions,
+                work_dir,
+                brokers,
+                zookeeper,
+                store,
+                sluice: sluice_path(sluice)?,
+                query_runs,
+                day,
+                settle_timeout: std::time::Duration::from_secs(settle_timeout_s),
+            };
+            let results = merges::run(&opts)?;
+            let json = opts.work_dir.join("merges-results.json");
+            std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+            println!("{}", merges::render(&results));
+            println!("(figures and both series as JSON: {})", json.display());
         }
         Cmd::Consume { config, topic } => {
             let config = load(&config)?;

@@ -174,7 +174,7 @@ fn measured(command: &mut Command, log: &Path) -> Result<Figures> {
     finish(child, log)
 }
 
-fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
+pub(crate) fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     command
@@ -184,7 +184,7 @@ fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
         .with_context(|| format!("cannot start {command:?}"))
 }
 
-fn finish(child: Child, log: &Path) -> Result<Figures> {
+pub(crate) fn finish(child: Child, log: &Path) -> Result<Figures> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         let tail = std::fs::read_to_string(log).unwrap_or_default();

@@ -32,6 +32,29 @@ pub fn spawn(d: &Prepared, id: &str) -> Result<Worker> {
     Worker::spawn(&d.config, id, &[], &d.dir.path().join("logs"))
 }
 
+/// Starts a worker of the deployment armed with `failpoint` (`<point>:<n>:stop`), and waits
+/// until it has stopped itself there.
+pub async fn spawn_frozen(d: &Prepared, id: &str, failpoint: &str) -> Result<Worker> {
+    let worker = Worker::spawn(
+        &d.config,
+        id,
+        &[("SLUICE_FAILPOINT", failpoint)],
+        &d.dir.path().join("logs"),
+    )?;
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        &format!("{id} to stop itself at {failpoint}"),
+        || {
+            let stopped = worker.is_stopped();
+            async move { Ok(stopped) }
+        },
+    )
+    .await
+    .with_context(|| tail(&worker.log_text(), 4000))?;
+    Ok(worker)
+}
+
 /// A `sluice run` process with its output in a log file.
 pub struct Worker {
     pub id: String,
@@ -100,6 +123,11 @@ impl Worker {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has not exited (a stopped one counts as running).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the process to exit, at most `limit`.

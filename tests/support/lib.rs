@@ -17,6 +17,8 @@ use sluice_testkit::exactly_once::{self, Objects, Produced};
 
 pub mod fleet;
 pub mod kafka;
+pub mod merges;
+pub mod per_hour;
 pub mod web;
 
 pub use kafka::{create_topic, produce, produce_at, BrokerTopics};
@@ -229,9 +231,9 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
-/// Everything a deployment's coordinator registered: the parts of every table of its config and
-/// the committed offsets of its topic (the one its tables read).
-async fn registered(config: &Config) -> Result<exactly_once::Committed> {
+/// Everything a deployment's coordinator registered (the parts of every table of its config
+/// and the committed offsets of its topic, the one its tables read), and its storage.
+pub(crate) async fn registered(config: &Config) -> Result<(exactly_once::Committed, Objects)> {
     let storage = Storage::open(&config.storage)?;
     let (store, root) = storage.object_store();
     let objects = Objects::new(store, root.clone());
@@ -244,7 +246,7 @@ async fn registered(config: &Config) -> Result<exactly_once::Committed> {
     let coord = sluice_worker::open_coordinator(&config.coordination).await?;
     let read = exactly_once::Committed::read(&*coord, &objects, &topic, &tables).await;
     coord.close().await?;
-    read
+    Ok((read?, objects))
 }
 
 /// What a test deployment committed to one table, its topic's committed offsets, and its storage.
@@ -256,7 +258,7 @@ pub struct Registry {
 
 pub async fn committed(config_path: &Path, table: &str) -> Result<Registry> {
     let config = load_config(config_path)?;
-    let c = registered(&config).await?;
+    let (c, _) = registered(&config).await?;
     Ok(Registry {
         storage: Storage::open(&config.storage)?,
         parts: c.of(table).to_vec(),
@@ -272,12 +274,20 @@ pub async fn verify_exactly_once(
     events: &[Event],
     located: &HashMap<(i32, i64), u64>,
 ) -> Result<()> {
-    let config = load_config(config_path)?;
-    let c = registered(&config).await?;
-    let storage = Storage::open(&config.storage)?;
-    let (store, root) = storage.object_store();
-    let objects = Objects::new(store, root.clone());
+    let (c, objects) = registered(&load_config(config_path)?).await?;
     exactly_once::verify(&c, &objects, Produced { events, located }).await
+}
+
+/// A ZooKeeper session of its own on the stack's server, to read znodes directly.
+pub async fn zk_client() -> Result<zookeeper_client::Client> {
+    let stack = Stack::from_env();
+    let connect = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(4))
+        .connect(&stack.zk);
+    tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .context("ZooKeeper did not answer within 10 s")?
+        .context("connecting to ZooKeeper")
 }
 
 /// Waits until `cond` holds, checking every `every`, for at most `limit`.
@@ -363,6 +373,34 @@ impl Prepared {
         let text = edit(std::fs::read_to_string(&self.config)?);
         std::fs::write(&self.config, text)?;
         Ok(())
+    }
+
+    /// `sluice <args> --config <the deployment's config>`, which must succeed; returns its output.
+    pub async fn sluice(&self, args: &[&str]) -> Result<Output> {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.config_arg()]);
+        let out = run_sluice(&all, &[], Duration::from_secs(120)).await?;
+        ensure!(
+            out.status.success(),
+            "sluice {} failed: {}",
+            args.join(" "),
+            describe(&out)
+        );
+        Ok(out)
+    }
+
+    /// `sluice query --format json --verbose <sql>`: the rows as JSON objects, and stderr (the
+    /// parts read).
+    pub async fn query(&self, sql: &str) -> Result<(Vec<serde_json::Value>, String)> {
+        let out = self
+            .sluice(&["query", "--format", "json", "--verbose", sql])
+            .await?;
+        let rows = String::from_utf8(out.stdout.clone())?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("query output of `{sql}`"))?;
+        Ok((rows, String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 
     /// `sluice run --stop-at-end`, which must succeed; returns its output.

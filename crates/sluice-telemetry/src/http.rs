@@ -6,7 +6,7 @@
 //! | `/healthz` | 200 while the process serves requests (liveness) |
 //! | `/readyz` | 200 when the worker holds its session and every partition assigned to it, else 503; the body says which |
 //! | `/` | the live dashboard (HTML and JavaScript compiled into the binary; no other request leaves the page) |
-//! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history |
+//! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history, and the latest [`PartsReport`] (the fullest scopes of every table against the merge limits) |
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ use sluice_source::KafkaProbe;
 
 use crate::lag::{fleet_report, FleetReport, OldestBuffered};
 use crate::metrics as m;
+use crate::parts::{parts_report, record_gauges, PartsReport};
 use crate::TelemetryError;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -82,6 +83,10 @@ pub struct Telemetry {
     latest: Mutex<Option<FleetReport>>,
     /// Why the last refresh failed, if it did.
     last_error: Mutex<Option<String>>,
+    /// The latest part counts per scope, read on the same refresh as the lag.
+    parts: Mutex<Option<PartsReport>>,
+    /// Why the last reading of the part counts failed, if it did.
+    parts_error: Mutex<Option<String>>,
     history: Mutex<VecDeque<Sample>>,
     consumed_events: AtomicU64,
     quarantined_rows: AtomicU64,
@@ -117,6 +122,8 @@ impl Telemetry {
             coord: Mutex::new(None),
             latest: Mutex::new(None),
             last_error: Mutex::new(None),
+            parts: Mutex::new(None),
+            parts_error: Mutex::new(None),
             history: Mutex::new(VecDeque::new()),
             consumed_events: AtomicU64::new(0),
             quarantined_rows: AtomicU64::new(0),
@@ -170,8 +177,14 @@ impl Telemetry {
         lock(&self.latest).clone()
     }
 
+    /// The latest part counts, if a refresh has read them.
+    pub fn latest_parts(&self) -> Option<PartsReport> {
+        lock(&self.parts).clone()
+    }
+
     /// Refreshes the fleet report, the per-partition gauges of the partitions this worker
-    /// holds, and the history, every `telemetry.refresh_ms`, until the task is aborted.
+    /// holds, the part counts per scope, and the history, every `telemetry.refresh_ms`, until
+    /// the task is aborted.
     pub async fn run_sampler(self: Arc<Self>) {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.config.telemetry.refresh_ms));
@@ -182,8 +195,10 @@ impl Telemetry {
         loop {
             tick.tick().await;
             self.handle.run_upkeep();
+            self.keep_worker_gauges();
             let coord = lock(&self.coord).clone();
             let Some(coord) = coord else { continue };
+            self.refresh_parts(&*coord).await;
             let p = match &probe {
                 Some(p) => Arc::clone(p),
                 None => match KafkaProbe::new(&self.config.kafka) {
@@ -204,6 +219,33 @@ impl Telemetry {
                     tracing::warn!(error = %e, "cannot refresh lag; metrics and dashboard keep the previous figures");
                     *lock(&self.last_error) = Some(e.to_string());
                 }
+            }
+        }
+    }
+
+    /// Gauges the worker sets only when they change (the partitions paused at a scope's hard
+    /// part limit) or at each merge check (the merge backlog): touched here at every refresh,
+    /// without changing their value, so that they do not idle out of the exposition between
+    /// two updates (an alert on them needs the series to stay).
+    fn keep_worker_gauges(&self) {
+        metrics::gauge!(m::INGEST_PAUSED_PARTITIONS).increment(0.0);
+        for t in &self.config.tables {
+            metrics::gauge!(m::TABLE_MERGE_BACKLOG, "table" => t.name.clone()).increment(0.0);
+        }
+    }
+
+    /// Reads every table's scopes (one listing per table) and sets the registry gauges; on an
+    /// error the dashboard keeps the previous figures and shows why.
+    async fn refresh_parts(&self, coord: &dyn Coordinator) {
+        match parts_report(&self.config, coord).await {
+            Ok(report) => {
+                record_gauges(&report);
+                *lock(&self.parts) = Some(report);
+                *lock(&self.parts_error) = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the part counts per scope; the dashboard keeps the previous figures");
+                *lock(&self.parts_error) = Some(e.to_string());
             }
         }
     }
@@ -268,6 +310,8 @@ impl Telemetry {
             "ready": self.readiness().is_ready(),
             "report": self.latest(),
             "last_error": lock(&self.last_error).clone(),
+            "parts": self.latest_parts(),
+            "parts_error": lock(&self.parts_error).clone(),
             "history": lock(&self.history).iter().collect::<Vec<_>>(),
         })
     }

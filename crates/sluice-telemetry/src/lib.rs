@@ -5,6 +5,8 @@
 //! * [`lag`]: the lag of every partition, straight from the coordinator (committed offsets,
 //!   lease holders) and Kafka (watermarks, the timestamp of the oldest uncommitted message). It
 //!   needs no running worker: `sluice lag` and the dashboard share it.
+//! * [`parts`]: live part records per scope (a table's partition value) against the merge
+//!   limits, from the registry; the dashboard's "Parts per scope" panel.
 //! * [`process`]: this process's CPU seconds and peak memory, for closing summaries and
 //!   benchmarks.
 //! * [`http`]: the worker's endpoint: `/metrics`, `/healthz`, `/readyz`, the dashboard at `/`
@@ -17,10 +19,12 @@
 pub mod http;
 pub mod lag;
 pub mod metrics;
+pub mod parts;
 pub mod process;
 
 pub use http::{serve, Readiness, Telemetry};
 pub use lag::{fleet_report, FleetReport, OldestBuffered, TopicLag, UnitLag};
+pub use parts::{parts_report, PartsReport, ScopeParts, TableParts};
 
 /// Errors of the telemetry stage.
 #[derive(Debug, thiserror::Error)]

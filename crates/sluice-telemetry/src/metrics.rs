@@ -45,6 +45,15 @@
 //! `1 + sum(sluice_merge_bytes_written_total) / sum(sluice_table_bytes_committed_total)`; each
 //! worker's gauge is that ratio over its own counters.
 //!
+//! Gauges idle out of the exposition after three telemetry refreshes without an update, and the
+//! merge check (`merge.check_interval_ms`) may run less often than that. So the telemetry
+//! sampler also sets the three registry gauges from its own listing of the scopes at every
+//! refresh (see [`crate::parts`]), and touches `sluice_ingest_paused_partitions` and
+//! `sluice_table_merge_backlog`, which the worker sets only when they change or at its merge
+//! check, without changing their value: alerts on them see the series continuously. Counters
+//! appear in the exposition only once incremented (a worker that never merged exports no
+//! `sluice_merge_*` series).
+//!
 //! Every worker reports the fleet-wide `sluice_topic_unowned_partitions` (take the `max` over
 //! workers). The partition gauges are those of the partitions this worker holds; after a handover the
 //! old holder stops updating them and they disappear from its exposition after three refreshes,

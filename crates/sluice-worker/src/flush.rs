@@ -250,6 +250,7 @@ fn record(
         let table = [("table", p.table.clone())];
         metrics::counter!(m::TABLE_PARTS_WRITTEN, &table).increment(1);
         metrics::counter!(m::TABLE_BYTES_COMMITTED, &table).increment(p.bytes);
+        crate::written::add(&p.table, p.bytes, 0);
         if p.kind == PartKind::Data {
             metrics::counter!(m::TABLE_ROWS_COMMITTED, &table).increment(p.rows);
         }

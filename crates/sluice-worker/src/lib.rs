@@ -51,6 +51,7 @@ mod stop_at_end;
 #[cfg(test)]
 mod tests;
 mod unit;
+mod written;
 
 pub use failpoint::Failpoints;
 pub use sluice_telemetry::Telemetry;

@@ -284,9 +284,12 @@ impl Session<'_> {
                 GcScope::EarlierLeases(epochs),
             )
             .await?;
-            if !report.deleted.is_empty() {
-                tracing::info!(table = %table.name, deleted = report.deleted.len(), "collected uncommitted objects of earlier leases");
-            }
+            tracing::info!(
+                table = %table.name,
+                deleted = report.deleted.len(),
+                sealed_scopes_skipped = report.sealed_scopes,
+                "takeover garbage collection: uncommitted objects of earlier leases deleted; sealed scopes are not read (sluice gc covers them)"
+            );
             self.garbage_collected += report.deleted.len();
         }
         Ok(())

@@ -189,10 +189,6 @@ impl<'a> Session<'a> {
                 }
                 done = self.ingest.next_finished() => self.ingest.complete(done)?,
                 done = self.merger.next_finished() => self.merger.complete(done, &mut self.ingest)?,
-                batch = next_batch(&mut self.reader) => {
-                    let batch = batch.ok_or(WorkerError::SourceStopped)??;
-                    self.ingest.consume(&batch).await?;
-                }
                 _ = tick.tick() => {
                     self.ingest.flush_aged().await?;
                     self.check_merges().await?;
@@ -208,6 +204,12 @@ impl<'a> Session<'a> {
                             Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot re-read the topics' partitions; trying again at the next refresh"),
                         }
                     }
+                }
+                // After the tick: during a backlog a batch is always ready, and the tick's
+                // work (age flushes, merges and their back-pressure) must not starve.
+                batch = next_batch(&mut self.reader) => {
+                    let batch = batch.ok_or(WorkerError::SourceStopped)??;
+                    self.ingest.consume(&batch).await?;
                 }
             }
         }

@@ -228,15 +228,16 @@ impl ZkCoordinator {
     ) -> Result<(), CoordError> {
         let client = self.client()?;
         let path = self.merging_path(&lease.table, &lease.partition_value);
-        // Only our own: a newer holder's node carries a larger epoch.
-        match Self::read_lease_holder(&client, &path).await? {
-            Some(h) if h.epoch == lease.epoch && h.worker == lease.worker_id => {
-                match client.delete(&path, None).await {
-                    Ok(()) | Err(zk::Error::NoNode) => {}
+        // Only our own: the node may have ended with a session of ours and been taken since.
+        match client.check_stat(&path).await {
+            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
+                match client.delete(&path, Some(stat.version)).await {
+                    Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
                     Err(e) => return Err(backend(&path, e)),
                 }
             }
-            _ => {}
+            Ok(_) | Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(backend(&path, e)),
         }
         self.forget_scope_version(&lease.table, &lease.partition_value);
         Ok(())

@@ -24,12 +24,6 @@ pub async fn collect_merge_orphans(
         table: lease.table.clone(),
         source,
     };
-    let objects = Objects::new(storage);
-    let segment = path_segment(&lease.partition_value);
-    let mut listed = Vec::new();
-    for prefix in Group::prefixes(&lease.table, &segment, true) {
-        listed.extend(objects.list(&prefix).await?);
-    }
     let listing = coord
         .read_scope(&lease.table, &lease.partition_value)
         .await
@@ -41,6 +35,14 @@ pub async fn collect_merge_orphans(
     }
     for r in coord.list_retired(&lease.table).await.map_err(registry)? {
         referenced.extend(r.paths);
+    }
+    // Listed after the readings: a retired set deleted and forgotten meanwhile was read while
+    // it referenced its objects, which are then gone from the listing.
+    let objects = Objects::new(storage);
+    let segment = path_segment(&lease.partition_value);
+    let mut listed = Vec::new();
+    for prefix in Group::prefixes(&lease.table, &segment, true) {
+        listed.extend(objects.list(&prefix).await?);
     }
     let mut deleted = Vec::new();
     for object in listed.iter().filter(|o| !referenced.contains(&o.path)) {

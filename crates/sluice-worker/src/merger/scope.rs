@@ -218,6 +218,7 @@ async fn merge_one(
     metrics::counter!(m::MERGES, &labels).increment(1);
     metrics::counter!(m::MERGE_INPUT_PARTS, &labels).increment(inputs.len() as u64);
     metrics::counter!(m::MERGE_BYTES_WRITTEN, &labels).increment(record.bytes);
+    crate::written::add(&table.name, 0, record.bytes);
     metrics::histogram!(m::MERGE_DURATION).record(started.elapsed().as_secs_f64());
     tracing::info!(table = %table.name, value = %lease.partition_value, level = plan.level, inputs = inputs.len(), rows = record.rows, bytes = record.bytes, reason = ?plan.reason, took_ms = started.elapsed().as_millis() as u64, path = %record.path, "merged");
     Ok(())
@@ -255,7 +256,11 @@ async fn swap(
                 ))
             }
         }
-        Err(e) => Err(format!("the swap was refused: {}", chain(&e))),
+        Err(e) => {
+            // Logged here too: if the session ended, nobody books the turn's failure.
+            tracing::warn!(table = %record.table, value = %record.partition_value, path = %record.path, error = %chain(&e), "the swap was refused; the merged object is collected by the scope's next merger");
+            Err(format!("the swap was refused: {}", chain(&e)))
+        }
     }
 }
 
