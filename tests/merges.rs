@@ -5,25 +5,17 @@
 //! scopes (and late events after it), and ingestion paused at a scope's hard part limit. Every
 //! test ends with the exactly-once check on every column.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use arrow::array::{ArrayRef, AsArray, Int64Array};
-use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sluice_coord::PartKind;
-use sluice_testkit::exactly_once::Objects;
-use sluice_testkit::fixture::day_of;
+use sluice_tests::aggregates::check_aggregates;
 use sluice_tests::fleet::{
     deployment, fleet_state, spawn, spawn_frozen, tail, wait_balanced, wait_caught_up, Worker,
 };
-use sluice_tests::merges::{merged_lines, Leftovers, Merged, ScopeWatch, Scopes};
-use sluice_tests::per_hour::{per_hour_groups, per_hour_view, PER_HOUR_TABLE};
+use sluice_tests::merges::{check_final_bound, merged_lines, Leftovers, ScopeWatch};
+use sluice_tests::per_hour::{per_hour_view, PER_HOUR_TABLE};
 use sluice_tests::{committed, wait_until, Prepared};
-use sluice_transform::hll::Sketch;
 
 const SETTLE: Duration = Duration::from_secs(60);
 const FAN_IN: u64 = 4;
@@ -76,156 +68,6 @@ async fn wait_for_log(worker: &Worker, what: &str) -> Result<()> {
     .with_context(|| tail(&worker.log_text(), 4000))
 }
 
-/// The totals of one (hour, country) group, merged from the partial states of every part.
-#[derive(Debug, Default)]
-struct Totals {
-    rows: usize,
-    events: i64,
-    sum: f64,
-    min: Option<f64>,
-    max: Option<f64>,
-    users: Sketch,
-}
-
-/// Reads every part of the aggregating table with `parquet` and merges its states per group:
-/// counts and sums added, minimums and maximums taken, sketches united. Each part must hold a
-/// group at most once, and only groups of its partition value (the hour's day). Returns the
-/// groups and how many parts were read.
-async fn merged_states(d: &Prepared) -> Result<(BTreeMap<(i64, String), Totals>, usize)> {
-    let registry = committed(&d.config, PER_HOUR_TABLE).await?;
-    let (store, root) = registry.storage.object_store();
-    let objects = Objects::new(store, root.clone());
-    let mut groups: BTreeMap<(i64, String), Totals> = BTreeMap::new();
-    let parts: Vec<_> = registry
-        .parts
-        .iter()
-        .filter(|p| p.kind == PartKind::Data)
-        .collect();
-    for part in &parts {
-        let bytes = objects.get(&part.path).await?;
-        let mut in_part = BTreeSet::new();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-            let b = batch?;
-            let col = |name: &str| {
-                b.column_by_name(name)
-                    .with_context(|| format!("{name} column"))
-            };
-            let hour = col("hour")?.as_primitive::<TimestampMillisecondType>();
-            let country = col("country")?.as_string::<i32>();
-            let events = col("events")?.as_primitive::<Int64Type>();
-            let sum = col("duration_ms")?.as_primitive::<Float64Type>();
-            let min = col("min_duration_ms")?.as_primitive::<Float64Type>();
-            let max = col("max_duration_ms")?.as_primitive::<Float64Type>();
-            let users = col("users")?.as_binary::<i32>();
-            for i in 0..b.num_rows() {
-                let key = (hour.value(i), country.value(i).to_string());
-                ensure!(
-                    in_part.insert(key.clone()),
-                    "part {} holds group {key:?} more than once",
-                    part.path
-                );
-                ensure!(
-                    day_of(key.0) == part.partition_value,
-                    "part {} (partition value {}) holds hour {}",
-                    part.path,
-                    part.partition_value,
-                    key.0
-                );
-                let g = groups.entry(key).or_default();
-                g.rows += 1;
-                g.events += events.value(i);
-                g.sum += sum.value(i);
-                g.min = Some(g.min.map_or(min.value(i), |m| m.min(min.value(i))));
-                g.max = Some(g.max.map_or(max.value(i), |m| m.max(max.value(i))));
-                g.users.merge(&Sketch::from_bytes(users.value(i))?);
-            }
-        }
-    }
-    Ok((groups, parts.len()))
-}
-
-/// The aggregating table's states, merged by the test, equal the totals of the produced events:
-/// counts, minimums and maximums exactly, sums exactly too (every duration is a multiple of 0.5
-/// far below 2^52, so every partial sum is exact in any order), and each group's united sketch
-/// equals the sketch of one pass over the group's user ids, register for register, hence the
-/// same estimate. Returns (groups, state rows, parts).
-async fn check_aggregates(d: &Prepared) -> Result<(usize, usize, usize)> {
-    let expected = per_hour_groups(&d.landing_rows());
-    let (actual, parts) = merged_states(d).await?;
-    ensure!(
-        actual.keys().eq(expected.keys()),
-        "{} groups in the table, {} expected",
-        actual.len(),
-        expected.len()
-    );
-    for (key, want) in &expected {
-        let got = &actual[key];
-        ensure!(
-            got.events == want.events
-                && got.sum == want.sum
-                && got.min == Some(want.min)
-                && got.max == Some(want.max),
-            "group {key:?}: {got:?}, expected {want:?}"
-        );
-        let mut one_pass = Sketch::default();
-        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(want.users.iter().copied()));
-        one_pass
-            .add_array(&ids)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        ensure!(
-            got.users == one_pass && got.users.estimate() == one_pass.estimate(),
-            "group {key:?}: the united sketch estimates {} users, one pass over its {} users {}",
-            got.users.estimate(),
-            want.users.len(),
-            one_pass.estimate()
-        );
-    }
-    let rows = actual.values().map(|g| g.rows).sum();
-    Ok((expected.len(), rows, parts))
-}
-
-/// Every scope of `table` ends as the level rule leaves it once merges have caught up. Each
-/// part of level k holds `fan_in^k` flushed parts, and every level below `max_rewrites` keeps
-/// fewer than `fan_in` parts, so the parts per level are the digits of the flushed count in base
-/// `fan_in` (the top level taking the rest): at most `(fan_in - 1) * max_rewrites` parts plus
-/// the flushed count over `fan_in^max_rewrites`. The flushed parts of a scope are its live parts
-/// plus what each logged merge removed (inputs - 1). Returns the largest scope's (live, bound).
-fn check_final_bound(table: &str, scopes: &Scopes, merges: &[Merged]) -> Result<(u64, u64)> {
-    let mut largest = (0, 0);
-    for s in scopes.of(table) {
-        let value = s["partition_value"].as_str().unwrap_or_default();
-        let live = s["live_parts"].as_u64().unwrap_or(0);
-        let removed: u64 = merges
-            .iter()
-            .filter(|m| m.table == table && m.value == value)
-            .map(|m| m.inputs - 1)
-            .sum();
-        let flushed = live + removed;
-        let top = flushed / FAN_IN.pow(MAX_REWRITES);
-        let bound = (FAN_IN - 1) * u64::from(MAX_REWRITES) + top;
-        let digits: BTreeMap<u32, u64> = (0..MAX_REWRITES)
-            .map(|k| (k, flushed / FAN_IN.pow(k) % FAN_IN))
-            .chain([(MAX_REWRITES, top)])
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let levels: BTreeMap<u32, u64> = s["levels"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, n)| Ok((k.parse()?, n.as_u64().unwrap_or(0))))
-            .collect::<Result<_>>()?;
-        println!(
-            "{table} {value:?}: {flushed} parts flushed, {live} live at the end, by level {levels:?}; bound {bound}"
-        );
-        ensure!(
-            levels == digits && live <= bound,
-            "{table} {value:?}: {live} live parts by level {levels:?}; once merges caught up, {flushed} flushed parts leave {digits:?} (at most {bound})"
-        );
-        largest = largest.max((live, bound));
-    }
-    Ok(largest)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn merges_bound_scopes_while_events_flow_and_aggregates_stay_exact() -> Result<()> {
     const PARTITIONS: i32 = 4;
@@ -271,7 +113,7 @@ async fn merges_bound_scopes_while_events_flow_and_aggregates_stay_exact() -> Re
             "{t}: {most} live parts in one scope (hard limit {HARD_PARTS})"
         );
     }
-    // At the end: within the level rule's bound ([`check_final_bound`]). The rule merges groups
+    // At the end: within the level rule's bound ([`sluice_tests::merges::check_final_bound`]). The rule merges groups
     // of exactly `fan_in` parts of one level, and it alone ran: merges kept up, so no scope came
     // near the urgency threshold (half the soft limit), past which merges mix levels.
     let other: Vec<_> = merges
@@ -286,7 +128,7 @@ async fn merges_bound_scopes_while_events_flow_and_aggregates_stay_exact() -> Re
     );
     let scopes = d.scopes().await?;
     for t in tables {
-        let (live, bound) = check_final_bound(t, &scopes, &merges)?;
+        let (live, bound) = check_final_bound(t, &scopes, &merges, FAN_IN, MAX_REWRITES)?;
         println!(
             "{t}: largest scope {live} live parts (bound {bound}); levels {:?}",
             scopes.levels(t)

@@ -15,6 +15,7 @@ use sluice_coord::PartRecord;
 use sluice_sink::Storage;
 use sluice_testkit::exactly_once::{self, Objects, Produced};
 
+pub mod aggregates;
 pub mod fleet;
 pub mod kafka;
 pub mod merges;

@@ -305,3 +305,51 @@ pub fn merged_lines(log: &str) -> Vec<Merged> {
         })
         .collect()
 }
+
+/// Every scope of `table` ends as the level rule leaves it once merges have caught up. Each
+/// part of level k holds `fan_in^k` flushed parts, and every level below `max_rewrites` keeps
+/// fewer than `fan_in` parts, so the parts per level are the digits of the flushed count in base
+/// `fan_in` (the top level taking the rest): at most `(fan_in - 1) * max_rewrites` parts plus
+/// the flushed count over `fan_in^max_rewrites`. The flushed parts of a scope are its live parts
+/// plus what each logged merge removed (inputs - 1). Returns the largest scope's (live, bound).
+pub fn check_final_bound(
+    table: &str,
+    scopes: &Scopes,
+    merges: &[Merged],
+    fan_in: u64,
+    max_rewrites: u32,
+) -> Result<(u64, u64)> {
+    let mut largest = (0, 0);
+    for s in scopes.of(table) {
+        let value = s["partition_value"].as_str().unwrap_or_default();
+        let live = s["live_parts"].as_u64().unwrap_or(0);
+        let removed: u64 = merges
+            .iter()
+            .filter(|m| m.table == table && m.value == value)
+            .map(|m| m.inputs - 1)
+            .sum();
+        let flushed = live + removed;
+        let top = flushed / fan_in.pow(max_rewrites);
+        let bound = (fan_in - 1) * u64::from(max_rewrites) + top;
+        let digits: BTreeMap<u32, u64> = (0..max_rewrites)
+            .map(|k| (k, flushed / fan_in.pow(k) % fan_in))
+            .chain([(max_rewrites, top)])
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let levels: BTreeMap<u32, u64> = s["levels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, n)| Ok((k.parse()?, n.as_u64().unwrap_or(0))))
+            .collect::<Result<_>>()?;
+        println!(
+            "{table} {value:?}: {flushed} parts flushed, {live} live at the end, by level {levels:?}; bound {bound}"
+        );
+        ensure!(
+            levels == digits && live <= bound,
+            "{table} {value:?}: {live} live parts by level {levels:?}; once merges caught up, {flushed} flushed parts leave {digits:?} (at most {bound})"
+        );
+        largest = largest.max((live, bound));
+    }
+    Ok(largest)
+}

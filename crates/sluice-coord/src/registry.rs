@@ -6,9 +6,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Whether a part holds table rows or quarantined events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PartKind {
+    #[default]
     Data,
     Quarantine,
 }
@@ -37,7 +40,7 @@ pub struct OffsetSpan {
 /// offsets, the unit's `lease_epoch`) and has level 0. A merged part combines parts of several
 /// partitions: its `topic` is empty, `partition` and the offsets are -1, `spans` say where its
 /// rows came from, and `lease_epoch` is the epoch of the merge lease it was made under.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRecord {
     pub table: String,
     pub kind: PartKind,

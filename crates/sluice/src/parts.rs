@@ -264,11 +264,8 @@ mod tests {
             definition_version: 1,
             lease_epoch: 1,
             created_at_ms: 1,
-            level: 0,
-            inputs: 0,
-            spans: Vec::new(),
-            checksum: String::new(),
             flushed_at_ms: 1,
+            ..PartRecord::default()
         }
     }
 

@@ -265,36 +265,12 @@ impl ZkCoordinator {
             .iter()
             .map(|p| format!("{dir}/{}", encode_segment(&p.name())))
             .collect();
-        let state_data = state_bytes(&state);
-        let size = multi_size(
-            [(dir.as_str(), state_data.len())]
-                .into_iter()
-                .chain(input_paths.iter().map(|p| (p.as_str(), 0)))
-                .chain([
-                    (output_path.as_str(), output_data.len()),
-                    (retired_path.as_str(), retired_data.len()),
-                ]),
-        );
-        if size > MAX_MULTI_BYTES {
-            return Err(CoordError::TooLarge {
-                what: format!("the swap of {} parts of {}", inputs.len(), lease.table),
-                bytes: size,
-                limit: MAX_MULTI_BYTES,
-            });
-        }
-        let mut multi = client.new_multi_writer();
-        multi
-            .add_set_data(&dir, &state_data, Some(token))
-            .map_err(|e| backend(&dir, e))?;
-        for path in &input_paths {
-            multi.add_delete(path, None).map_err(|e| backend(path, e))?;
-        }
-        multi
-            .add_create(&output_path, &output_data, &Self::persistent())
-            .map_err(|e| backend(&output_path, e))?;
-        multi
-            .add_create(&retired_path, &retired_data, &Self::persistent())
-            .map_err(|e| backend(&retired_path, e))?;
+        let creates = [
+            (output_path.as_str(), output_data.as_slice()),
+            (retired_path.as_str(), retired_data.as_slice()),
+        ];
+        let what = || format!("the swap of {} parts of {}", inputs.len(), lease.table);
+        let mut multi = fenced_multi(&client, &dir, token, &state, &input_paths, &creates, what)?;
         let result = multi.commit().await;
         self.finish_scope_write(lease, result, |i| {
             if i <= input_paths.len() {
@@ -325,7 +301,6 @@ impl ZkCoordinator {
         let client = self.client()?;
         let (dir, token, mut state) = self.fenced_scope(&client, lease).await?;
         state.sealed = Some(manifest.clone());
-        let state_data = state_bytes(&state);
         let part_paths: Vec<String> = parts
             .iter()
             .map(|p| format!("{dir}/{}", encode_segment(&p.name())))
@@ -344,31 +319,12 @@ impl ZkCoordinator {
             }
             None => None,
         };
-        let size = multi_size(
-            [(dir.as_str(), state_data.len())]
-                .into_iter()
-                .chain(part_paths.iter().map(|p| (p.as_str(), 0)))
-                .chain(retired_node.iter().map(|(p, d)| (p.as_str(), d.len()))),
-        );
-        if size > MAX_MULTI_BYTES {
-            return Err(CoordError::TooLarge {
-                what: format!("sealing {} parts of {}", parts.len(), lease.table),
-                bytes: size,
-                limit: MAX_MULTI_BYTES,
-            });
-        }
-        let mut multi = client.new_multi_writer();
-        multi
-            .add_set_data(&dir, &state_data, Some(token))
-            .map_err(|e| backend(&dir, e))?;
-        for path in &part_paths {
-            multi.add_delete(path, None).map_err(|e| backend(path, e))?;
-        }
-        if let Some((path, data)) = &retired_node {
-            multi
-                .add_create(path, data, &Self::persistent())
-                .map_err(|e| backend(path, e))?;
-        }
+        let creates: Vec<(&str, &[u8])> = retired_node
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+            .collect();
+        let what = || format!("sealing {} parts of {}", parts.len(), lease.table);
+        let mut multi = fenced_multi(&client, &dir, token, &state, &part_paths, &creates, what)?;
         let result = multi.commit().await;
         self.finish_scope_write(lease, result, |i| {
             if i <= part_paths.len() {
@@ -534,4 +490,45 @@ pub(super) fn decode_segment(segment: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A swap's or seal's multi-op: the scope's state written back at the fencing `token`
+/// (operation 0, so a lost lease fails it first), the records in `deletes` removed, `creates`
+/// made; refused as `TooLarge` before anything is sent when it exceeds the multi-op budget.
+fn fenced_multi<'c>(
+    client: &'c zk::Client,
+    dir: &str,
+    token: i32,
+    state: &ScopeState,
+    deletes: &[String],
+    creates: &[(&str, &[u8])],
+    what: impl FnOnce() -> String,
+) -> Result<zk::MultiWriter<'c>, CoordError> {
+    let state_data = state_bytes(state);
+    let size = multi_size(
+        [(dir, state_data.len())]
+            .into_iter()
+            .chain(deletes.iter().map(|p| (p.as_str(), 0)))
+            .chain(creates.iter().map(|(p, d)| (*p, d.len()))),
+    );
+    if size > MAX_MULTI_BYTES {
+        return Err(CoordError::TooLarge {
+            what: what(),
+            bytes: size,
+            limit: MAX_MULTI_BYTES,
+        });
+    }
+    let mut multi = client.new_multi_writer();
+    multi
+        .add_set_data(dir, &state_data, Some(token))
+        .map_err(|e| backend(dir, e))?;
+    for path in deletes {
+        multi.add_delete(path, None).map_err(|e| backend(path, e))?;
+    }
+    for (path, data) in creates {
+        multi
+            .add_create(path, data, &ZkCoordinator::persistent())
+            .map_err(|e| backend(path, e))?;
+    }
+    Ok(multi)
 }

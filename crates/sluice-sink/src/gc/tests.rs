@@ -247,11 +247,8 @@ async fn a_pass_deletes_only_what_no_lease_can_register() {
             definition_version: 1,
             lease_epoch: epoch,
             created_at_ms: 1,
-            level: 0,
-            inputs: 0,
-            spans: Vec::new(),
-            checksum: String::new(),
             flushed_at_ms: 1,
+            ..PartRecord::default()
         }
     };
     let put = |path: String| {
