@@ -75,27 +75,6 @@ async fn sorting_key_naming_a_missing_column_is_refused() -> Result<()> {
 }
 
 #[tokio::test]
-async fn unreachable_zookeeper_fails_fast() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let stack = Stack::from_env();
-    let started = std::time::Instant::now();
-    let err = refused(&edited(dir.path(), |t| {
-        t.replace(&format!("\"{}\"", stack.zk), "\"127.0.0.1:1\"")
-    })?)
-    .await?;
-    ensure!(
-        err.contains("cannot reach ZooKeeper at 127.0.0.1:1"),
-        "{err}"
-    );
-    ensure!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?} to give up",
-        started.elapsed()
-    );
-    Ok(())
-}
-
-#[tokio::test]
 async fn unreachable_broker_fails_fast() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let stack = Stack::from_env();

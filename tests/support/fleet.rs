@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sluice_coord::{assignment, Member, UnitId};
 
-use crate::{load_config, prepare, sluice_bin, wait_until, Prepared, StorageKind};
+use crate::{load_config, prepare_on, sluice_bin, wait_until, Prepared, Stack, StorageKind};
 
 /// A fresh deployment with `file://` storage and a `logs/` directory for its workers.
 pub async fn deployment(
@@ -19,10 +19,28 @@ pub async fn deployment(
     events: u64,
     max_rows: usize,
 ) -> Result<Prepared> {
-    let d = prepare(name, partitions, events, max_rows, |dir| {
-        StorageKind::File(dir.join("data"))
-    })
-    .await?;
+    deployment_on(
+        &Stack::from_env(),
+        name,
+        partitions,
+        events,
+        max_rows,
+        |dir| StorageKind::File(dir.join("data")),
+    )
+    .await
+}
+
+/// [`deployment`] with the config's ZooKeeper and S3 taken from `stack` (see [`prepare_on`]) and
+/// the storage `storage` picks, for tests that stop private servers under running workers.
+pub async fn deployment_on(
+    stack: &Stack,
+    name: &str,
+    partitions: i32,
+    events: u64,
+    max_rows: usize,
+    storage: impl FnOnce(&Path) -> StorageKind,
+) -> Result<Prepared> {
+    let d = prepare_on(stack, name, partitions, events, max_rows, storage).await?;
     std::fs::create_dir_all(d.dir.path().join("logs"))?;
     Ok(d)
 }

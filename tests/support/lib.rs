@@ -20,7 +20,9 @@ pub mod fleet;
 pub mod kafka;
 pub mod merges;
 pub mod per_hour;
+pub mod private;
 pub mod web;
+pub mod zk_proxy;
 
 pub use kafka::{create_topic, produce, produce_at, BrokerTopics};
 pub use sluice_testkit::fixture::{
@@ -339,7 +341,32 @@ pub async fn prepare(
     max_rows: usize,
     storage: impl FnOnce(&Path) -> StorageKind,
 ) -> Result<Prepared> {
-    let stack = Stack::from_env();
+    prepare_on(
+        &Stack::from_env(),
+        name,
+        partitions,
+        count,
+        max_rows,
+        storage,
+    )
+    .await
+}
+
+/// [`prepare`] with the config's ZooKeeper and S3 taken from `stack`: the shared stack with
+/// private servers in their place ([`Stack::with_zk`], [`Stack::with_s3`]), for tests that stop
+/// them. Kafka must stay the shared broker, where [`Prepared::produce_more`] produces.
+pub async fn prepare_on(
+    stack: &Stack,
+    name: &str,
+    partitions: i32,
+    count: u64,
+    max_rows: usize,
+    storage: impl FnOnce(&Path) -> StorageKind,
+) -> Result<Prepared> {
+    ensure!(
+        stack.kafka == Stack::from_env().kafka,
+        "a deployment's Kafka is the shared broker"
+    );
     let dir = tempfile::tempdir()?;
     let topic = unique(name);
     create_topic(&stack.kafka, &topic, partitions).await?;
@@ -348,7 +375,7 @@ pub async fn prepare(
     let storage = storage(dir.path());
     let config = write_config(
         dir.path(),
-        &stack,
+        stack,
         &topic,
         &zk_root(&topic),
         &storage,

@@ -72,3 +72,21 @@ pub enum SinkError {
         source: object_store::Error,
     },
 }
+
+impl SinkError {
+    /// A storage failure that will not go away by itself (credentials refused, the bucket or
+    /// root missing): retrying is still right, since an operator may fix it at any time, but
+    /// slowly and loudly. Everything else (connections refused or reset, timeouts, 5xx,
+    /// throttling, a full disk) is expected to pass.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Storage {
+                source: object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+}

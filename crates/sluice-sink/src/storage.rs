@@ -152,6 +152,16 @@ impl Storage {
         }
     }
 
+    /// Writes an object whole, once: for callers that retry themselves (the worker retries
+    /// uploads for as long as it owns what they hold).
+    pub async fn put_once(&self, rel: &str, bytes: Bytes) -> Result<(), SinkError> {
+        self.store
+            .put(&self.full(rel), PutPayload::from_bytes(bytes))
+            .await
+            .map(drop)
+            .map_err(|e| storage_err(rel, e))
+    }
+
     pub async fn get(&self, rel: &str) -> Result<Bytes, SinkError> {
         let path = self.full(rel);
         let result = self

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/metrics` | Prometheus text exposition of [`crate::metrics`] |
 //! | `/healthz` | 200 while the process serves requests (liveness) |
-//! | `/readyz` | 200 when the worker holds its session and every partition assigned to it, else 503; the body says which |
+//! | `/readyz` | 200 when the worker holds its session and every partition assigned to it and no dependency is unavailable, else 503; the body says which (an outage first, naming the service and for how long) |
 //! | `/` | the live dashboard (HTML and JavaScript compiled into the binary; no other request leaves the page) |
 //! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history, and the latest [`PartsReport`] (the fullest scopes of every table against the merge limits) |
 
@@ -25,6 +25,7 @@ use sluice_config::Config;
 use sluice_coord::Coordinator;
 use sluice_source::KafkaProbe;
 
+use crate::health::Health;
 use crate::lag::{fleet_report, FleetReport, OldestBuffered};
 use crate::metrics as m;
 use crate::parts::{parts_report, record_gauges, PartsReport};
@@ -94,6 +95,8 @@ pub struct Telemetry {
     oldest: Mutex<OldestBuffered>,
     /// Where [`serve`] bound.
     bound: std::sync::OnceLock<SocketAddr>,
+    /// The dependencies' outages, reported by the worker's retries.
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -111,7 +114,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Telemetry {
     /// Installs the metrics recorder (once per process) and sets up the shared state.
-    pub fn new(worker_id: &str, config: Arc<Config>) -> Result<Arc<Telemetry>, TelemetryError> {
+    pub fn new(
+        worker_id: &str,
+        config: Arc<Config>,
+        health: Arc<Health>,
+    ) -> Result<Arc<Telemetry>, TelemetryError> {
         let refresh = Duration::from_millis(config.telemetry.refresh_ms);
         let handle = m::install(refresh * 3)?;
         Ok(Arc::new(Telemetry {
@@ -129,6 +136,7 @@ impl Telemetry {
             quarantined_rows: AtomicU64::new(0),
             oldest: Mutex::new(OldestBuffered::new()),
             bound: std::sync::OnceLock::new(),
+            health,
         }))
     }
 
@@ -307,7 +315,8 @@ impl Telemetry {
             "lag_alert_s": self.config.telemetry.lag_alert_s,
             "refresh_ms": self.config.telemetry.refresh_ms,
             "readiness": self.readiness(),
-            "ready": self.readiness().is_ready(),
+            "ready": self.readiness().is_ready() && self.health.outages().is_empty(),
+            "outages": self.health.outages(),
             "report": self.latest(),
             "last_error": lock(&self.last_error).clone(),
             "parts": self.latest_parts(),
@@ -363,12 +372,17 @@ async fn metrics_text(State(t): State<Arc<Telemetry>>) -> Response {
 
 async fn readyz(State(t): State<Arc<Telemetry>>) -> Response {
     let r = t.readiness();
-    let status = if r.is_ready() {
+    let outages = t.health.outages();
+    let ready = r.is_ready() && outages.is_empty();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let why = if !r.session_up {
+    // An outage first: it is what keeps the worker from its work, whatever else follows from it.
+    let why = if let Some(o) = outages.first() {
+        o.to_string()
+    } else if !r.session_up {
         "not a fleet member: no coordination session (starting, or rejoining after losing it)"
             .to_string()
     } else if r.waiting > 0 {
@@ -381,7 +395,7 @@ async fn readyz(State(t): State<Arc<Telemetry>>) -> Response {
     };
     (
         status,
-        Json(serde_json::json!({"ready": r.is_ready(), "why": why, "readiness": r})),
+        Json(serde_json::json!({"ready": ready, "why": why, "readiness": r, "outages": outages})),
     )
         .into_response()
 }

@@ -7,6 +7,8 @@
 //!   needs no running worker: `sluice lag` and the dashboard share it.
 //! * [`parts`]: live part records per scope (a table's partition value) against the merge
 //!   limits, from the registry; the dashboard's "Parts per scope" panel.
+//! * [`health`]: which dependency (storage, ZooKeeper) is unavailable, since when, and why;
+//!   `/readyz` answers 503 naming it.
 //! * [`process`]: this process's CPU seconds and peak memory, for closing summaries and
 //!   benchmarks.
 //! * [`http`]: the worker's endpoint: `/metrics`, `/healthz`, `/readyz`, the dashboard at `/`
@@ -16,12 +18,14 @@
 //! `partition` of partitions the worker holds; per-table series carry `table` (and a fixed set
 //! of quarantine `reason` codes); nothing is labelled by offset, worker or event content.
 
+pub mod health;
 pub mod http;
 pub mod lag;
 pub mod metrics;
 pub mod parts;
 pub mod process;
 
+pub use health::{Dependency, Health, Outage};
 pub use http::{serve, Readiness, Telemetry};
 pub use lag::{fleet_report, FleetReport, OldestBuffered, TopicLag, UnitLag};
 pub use parts::{parts_report, PartsReport, ScopeParts, TableParts};

@@ -37,6 +37,10 @@
 //! | `sluice_retired_objects_deleted_total` | counter | table |
 //! | `sluice_ingest_paused_partitions` | gauge | |
 //! | `sluice_ingest_pauses_total` | counter | |
+//! | `sluice_dependency_unavailable_seconds` | gauge | dependency |
+//! | `sluice_dependency_outages_total` | counter | dependency |
+//! | `sluice_dependency_failures_total` | counter | dependency |
+//! | `sluice_dependency_unavailable_seconds_total` | counter | dependency |
 //!
 //! The registry gauges (`sluice_table_scope_parts_max`, `_part_records`, `_sealed_scopes`) are
 //! fleet-wide: every worker reads them from the registry (take the `max` over workers).
@@ -102,6 +106,10 @@ pub const TABLE_MERGE_BACKLOG: &str = "sluice_table_merge_backlog";
 pub const RETIRED_OBJECTS_DELETED: &str = "sluice_retired_objects_deleted_total";
 pub const INGEST_PAUSED_PARTITIONS: &str = "sluice_ingest_paused_partitions";
 pub const INGEST_PAUSES: &str = "sluice_ingest_pauses_total";
+pub const DEPENDENCY_UNAVAILABLE: &str = "sluice_dependency_unavailable_seconds";
+pub const DEPENDENCY_OUTAGES: &str = "sluice_dependency_outages_total";
+pub const DEPENDENCY_FAILURES: &str = "sluice_dependency_failures_total";
+pub const DEPENDENCY_UNAVAILABLE_SECONDS: &str = "sluice_dependency_unavailable_seconds_total";
 
 /// Every metric name, for tests and docs.
 pub const ALL: &[&str] = &[
@@ -139,6 +147,10 @@ pub const ALL: &[&str] = &[
     RETIRED_OBJECTS_DELETED,
     INGEST_PAUSED_PARTITIONS,
     INGEST_PAUSES,
+    DEPENDENCY_UNAVAILABLE,
+    DEPENDENCY_OUTAGES,
+    DEPENDENCY_FAILURES,
+    DEPENDENCY_UNAVAILABLE_SECONDS,
 ];
 
 /// Flush and commit latencies: from a few milliseconds (a small commit) to a minute (a large
@@ -258,6 +270,28 @@ fn describe() {
         "1 while the worker holds a coordination session and is a fleet member, else 0"
     );
     describe_merges();
+    describe_dependencies();
+}
+
+fn describe_dependencies() {
+    describe_gauge!(
+        DEPENDENCY_UNAVAILABLE,
+        Unit::Seconds,
+        "How long the dependency (storage, zookeeper) has been unavailable to this worker; 0 when it answers"
+    );
+    describe_counter!(
+        DEPENDENCY_OUTAGES,
+        "Outages of the dependency this worker saw (a first failure after success)"
+    );
+    describe_counter!(
+        DEPENDENCY_FAILURES,
+        "Failed requests to the dependency, each retry counted"
+    );
+    describe_counter!(
+        DEPENDENCY_UNAVAILABLE_SECONDS,
+        Unit::Seconds,
+        "Seconds the dependency was unavailable, added when each outage ends"
+    );
 }
 
 fn describe_merges() {

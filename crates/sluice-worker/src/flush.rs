@@ -14,20 +14,26 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::stream::{StreamExt, TryStreamExt};
+use futures::stream::StreamExt;
 use sluice_config::TableConfig;
 use sluice_coord::{Commit, CoordError, Coordinator, Lease, PartKind, UnitId};
 use sluice_decode::{Drained, QuarantineRow};
 use sluice_sink::{build_parts, EncodedPart, FlushSource, SinkError, Storage};
 use sluice_telemetry::metrics as m;
+use sluice_telemetry::Health;
 use sluice_transform::Views;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::retry::{chain, put_until_stored, Backoff};
 use crate::{Failpoints, WorkerError};
 
 /// Uploads in flight per flush.
 const UPLOAD_CONCURRENCY: usize = 8;
+/// After an ambiguous commit: the first wait before reading back or committing again.
+const AMBIGUOUS_FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+/// ... and the longest (the session's own timeout ends the loop if the coordinator stays away).
+const AMBIGUOUS_MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every flush task needs, shared.
 #[derive(Clone)]
@@ -37,6 +43,8 @@ pub(crate) struct FlushContext {
     pub(crate) failpoints: Failpoints,
     /// The views, if the configuration has any.
     pub(crate) views: Option<Arc<Views>>,
+    /// Told of storage failures and recoveries (`/readyz`, metrics).
+    pub(crate) health: Arc<Health>,
 }
 
 /// The flush tasks of a session; each ends with its unit's commit or the error that stopped it.
@@ -84,7 +92,7 @@ pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, Wo
         .map(|(_, d)| d.quarantine.len() as u64)
         .sum();
     let encoded = encode(&ctx, &flush.source, flush.drained).await?;
-    upload(&ctx.storage, &encoded.parts).await?;
+    upload(&ctx, &encoded.parts).await;
     ctx.failpoints.hit("after_upload");
     ctx.failpoints.hit("before_commit");
     let commit = Commit {
@@ -172,23 +180,24 @@ impl Encoded {
     }
 }
 
-/// Uploads the parts, several at a time. Their names are deterministic, so a retried flush
-/// rewrites the same objects.
-async fn upload(storage: &Storage, parts: &[EncodedPart]) -> Result<(), WorkerError> {
+/// Uploads the parts, several at a time, each retried until it is stored (see
+/// [`crate::retry`]): a storage outage holds the flush here, uncommitted, for as long as it
+/// lasts. Their names are deterministic, so a retried upload rewrites the same object.
+async fn upload(ctx: &FlushContext, parts: &[EncodedPart]) {
     // Collected first: a stream over a borrowing closure is not `Send` enough for a task.
     let uploads: Vec<_> = parts
         .iter()
-        .map(|p| storage.put(&p.record.path, p.bytes.clone()))
+        .map(|p| put_until_stored(&ctx.health, &ctx.storage, &p.record.path, p.bytes.clone()))
         .collect();
     futures::stream::iter(uploads)
         .buffer_unordered(UPLOAD_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Commits after the unit's previous flush committed, under the unit's lease. A commit whose
-/// reply was lost is resolved by reading the committed offset back.
+/// reply was lost is resolved by reading the committed offset back: done if it moved, committed
+/// again if it did not (the lease still fences it), so no rejoin follows a dropped connection.
 async fn commit_in_order(
     coord: &dyn Coordinator,
     lease: &Lease,
@@ -204,21 +213,55 @@ async fn commit_in_order(
                 first_offset: source.first_offset,
             })?;
     }
-    let commit_started = Instant::now();
-    let outcome = coord.commit(lease, commit).await;
-    metrics::histogram!(m::COMMIT_DURATION).record(commit_started.elapsed().as_secs_f64());
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(CoordError::Ambiguous { .. }) => match coord.committed_offset(&lease.unit).await {
-            Ok(Some(o)) if o == commit.next_offset => Ok(()),
-            Ok(committed) => Err(WorkerError::NotCommitted {
-                unit: lease.unit.clone(),
-                first_offset: source.first_offset,
-                committed,
-            }),
-            Err(e) => Err(refused(lease, e, source)),
-        },
-        Err(e) => Err(refused(lease, e, source)),
+    let mut backoff = Backoff::new(AMBIGUOUS_FIRST_RETRY, AMBIGUOUS_MAX_RETRY);
+    loop {
+        let commit_started = Instant::now();
+        let outcome = coord.commit(lease, commit).await;
+        metrics::histogram!(m::COMMIT_DURATION).record(commit_started.elapsed().as_secs_f64());
+        let why = match outcome {
+            Ok(()) => return Ok(()),
+            Err(CoordError::Ambiguous { source, .. }) => source,
+            Err(e) => return Err(refused(lease, e, source)),
+        };
+        // The reply was lost (the connection dropped while the session lives on): what is
+        // committed says whether the commit happened. Only this lease's holder moves the
+        // offset, so the offset read back is either this commit's or the one before it.
+        match read_back(coord, lease, &mut backoff).await {
+            Ok(Some(o)) if o == commit.next_offset => {
+                tracing::info!(unit = %lease.unit, next_offset = o, "the commit whose reply was lost had succeeded");
+                return Ok(());
+            }
+            Ok(committed) if committed.is_none_or(|c| c < commit.next_offset) => {
+                tracing::warn!(unit = %lease.unit, committed = ?committed, error = %chain(&*why), "the commit whose reply was lost did not happen; committing again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Ok(committed) => {
+                return Err(WorkerError::NotCommitted {
+                    unit: lease.unit.clone(),
+                    first_offset: source.first_offset,
+                    committed,
+                })
+            }
+            Err(e) => return Err(refused(lease, e, source)),
+        }
+    }
+}
+
+/// Reads the committed offset back after an ambiguous commit, retrying while the coordinator
+/// cannot answer but the session lives (a reconnect within the session timeout).
+async fn read_back(
+    coord: &dyn Coordinator,
+    lease: &Lease,
+    backoff: &mut Backoff,
+) -> Result<Option<i64>, CoordError> {
+    loop {
+        match coord.committed_offset(&lease.unit).await {
+            Err(CoordError::Backend { path, source }) => {
+                tracing::warn!(unit = %lease.unit, path, error = %chain(&*source), "cannot read the committed offset back yet; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            other => return other,
+        }
     }
 }
 

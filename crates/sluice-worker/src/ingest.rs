@@ -96,18 +96,32 @@ impl Ingest {
             .set_buffered(self.owned.iter().map(OwnedUnit::bytes).sum());
     }
 
-    /// Decodes a batch into the buffers of its units, flushing whatever a policy says is due.
-    pub(crate) async fn consume(&mut self, batch: &SourceBatch) -> Result<(), WorkerError> {
-        for m in batch.iter() {
+    /// Decodes a batch, from its message `from` on, into the buffers of its units, flushing
+    /// whatever a policy says is due. Never waits: when a unit is full and no flush slot is
+    /// free, or the memory budget is full of flushes in flight, it stops and returns the index
+    /// of the first message it did not take, for the session to resume from once a flush has
+    /// finished. A session must stay free to notice shutdown, membership changes and the end of
+    /// its session while its flushes wait for storage.
+    pub(crate) fn consume(
+        &mut self,
+        batch: &SourceBatch,
+        from: usize,
+    ) -> Result<Option<usize>, WorkerError> {
+        let mut stopped = None;
+        for (k, m) in batch.iter().enumerate().skip(from) {
             let Some(u) = self.unit_of(m.topic, m.partition) else {
                 continue;
             };
-            let unit = &mut self.owned[u];
-            if !unit.wants(&m) {
+            if !self.owned[u].wants(&m) {
                 continue;
+            }
+            if (self.owned[u].over_size_limits() && !self.try_flush_unit(u)?) || self.must_wait() {
+                stopped = Some(k);
+                break;
             }
             self.counts.events += 1;
             self.counts.event_bytes += m.payload.map_or(0, |p| p.len() as u64);
+            let unit = &mut self.owned[u];
             let before = unit.bytes();
             unit.push(&m);
             self.budget.add_buffered(unit.bytes() - before);
@@ -117,31 +131,39 @@ impl Ingest {
                 tracing::debug!(unit = %unit.id, position = ?unit.position, "read up to the end this run was asked to reach");
             }
             if unit.reached_end() || unit.over_size_limits() {
-                self.flush_unit(u).await?;
+                self.try_flush_unit(u)?;
             }
-            self.relieve_memory().await?;
+            self.relieve_memory()?;
         }
         for u in &mut self.owned {
             u.record_consumed();
         }
-        Ok(())
+        Ok(stopped)
     }
 
-    /// Memory pressure: writes out the largest buffers, and waits for flushes in flight (their
-    /// data is still in memory), until under budget.
-    async fn relieve_memory(&mut self) -> Result<(), WorkerError> {
-        while self.budget.is_exceeded() {
+    /// Memory pressure: writes out the largest buffers while flushes in flight leave room for
+    /// another. What flushes in flight hold is freed only by their commits: until then the
+    /// session stops reading ([`Ingest::must_wait`]), which is back-pressure on Kafka.
+    fn relieve_memory(&mut self) -> Result<(), WorkerError> {
+        while self.budget.is_exceeded() && self.budget.room_for_another_flush() {
             let largest = (0..self.owned.len()).max_by_key(|&i| self.owned[i].bytes());
             match largest {
-                Some(i) if self.owned[i].bytes() > 0 && self.budget.room_for_another_flush() => {
+                Some(i) if self.owned[i].bytes() > 0 => {
                     tracing::debug!(unit = %self.owned[i].id, bytes = self.owned[i].bytes(), "memory budget reached; flushing the largest buffer");
-                    self.flush_unit(i).await?;
+                    if !self.try_flush_unit(i)? {
+                        break;
+                    }
                 }
-                _ if !self.flushes.is_empty() => self.wait_for_a_flush().await?,
                 _ => break,
             }
         }
         Ok(())
+    }
+
+    /// Whether the session must stop reading: the budget is exceeded and flushes in flight will
+    /// free memory as they commit (however long storage takes to accept them).
+    pub(crate) fn must_wait(&self) -> bool {
+        self.budget.is_exceeded() && !self.flushes.is_empty()
     }
 
     /// The index in `owned` of a message's unit; consecutive messages mostly share one.
@@ -157,30 +179,50 @@ impl Ingest {
     }
 
     /// Starts a flush of one unit's buffers, first waiting for a slot if too many are in
-    /// flight.
+    /// flight (handover and draining, which wait for the commit anyway).
     pub(crate) async fn flush_unit(&mut self, i: usize) -> Result<(), WorkerError> {
-        if self.owned[i].buffered.is_none() {
-            return Ok(());
-        }
-        while self.flushes.len() >= self.max_flushes {
+        while self.owned[i].buffered.is_some() && self.flushes.len() >= self.max_flushes {
             self.wait_for_a_flush().await?;
+        }
+        self.try_flush_unit(i).map(drop)
+    }
+
+    /// Starts a flush of one unit's buffers if a slot is free; whether one started.
+    fn try_flush_unit(&mut self, i: usize) -> Result<bool, WorkerError> {
+        if self.owned[i].buffered.is_none() || self.flushes.len() >= self.max_flushes {
+            return Ok(false);
         }
         let taken = self.owned[i].bytes();
         let charge = self.budget.start_flush(taken);
         self.owned[i].start_flush(&self.ctx, &mut self.flushes, charge)?;
         tracing::debug!(unit = %self.owned[i].id, bytes = taken, in_flight = self.flushes.len(), "flush started");
-        Ok(())
+        Ok(true)
     }
 
-    /// Starts a flush of every unit whose oldest buffered event is older than its table allows.
-    pub(crate) async fn flush_aged(&mut self) -> Result<(), WorkerError> {
-        let now = Instant::now();
+    /// Starts a flush of every unit with something buffered, while slots are free.
+    pub(crate) fn flush_all(&mut self) -> Result<(), WorkerError> {
         for i in 0..self.owned.len() {
-            if self.owned[i].buffered.is_some() && self.owned[i].over_age_limit(now) {
-                self.flush_unit(i).await?;
+            if self.owned[i].buffered.is_some() && !self.try_flush_unit(i)? {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Starts the flushes a policy asks for (the buffer's size or age, the end reached, the
+    /// memory budget) while slots are free: on every tick and whenever a flush finishes.
+    pub(crate) fn flush_due(&mut self) -> Result<(), WorkerError> {
+        let now = Instant::now();
+        for i in 0..self.owned.len() {
+            let u = &self.owned[i];
+            if u.buffered.is_some()
+                && (u.reached_end() || u.over_size_limits() || u.over_age_limit(now))
+                && !self.try_flush_unit(i)?
+            {
+                break;
+            }
+        }
+        self.relieve_memory()
     }
 
     /// Resolves with the next flush task to finish; pending while none runs.

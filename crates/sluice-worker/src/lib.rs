@@ -46,6 +46,8 @@ mod flush;
 mod ingest;
 mod merger;
 mod rebalance;
+mod rejoin;
+mod retry;
 mod session;
 mod stop_at_end;
 #[cfg(test)]
@@ -54,7 +56,7 @@ mod unit;
 mod written;
 
 pub use failpoint::Failpoints;
-pub use sluice_telemetry::Telemetry;
+pub use sluice_telemetry::{Health, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -122,13 +124,6 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "sluice".to_string())
 }
-
-/// After an error, how long to wait for the client to report that its session has ended.
-const SESSION_END_GRACE: Duration = Duration::from_secs(2);
-/// A session that lasted this long before failing was not a persistent failure.
-const STABLE_SESSION: Duration = Duration::from_secs(30);
-/// How many sessions in a row may fail sooner than [`STABLE_SESSION`] before the worker stops.
-const MAX_QUICK_REJOINS: u32 = 5;
 
 /// How a run behaves beyond its config.
 #[derive(Debug, Clone)]
@@ -234,11 +229,19 @@ pub async fn run_with(
     if !services.views.is_empty() {
         tracing::info!(views = ?services.views, "views planned");
     }
-    let telemetry = start_telemetry(&config, &options).await?;
+    let health = Arc::new(Health::new());
+    let telemetry = start_telemetry(&config, &options, &health).await?;
     let sampler = telemetry
         .as_ref()
         .map(|t| tokio::spawn(Arc::clone(t).run_sampler()));
-    let outcome = run_sessions(&config, &options, &services, telemetry, &mut shutdown).await;
+    let outcome = rejoin::run_sessions(
+        &config,
+        &options,
+        &services,
+        rejoin::Observers { telemetry, health },
+        &mut shutdown,
+    )
+    .await;
     if let Some(s) = sampler {
         s.abort();
     }
@@ -251,91 +254,14 @@ pub async fn run_with(
 async fn start_telemetry(
     config: &Arc<Config>,
     options: &RunOptions,
+    health: &Arc<Health>,
 ) -> Result<Option<Arc<Telemetry>>, WorkerError> {
     if !config.telemetry.enabled {
         return Ok(None);
     }
-    let telemetry = Telemetry::new(&options.worker_id, Arc::clone(config))?;
+    let telemetry = Telemetry::new(&options.worker_id, Arc::clone(config), Arc::clone(health))?;
     let bound = sluice_telemetry::serve(Arc::clone(&telemetry)).await?;
     let url = format!("http://{bound}");
     tracing::info!(address = %bound, dashboard = %format!("{url}/"), metrics = %format!("{url}/metrics"), "serving the dashboard, metrics and health endpoints");
     Ok(Some(telemetry))
-}
-
-async fn run_sessions(
-    config: &Arc<Config>,
-    options: &RunOptions,
-    services: &Services,
-    telemetry: Option<Arc<Telemetry>>,
-    shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
-) -> Result<RunSummary, WorkerError> {
-    let mut summary = RunSummary::default();
-    let mut quick_failures = 0u32;
-    loop {
-        let session_started = Instant::now();
-        let coord = (services.coordination)().await?;
-        let outcome = session::Session::new(
-            config,
-            Arc::clone(&coord),
-            services,
-            options,
-            &mut summary,
-            telemetry.clone(),
-        )
-        .run(shutdown)
-        .await;
-        if let Some(t) = &telemetry {
-            // The session's buffers are gone with it.
-            t.set_coordinator(None);
-            t.set_oldest_buffered(Default::default());
-        }
-        // Rejoin after a lost session, and after any coordination error: a new session starts
-        // from what is committed, so it is always safe. Any error once the session is gone
-        // counts too, whatever the request that noticed it first said (after a pause, a request
-        // sent on the dead connection times out before the client learns the session expired).
-        let rejoin = match &outcome {
-            Ok(()) => false,
-            Err(e) => {
-                e.calls_for_rejoin()
-                    || tokio::time::timeout(SESSION_END_GRACE, coord.session_ended())
-                        .await
-                        .is_ok()
-            }
-        };
-        // Ending the session frees any lease left at once, instead of after the session timeout.
-        let _ = coord.close().await;
-        drop(coord);
-        let e = match outcome {
-            Ok(()) => break,
-            Err(e) if rejoin => e,
-            Err(e) => return Err(e),
-        };
-        // A session that fails again soon after starting is a persistent problem (corrupt
-        // coordination data, say), not a lost session: give up after a few in a row.
-        quick_failures = if session_started.elapsed() < STABLE_SESSION {
-            quick_failures + 1
-        } else {
-            1
-        };
-        if quick_failures > MAX_QUICK_REJOINS {
-            tracing::error!(
-                error = &e as &dyn std::error::Error,
-                "coordination keeps failing right after rejoining; stopping"
-            );
-            return Err(e);
-        }
-        summary.rejoins += 1;
-        metrics::counter!(sluice_telemetry::metrics::SESSION_REJOINS).increment(1);
-        tracing::warn!(
-            error = &e as &dyn std::error::Error,
-            rejoins = summary.rejoins,
-            "lost ownership; rejoining the fleet with a new session"
-        );
-        let backoff = Duration::from_millis(200 * (1 << quick_failures.min(5)));
-        tokio::select! {
-            () = &mut *shutdown => break,
-            () = tokio::time::sleep(backoff) => {}
-        }
-    }
-    Ok(summary)
 }

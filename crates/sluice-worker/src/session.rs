@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use sluice_config::{Config, TableConfig};
 use sluice_coord::{Coordinator, UnitId};
 use sluice_source::{Assignment, Reader, SourceBatch, SourceError};
-use sluice_telemetry::{Readiness, Telemetry};
+use sluice_telemetry::{Health, Readiness, Telemetry};
 
 use crate::flush::FlushContext;
 use crate::ingest::Ingest;
@@ -46,6 +46,9 @@ pub(crate) struct Session<'a> {
     /// With `stop_at_end`: the ends to reach.
     pub(crate) ends: Option<Ends>,
     pub(crate) reader: Option<Box<dyn Reader>>,
+    /// A batch the ingest path stopped in (a full unit waiting for a flush slot, or the memory
+    /// budget full of flushes in flight), and the first message it did not take.
+    pending: Option<(SourceBatch, usize)>,
     /// Merges of the scopes this worker merges, and back-pressure.
     merger: Merger,
     /// Topics not read because a table they feed has a scope at its hard part limit.
@@ -62,6 +65,7 @@ impl<'a> Session<'a> {
         options: &'a RunOptions,
         summary: &'a mut RunSummary,
         telemetry: Option<Arc<Telemetry>>,
+        health: Arc<Health>,
     ) -> Self {
         let mut tables_by_topic: HashMap<String, Vec<Arc<TableConfig>>> = HashMap::new();
         for t in &config.tables {
@@ -90,6 +94,7 @@ impl<'a> Session<'a> {
             // Shared by every session: a failpoint's count runs across rejoins.
             failpoints: options.failpoints.clone(),
             views: (!services.views.is_empty()).then(|| Arc::clone(&services.views)),
+            health,
         };
         Session {
             config,
@@ -103,6 +108,7 @@ impl<'a> Session<'a> {
             telemetry,
             tables_by_topic,
             reader: None,
+            pending: None,
             merger,
             paused_topics: BTreeSet::new(),
             garbage_collected: 0,
@@ -187,10 +193,15 @@ impl<'a> Session<'a> {
                 Some(_unit) = futures::StreamExt::next(&mut lease_changed) => {
                     lease_changed = self.rebalance().await?;
                 }
-                done = self.ingest.next_finished() => self.ingest.complete(done)?,
+                done = self.ingest.next_finished() => {
+                    self.ingest.complete(done)?;
+                    self.ingest.flush_due()?;
+                    self.resume_pending()?;
+                }
                 done = self.merger.next_finished() => self.merger.complete(done, &mut self.ingest)?,
                 _ = tick.tick() => {
-                    self.ingest.flush_aged().await?;
+                    self.ingest.flush_due()?;
+                    self.resume_pending()?;
                     self.check_merges().await?;
                     self.fleet.check_waiting(self.config.worker.lease_wait_ms, self.options.stop_at_end)?;
                     self.report(true);
@@ -206,13 +217,27 @@ impl<'a> Session<'a> {
                     }
                 }
                 // After the tick: during a backlog a batch is always ready, and the tick's
-                // work (age flushes, merges and their back-pressure) must not starve.
-                batch = next_batch(&mut self.reader) => {
+                // work (age flushes, merges and their back-pressure) must not starve. Not while
+                // the memory budget is full of flushes in flight (storage slow or down): the
+                // reader waits, the loop goes on serving everything else.
+                batch = next_batch(&mut self.reader), if self.pending.is_none() && !self.ingest.must_wait() => {
                     let batch = batch.ok_or(WorkerError::SourceStopped)??;
-                    self.ingest.consume(&batch).await?;
+                    if let Some(next) = self.ingest.consume(&batch, 0)? {
+                        self.pending = Some((batch, next));
+                    }
                 }
             }
         }
+    }
+
+    /// Goes on with the batch the ingest path stopped in, if it can take more now.
+    fn resume_pending(&mut self) -> Result<(), WorkerError> {
+        if let Some((batch, from)) = self.pending.take() {
+            if let Some(next) = self.ingest.consume(&batch, from)? {
+                self.pending = Some((batch, next));
+            }
+        }
+        Ok(())
     }
 
     /// Runs the merge check when due, and pauses or resumes the topics feeding tables at their
@@ -279,6 +304,7 @@ impl<'a> Session<'a> {
 
     /// Refreshes readiness and the worker-level gauges.
     pub(crate) fn report(&self, session_up: bool) {
+        self.ingest.ctx().health.record_gauges();
         let Some(t) = &self.telemetry else { return };
         t.update(
             Readiness {
@@ -308,6 +334,8 @@ impl<'a> Session<'a> {
         if let Some(reader) = self.reader.take() {
             reader.stop().await;
         }
+        // What it had not taken is read again from the units' positions.
+        self.pending = None;
         self.ingest.reindex();
         let paused = self
             .ingest
@@ -342,6 +370,7 @@ impl<'a> Session<'a> {
         if let Some(reader) = self.reader.take() {
             reader.stop().await;
         }
+        self.pending = None;
         self.report(false);
         if let Err(e) = self.coord.leave(&self.fleet.me.id).await {
             tracing::warn!(
@@ -354,18 +383,23 @@ impl<'a> Session<'a> {
         // Merges in progress finish first (they hold no lease ingestion needs), within the
         // deadline.
         self.merger.stop(deadline / 2).await;
-        // Everything buffered starts flushing at once; units are then released one by one as
-        // their flushes commit, so each moves to its next owner as early as it can.
-        for i in 0..self.ingest.owned.len() {
-            if let Err(e) = self.ingest.flush_unit(i).await {
-                tracing::warn!(error = &e as &dyn std::error::Error, "cannot commit while draining; the next owners re-read from the committed offsets");
-                break;
-            }
+        // Everything buffered starts flushing at once (as far as slots allow); units are then
+        // released one by one as their flushes commit, so each moves to its next owner as early
+        // as it can. Storage that does not accept uploads holds nothing past the deadline.
+        if let Err(e) = self.ingest.flush_all() {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot commit while draining; the next owners re-read from the committed offsets"
+            );
         }
         for i in 0..self.ingest.owned.len() {
             let left = deadline.saturating_sub(started.elapsed());
             let unit = self.ingest.owned[i].id.clone();
-            match tokio::time::timeout(left, self.ingest.settle(Some(i))).await {
+            let commit = async {
+                self.ingest.flush_unit(i).await?;
+                self.ingest.settle(Some(i)).await
+            };
+            match tokio::time::timeout(left, commit).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(unit = %unit, error = &e as &dyn std::error::Error, "cannot commit while draining; the next owner re-reads from the committed offset");

@@ -247,7 +247,21 @@ impl Coordinator for ZkCoordinator {
         let client = self.client()?;
         let path = format!("{}/offset", self.unit_dir(unit));
         match client.get_data(&path).await {
-            Ok((data, _)) => Self::parse_i64(&path, &data),
+            Ok((data, stat)) => {
+                // After a commit whose reply was lost the cached version is behind the one this
+                // lease holder wrote; reading the offset back is how the holder learns it, so
+                // it can commit on. Versions only grow, and a concurrent reader may have read an
+                // older one: keep the newest.
+                if let Some(v) = self
+                    .offset_versions
+                    .lock()
+                    .expect("offset lock poisoned")
+                    .get_mut(unit)
+                {
+                    *v = (*v).max(stat.version);
+                }
+                Self::parse_i64(&path, &data)
+            }
             Err(zk::Error::NoNode) => Ok(None),
             Err(e) => Err(backend(&path, e)),
         }

@@ -16,6 +16,7 @@ use sluice_sink::{collect_merge_orphans, path_segment, read_manifest, write_mani
 use sluice_telemetry::metrics as m;
 
 use super::MergeCtx;
+use crate::retry::chain;
 
 /// Merges run under one lease before the scope is given up for others to get a turn.
 const MERGES_PER_TURN: usize = 8;
@@ -376,18 +377,6 @@ fn merged_spans(inputs: &[PartRecord]) -> Vec<OffsetSpan> {
             },
         )
         .collect()
-}
-
-/// An error and its causes, for a log line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 pub(crate) fn now_ms() -> i64 {

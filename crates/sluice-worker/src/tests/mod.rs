@@ -424,6 +424,7 @@ async fn a_commit_under_a_stale_lease_is_refused_and_changes_nothing() -> Result
         storage: services.storage.clone(),
         failpoints: Failpoints::default(),
         views: None,
+        health: Arc::new(sluice_telemetry::Health::new()),
     };
     let mut owned = crate::unit::OwnedUnit::new(
         stale,
