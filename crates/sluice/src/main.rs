@@ -36,7 +36,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a worker: take the leases of the configured topics' partitions and ingest them.
+    /// Run a worker: take the leases of the configured topics' partitions and ingest them,
+    /// until SIGTERM or SIGINT (it then drains and commits within worker.shutdown_deadline_ms).
+    /// Outages of storage or ZooKeeper are waited out, not exits: /readyz says what it waits for.
     Run(run::RunArgs),
     /// Validate a configuration file (views planned against their source tables) and report
     /// what it defines; with --connect, also reach ZooKeeper, Kafka and storage.
