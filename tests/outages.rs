@@ -328,3 +328,45 @@ async fn a_worker_started_while_zookeeper_is_unreachable_waits_not_ready() -> Re
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_restarts_within_the_session_timeout_cost_no_rejoin() -> Result<()> {
+    const BOUNCES: usize = 3;
+    let mut zk = PrivateZk::launch().await?;
+    let stack = Stack::from_env().with_zk(&zk);
+    let mut d = deployment_on(&stack, "zk_bounce", 4, 2_000, 200, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
+    // Merge checks list the registry every 100 ms, so that requests other than commits are in
+    // flight when the connection drops too.
+    d.edit_config(|t| t + "\n[merge]\ncheck_interval_ms = 100\n")?;
+    let mut workers = vec![spawn(&d, "w1")?, spawn(&d, "w2")?];
+    let addrs = endpoints(&workers).await?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+    wait_ready_state(&addrs, 200, "holding every assigned partition").await?;
+    for bounce in 0..BOUNCES {
+        let before = offsets(&d).await?;
+        d.produce_more(2_000).await?;
+        // Down and up again within the 4 s session timeout (a server restart, a leader
+        // election): the sessions survive on the server and the clients reconnect to them.
+        zk.stop().await?;
+        let down = Instant::now();
+        zk.start().await?;
+        let down = down.elapsed();
+        let (first_commit, lag_zero) = recovery(&d, &before).await?;
+        println!(
+            "zookeeper restart {bounce} took {down:.1?}: first commit {first_commit:.1} s, lag 0 {lag_zero:.1} s after it returned"
+        );
+    }
+    ensure_running(&mut workers)?;
+    for w in workers {
+        let log = w.terminate(Duration::from_secs(60)).await?;
+        ensure!(
+            !log.contains("rejoining"),
+            "a restart within the session timeout made a worker rejoin:\n{}",
+            tail(&log, 4000)
+        );
+    }
+    d.verify().await
+}

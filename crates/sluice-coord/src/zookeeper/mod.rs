@@ -37,7 +37,7 @@ use crate::{
 mod nodes;
 mod scopes;
 
-use nodes::{backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
+use nodes::{again, backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
 
 /// Coordinator over a ZooKeeper ensemble. One session per instance.
 pub struct ZkCoordinator {
@@ -246,7 +246,7 @@ impl Coordinator for ZkCoordinator {
     async fn committed_offset(&self, unit: &UnitId) -> Result<Option<i64>, CoordError> {
         let client = self.client()?;
         let path = format!("{}/offset", self.unit_dir(unit));
-        match client.get_data(&path).await {
+        match again(|| client.get_data(&path)).await {
             Ok((data, stat)) => {
                 // After a commit whose reply was lost the cached version is behind the one this
                 // lease holder wrote; reading the offset back is how the holder learns it, so
@@ -492,14 +492,13 @@ impl Coordinator for ZkCoordinator {
         let client = self.client()?;
         let dir = format!("{}/members", self.root);
         self.ensure_dir(&client, &dir).await?;
-        let (children, _, watcher) = client
-            .get_and_watch_children(&dir)
+        let (children, _, watcher) = again(|| client.get_and_watch_children(&dir))
             .await
             .map_err(|e| backend(&dir, e))?;
         let mut members = Vec::with_capacity(children.len());
         for child in children {
             let path = format!("{dir}/{child}");
-            match client.get_data(&path).await {
+            match again(|| client.get_data(&path)).await {
                 Ok((data, _)) => {
                     members.push(serde_json::from_slice::<Member>(&data).map_err(|e| {
                         CoordError::Corrupt {
@@ -525,8 +524,7 @@ impl Coordinator for ZkCoordinator {
     async fn watch_lease(&self, unit: &UnitId) -> Result<(Option<String>, Signal), CoordError> {
         let client = self.client()?;
         let path = format!("{}/lease", self.unit_dir(unit));
-        let (stat, watcher) = client
-            .check_and_watch_stat(&path)
+        let (stat, watcher) = again(|| client.check_and_watch_stat(&path))
             .await
             .map_err(|e| backend(&path, e))?;
         let holder = match stat {

@@ -27,6 +27,37 @@ pub(super) struct LeaseData {
     pub(super) epoch: u64,
 }
 
+/// How long a read waits for a lost connection to come back: the client reconnects to its
+/// session within the session timeout, or learns that it expired and the read fails with that.
+const RECONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks `request`, a read (or anything the same when asked twice), again while the connection
+/// is lost and the session lives: a ZooKeeper server restarting or a leader election within the
+/// session timeout costs a short wait, not the session.
+pub(super) async fn again<T, Fut>(mut request: impl FnMut() -> Fut) -> Result<T, zk::Error>
+where
+    Fut: std::future::Future<Output = Result<T, zk::Error>>,
+{
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match request().await {
+            // The connection dropped (or was reset under the request, which the client reports
+            // as the I/O error), the request timed out or was throttled: ask again.
+            Err(
+                zk::Error::ConnectionLoss
+                | zk::Error::Custom(_)
+                | zk::Error::Timeout
+                | zk::Error::Throttled,
+            ) if started.elapsed() < RECONNECT_PATIENCE => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub(super) fn backend(path: &str, e: zk::Error) -> CoordError {
     match e {
         zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
@@ -92,7 +123,9 @@ impl ZkCoordinator {
         path: &str,
         data: &[u8],
     ) -> Result<(), CoordError> {
-        match client.create(path, data, &Self::persistent()).await {
+        // Asked again after a lost connection: if the first one was applied, this one finds the
+        // node, which is what was wanted.
+        match again(|| client.create(path, data, &Self::persistent())).await {
             Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
             Err(e) => Err(backend(path, e)),
         }
@@ -102,7 +135,7 @@ impl ZkCoordinator {
         client: &zk::Client,
         path: &str,
     ) -> Result<Option<LeaseData>, CoordError> {
-        match client.get_data(path).await {
+        match again(|| client.get_data(path)).await {
             Ok((data, _)) => {
                 serde_json::from_slice(&data)
                     .map(Some)
@@ -135,7 +168,7 @@ impl ZkCoordinator {
     }
 
     pub(super) async fn list(client: &zk::Client, path: &str) -> Result<Vec<String>, CoordError> {
-        match client.list_children(path).await {
+        match again(|| client.list_children(path)).await {
             Ok(children) => Ok(children),
             Err(zk::Error::NoNode) => Ok(Vec::new()),
             Err(e) => Err(backend(path, e)),

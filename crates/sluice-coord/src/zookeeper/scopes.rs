@@ -18,7 +18,7 @@
 use futures::stream::{self, StreamExt, TryStreamExt};
 use zookeeper_client as zk;
 
-use super::nodes::{backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
+use super::nodes::{again, backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
 use super::ZkCoordinator;
 use crate::{
     CoordError, MergeLease, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
@@ -66,7 +66,7 @@ impl ZkCoordinator {
         client: &zk::Client,
         dir: &str,
     ) -> Result<(ScopeState, i32, usize), CoordError> {
-        match client.get_data(dir).await {
+        match again(|| client.get_data(dir)).await {
             Ok((data, stat)) => Ok((
                 Self::parse_state(dir, &data)?,
                 stat.version,
@@ -140,7 +140,7 @@ impl ZkCoordinator {
                 let client = client.clone();
                 let path = format!("{dir}/{name}");
                 async move {
-                    match client.get_data(&path).await {
+                    match again(|| client.get_data(&path)).await {
                         Ok((data, _)) => serde_json::from_slice::<PartRecord>(&data)
                             .map(Some)
                             .map_err(|e| CoordError::Corrupt {
@@ -398,7 +398,7 @@ impl ZkCoordinator {
         let mut out = Vec::new();
         for name in Self::list(&client, &dir).await? {
             let path = format!("{dir}/{name}");
-            match client.get_data(&path).await {
+            match again(|| client.get_data(&path)).await {
                 Ok((data, _)) => {
                     out.push(
                         serde_json::from_slice(&data).map_err(|e| CoordError::Corrupt {
