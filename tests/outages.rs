@@ -15,7 +15,7 @@ use anyhow::{ensure, Context, Result};
 use sluice_tests::fleet::{
     deployment, deployment_on, fleet_state, spawn, tail, wait_caught_up, Worker,
 };
-use sluice_tests::private::{PrivateS3, PrivateZk};
+use sluice_tests::private::{PrivateKafka, PrivateS3, PrivateZk};
 use sluice_tests::web::{endpoint, get};
 use sluice_tests::zk_proxy::ZkProxy;
 use sluice_tests::{unique, wait_until, Prepared, Stack, StorageKind};
@@ -51,9 +51,12 @@ async fn wait_ready_state(addrs: &[SocketAddr], status: u16, why: &str) -> Resul
     outcome.with_context(|| format!("last answers: {last}"))
 }
 
-/// Times from a service's return to the first commit past `before` and to lag 0.
-async fn recovery(d: &Prepared, before: &BTreeMap<i32, Option<i64>>) -> Result<(f64, f64)> {
-    let returned = Instant::now();
+/// Times from a service's return (`returned`) to the first commit past `before` and to lag 0.
+async fn recovery(
+    d: &Prepared,
+    before: &BTreeMap<i32, Option<i64>>,
+    returned: Instant,
+) -> Result<(f64, f64)> {
     wait_until(
         SETTLE,
         Duration::from_millis(50),
@@ -146,7 +149,7 @@ async fn storage_outage(name: &str, d: &mut Prepared, mut storage: Storage<'_>) 
         "something committed while storage was down"
     );
     storage.give_back().await?;
-    let (first_commit, lag_zero) = recovery(d, &before).await?;
+    let (first_commit, lag_zero) = recovery(d, &before, Instant::now()).await?;
     wait_ready_state(&addrs, 200, "holding every assigned partition").await?;
     ensure_running(&mut workers)?;
     println!(
@@ -207,7 +210,7 @@ async fn zookeeper_down_longer_than_the_session_timeout_stops_no_worker() -> Res
     ensure_running(&mut workers)?;
     let down = stopped.elapsed();
     zk.start().await?;
-    let (first_commit, lag_zero) = recovery(&d, &before).await?;
+    let (first_commit, lag_zero) = recovery(&d, &before, Instant::now()).await?;
     wait_ready_state(&addrs, 200, "holding every assigned partition").await?;
     ensure_running(&mut workers)?;
     println!(
@@ -354,7 +357,7 @@ async fn zookeeper_restarts_within_the_session_timeout_cost_no_rejoin() -> Resul
         let down = Instant::now();
         zk.start().await?;
         let down = down.elapsed();
-        let (first_commit, lag_zero) = recovery(&d, &before).await?;
+        let (first_commit, lag_zero) = recovery(&d, &before, Instant::now()).await?;
         println!(
             "zookeeper restart {bounce} took {down:.1?}: first commit {first_commit:.1} s, lag 0 {lag_zero:.1} s after it returned"
         );
@@ -367,6 +370,43 @@ async fn zookeeper_restarts_within_the_session_timeout_cost_no_rejoin() -> Resul
             "a restart within the session timeout made a worker rejoin:\n{}",
             tail(&log, 4000)
         );
+    }
+    d.verify().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_down_for_30_s_mid_ingest_stops_no_worker() -> Result<()> {
+    const BROKER_OUTAGE: Duration = Duration::from_secs(30);
+    let mut kafka = PrivateKafka::launch().await?;
+    let stack = Stack::from_env().with_kafka(&kafka);
+    let mut d = deployment_on(&stack, "broker_outage", 4, 20_000, 200, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
+    let mut workers = vec![spawn(&d, "w1")?, spawn(&d, "w2")?];
+    // Mid-ingest: as soon as something is committed.
+    wait_until(
+        SETTLE,
+        Duration::from_millis(20),
+        "a first commit",
+        || async { Ok(offsets(&d).await?.values().any(|o| o.is_some())) },
+    )
+    .await?;
+    let before = offsets(&d).await?;
+    kafka.stop().await?;
+    // The outage itself: its length is the point of the test.
+    tokio::time::sleep(BROKER_OUTAGE).await;
+    ensure_running(&mut workers)?;
+    kafka.start().await?;
+    let returned = Instant::now();
+    d.produce_more(2_000).await?;
+    let (first_commit, lag_zero) = recovery(&d, &before, returned).await?;
+    ensure_running(&mut workers)?;
+    println!(
+        "kafka: broker down {BROKER_OUTAGE:?} mid-ingest (committed before: {before:?}); after it returned: first commit {first_commit:.1} s, lag 0 {lag_zero:.1} s"
+    );
+    for w in workers {
+        w.terminate(Duration::from_secs(60)).await?;
     }
     d.verify().await
 }

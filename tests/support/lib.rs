@@ -325,6 +325,8 @@ pub struct Prepared {
     pub config: PathBuf,
     pub events: Vec<Event>,
     pub located: HashMap<(i32, i64), u64>,
+    /// The broker the topic is on (the shared one, or a private one a test restarts).
+    pub kafka: String,
 }
 
 /// The ZooKeeper root of a deployment reading `topic`.
@@ -352,9 +354,8 @@ pub async fn prepare(
     .await
 }
 
-/// [`prepare`] with the config's ZooKeeper and S3 taken from `stack`: the shared stack with
-/// private servers in their place ([`Stack::with_zk`], [`Stack::with_s3`]), for tests that stop
-/// them. Kafka must stay the shared broker, where [`Prepared::produce_more`] produces.
+/// [`prepare`] against `stack`: the shared stack with private servers in some places
+/// ([`Stack::with_zk`], [`Stack::with_s3`], [`Stack::with_kafka`]), for tests that stop them.
 pub async fn prepare_on(
     stack: &Stack,
     name: &str,
@@ -363,10 +364,6 @@ pub async fn prepare_on(
     max_rows: usize,
     storage: impl FnOnce(&Path) -> StorageKind,
 ) -> Result<Prepared> {
-    ensure!(
-        stack.kafka == Stack::from_env().kafka,
-        "a deployment's Kafka is the shared broker"
-    );
     let dir = tempfile::tempdir()?;
     let topic = unique(name);
     create_topic(&stack.kafka, &topic, partitions).await?;
@@ -388,6 +385,7 @@ pub async fn prepare_on(
         config,
         events,
         located,
+        kafka: stack.kafka.clone(),
     })
 }
 
@@ -450,9 +448,8 @@ impl Prepared {
 
     /// [`Prepared::produce_more`] with the records' Kafka timestamps set to `timestamp_ms`.
     pub async fn produce_more_at(&mut self, n: u64, timestamp_ms: Option<i64>) -> Result<()> {
-        let stack = Stack::from_env();
         let more = events_from(self.events.len() as u64, n, self.partitions);
-        let located = produce_at(&stack.kafka, &self.topic, &more, timestamp_ms).await?;
+        let located = produce_at(&self.kafka, &self.topic, &more, timestamp_ms).await?;
         self.events.extend(more);
         self.located.extend(located);
         Ok(())

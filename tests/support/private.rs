@@ -1,11 +1,12 @@
-//! ZooKeeper and S3 servers private to one test, which it may kill and restart mid-run: every
+//! ZooKeeper, Kafka (Tansu) and S3 servers private to one test, which it may kill and restart mid-run: every
 //! test shares the servers of `scripts/stack.sh`, so stopping one of those would fail the others.
 //!
 //! Each is the program `scripts/stack.sh` runs, started the way it starts it (same binary or jar,
 //! arguments, credentials, bucket layout and ZooKeeper settings), but on a free loopback port and
 //! with its state in a temporary directory of its own. A restart reuses the port and the state,
 //! as a real server restart would, so clients find it where they left it. [`Stack::with_zk`] and
-//! [`Stack::with_s3`] point a deployment at them ([`crate::prepare_on`]); Kafka stays shared.
+//! [`Stack::with_s3`] and [`Stack::with_kafka`] point a deployment at them
+//! ([`crate::prepare_on`]).
 //!
 //! They are killed when dropped, which a panicking test does too; a test process that is itself
 //! killed leaves them running, as it leaves its workers.
@@ -78,6 +79,49 @@ impl PrivateS3 {
     /// The `aws_endpoint` of a storage config.
     pub fn endpoint(&self) -> String {
         format!("http://{HOST}:{}", self.server.port)
+    }
+}
+
+/// A private Tansu broker on its sqlite engine (as the shared stack's), so that what was
+/// produced survives a restart.
+pub struct PrivateKafka {
+    server: PrivateServer,
+}
+
+impl PrivateKafka {
+    /// Starts a broker on a free port with empty storage, and waits until it serves.
+    pub async fn launch() -> Result<PrivateKafka> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let url = format!("tcp://{HOST}:{port}");
+        let args: Vec<OsString> = vec![
+            "broker".into(),
+            "--listener-url".into(),
+            url.clone().into(),
+            "--advertised-listener-url".into(),
+            url.into(),
+            "--storage-engine".into(),
+            // Relative: a file in its working directory.
+            "sqlite://tansu.db".into(),
+        ];
+        let mut server = PrivateServer {
+            name: "tansu",
+            program: tools_dir().join("bin/tansu"),
+            args,
+            cwd: dir.path().to_path_buf(),
+            port,
+            log: dir.path().join("tansu.log"),
+            probe: kafka_ready,
+            child: None,
+            dir,
+        };
+        server.start().await?;
+        Ok(PrivateKafka { server })
+    }
+
+    /// The `bootstrap_servers` of a Kafka config.
+    pub fn bootstrap(&self) -> String {
+        format!("{HOST}:{}", self.server.port)
     }
 }
 
@@ -165,6 +209,13 @@ impl Stack {
     #[must_use]
     pub fn with_zk(mut self, zk: &PrivateZk) -> Stack {
         self.zk = zk.connect();
+        self
+    }
+
+    /// This stack with `kafka` as its broker.
+    #[must_use]
+    pub fn with_kafka(mut self, kafka: &PrivateKafka) -> Stack {
+        self.kafka = kafka.bootstrap();
         self
     }
 
@@ -300,6 +351,7 @@ macro_rules! deref_to_server {
 }
 deref_to_server!(PrivateS3);
 deref_to_server!(PrivateZk);
+deref_to_server!(PrivateKafka);
 
 /// The cargo install root of `scripts/stack.sh`, where its s3s-fs is.
 fn tools_dir() -> PathBuf {
@@ -318,6 +370,11 @@ fn free_port() -> Result<u16> {
 
 /// Sends `request` and reads the answer to EOF, or what came within 3 s.
 fn ask(port: u16, request: &[u8]) -> Option<String> {
+    ask_bytes(port, request).map(|a| String::from_utf8_lossy(&a).into_owned())
+}
+
+/// [`ask`], the answer as bytes.
+fn ask_bytes(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
@@ -325,7 +382,7 @@ fn ask(port: u16, request: &[u8]) -> Option<String> {
     let mut answer = Vec::new();
     // A timeout still leaves what was read in `answer`.
     let _ = stream.read_to_end(&mut answer);
-    Some(String::from_utf8_lossy(&answer).into_owned())
+    Some(answer)
 }
 
 /// `srvr` answers with the version and mode only once the server serves (until then: "This
@@ -333,6 +390,24 @@ fn ask(port: u16, request: &[u8]) -> Option<String> {
 /// the port is open, before the data is loaded.
 fn zk_ready(port: u16) -> bool {
     ask(port, b"srvr").is_some_and(|a| a.starts_with("Zookeeper version:"))
+}
+
+/// A Kafka ApiVersions request (v0, correlation id 1) answered proves the broker serves: the
+/// answer repeats the correlation id after its length.
+fn kafka_ready(port: u16) -> bool {
+    // Length 10: api key 18, version 0, correlation id 1, client id null (-1).
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let answered = || -> std::io::Result<[u8; 8]> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(&request)?;
+        // The broker keeps the connection open: read just the length and correlation id.
+        let mut head = [0u8; 8];
+        stream.read_exact(&mut head)?;
+        Ok(head)
+    };
+    answered().is_ok_and(|head| head[4..8] == [0, 0, 0, 1])
 }
 
 /// Any HTTP status line proves s3s-fs serves (an unsigned request gets an S3 error document).
