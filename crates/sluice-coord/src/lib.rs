@@ -40,10 +40,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod assignment;
 mod embedded;
+pub mod gaps;
 mod registry;
 mod zookeeper;
 
 pub use embedded::EmbeddedCoordinator;
+pub use gaps::{Gap, PartitionGaps, RetentionGaps};
 pub use registry::{
     MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
     SealedManifest,
@@ -269,6 +271,14 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
 
     /// Committed state of every unit the registry knows.
     async fn list_units(&self) -> Result<Vec<UnitState>, CoordError>;
+
+    /// Records that offsets `gap.from..gap.to` of `unit` were deleted by retention before they
+    /// were ingested ([`RetentionGaps::record`]: the same gap recorded again counts once). Not
+    /// fenced by a lease: the range is a fact about the broker, whoever observes it.
+    async fn record_gap(&self, unit: &UnitId, gap: &Gap) -> Result<(), CoordError>;
+
+    /// The retention gaps recorded for `topic`'s partitions (empty if none).
+    async fn retention_gaps(&self, topic: &str) -> Result<RetentionGaps, CoordError>;
 
     /// Registers this session as a fleet member; [`CoordError::MemberExists`] if a live session
     /// already did under the same id (this one included).

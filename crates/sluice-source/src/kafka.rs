@@ -248,7 +248,8 @@ fn poll_loop(
                 return;
             }
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                tracing::error!("committed offset is out of the topic's retained range; reading from the earliest retained offset (events in between were deleted by retention before being ingested)");
+                // The worker sees the skip and records the range as a retention gap.
+                tracing::warn!("an offset to read is out of the topic's retained range; reading from the earliest retained offset (events in between were deleted by retention before being ingested)");
             }
             Some(Err(e)) => {
                 // Transport errors are retried by librdkafka itself; say so and go on.

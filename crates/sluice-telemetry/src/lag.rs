@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sluice_config::{Config, StartFrom};
-use sluice_coord::{assignment, Coordinator, Member, UnitId};
+use sluice_coord::{assignment, Coordinator, Gap, Member, UnitId};
 use sluice_source::KafkaProbe;
 
 use crate::TelemetryError;
@@ -38,6 +38,13 @@ pub struct UnitLag {
     /// Age of the oldest uncommitted message; 0 when caught up, `None` when its timestamp
     /// could not be read.
     pub lag_seconds: Option<f64>,
+    /// Messages recorded as deleted by retention before they were ingested ([`Gap`]s).
+    pub skipped_messages: u64,
+    /// The last such gap recorded, if any.
+    pub last_gap: Option<Gap>,
+    /// Messages below the broker's oldest offset but above the committed one: deleted by
+    /// retention and not read; recorded as a gap when a worker resumes the partition.
+    pub deleted_unread: i64,
 }
 
 /// Totals of one topic.
@@ -54,6 +61,8 @@ pub struct TopicLag {
     pub lag_messages: i64,
     /// The largest lag in seconds among the partitions.
     pub max_lag_seconds: Option<f64>,
+    /// Messages of the topic's partitions recorded as deleted by retention before ingestion.
+    pub skipped_messages: u64,
 }
 
 /// The whole picture at one moment.
@@ -99,6 +108,11 @@ pub async fn fleet_report(
         .map(|u| (u.unit.clone(), u))
         .collect();
     let topics = config.topics();
+    // One read per topic: its recorded retention gaps.
+    let mut gaps = HashMap::new();
+    for topic in &topics {
+        gaps.insert(topic.clone(), coord.retention_gaps(topic).await?);
+    }
     let p = Arc::clone(probe);
     let watermarks = tokio::task::spawn_blocking(move || {
         let mut all = BTreeMap::new();
@@ -140,7 +154,13 @@ pub async fn fleet_report(
                 _ => probes.push((unit.topic.clone(), unit.partition, start)),
             }
         }
+        let recorded = gaps
+            .get(&unit.topic)
+            .and_then(|g| g.partitions.get(&unit.partition));
         units.push(UnitLag {
+            skipped_messages: recorded.map_or(0, |g| g.skipped_messages),
+            last_gap: recorded.and_then(|g| g.last.last().cloned()),
+            deleted_unread: committed.map_or(0, |c| (low - c).max(0)),
             topic: unit.topic.clone(),
             partition: unit.partition,
             owner: state.and_then(|s| s.holder.clone()),
@@ -192,12 +212,14 @@ pub fn totals(units: &[UnitLag]) -> Vec<TopicLag> {
             high_watermark_total: 0,
             lag_messages: 0,
             max_lag_seconds: Some(0.0),
+            skipped_messages: 0,
         });
         t.partitions += 1;
         t.unowned += usize::from(u.owner.is_none());
         t.committed_total += u.committed.unwrap_or(0);
         t.high_watermark_total += u.high_watermark;
         t.lag_messages += u.lag_messages;
+        t.skipped_messages += u.skipped_messages;
         // An unknown age makes the maximum unknown, unless a known one is already larger.
         t.max_lag_seconds = match (t.max_lag_seconds, u.lag_seconds) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -223,6 +245,9 @@ mod tests {
             high_watermark: 10 + lag,
             lag_messages: lag,
             lag_seconds: secs,
+            skipped_messages: 0,
+            last_gap: None,
+            deleted_unread: 0,
         }
     }
 

@@ -37,6 +37,7 @@
 //! | `sluice_retired_objects_deleted_total` | counter | table |
 //! | `sluice_ingest_paused_partitions` | gauge | |
 //! | `sluice_ingest_pauses_total` | counter | |
+//! | `sluice_partition_skipped_messages_total` | counter | topic, partition |
 //! | `sluice_dependency_unavailable_seconds` | gauge | dependency |
 //! | `sluice_dependency_outages_total` | counter | dependency |
 //! | `sluice_dependency_failures_total` | counter | dependency |
@@ -106,6 +107,7 @@ pub const TABLE_MERGE_BACKLOG: &str = "sluice_table_merge_backlog";
 pub const RETIRED_OBJECTS_DELETED: &str = "sluice_retired_objects_deleted_total";
 pub const INGEST_PAUSED_PARTITIONS: &str = "sluice_ingest_paused_partitions";
 pub const INGEST_PAUSES: &str = "sluice_ingest_pauses_total";
+pub const PARTITION_SKIPPED_MESSAGES: &str = "sluice_partition_skipped_messages_total";
 pub const DEPENDENCY_UNAVAILABLE: &str = "sluice_dependency_unavailable_seconds";
 pub const DEPENDENCY_OUTAGES: &str = "sluice_dependency_outages_total";
 pub const DEPENDENCY_FAILURES: &str = "sluice_dependency_failures_total";
@@ -147,6 +149,7 @@ pub const ALL: &[&str] = &[
     RETIRED_OBJECTS_DELETED,
     INGEST_PAUSED_PARTITIONS,
     INGEST_PAUSES,
+    PARTITION_SKIPPED_MESSAGES,
     DEPENDENCY_UNAVAILABLE,
     DEPENDENCY_OUTAGES,
     DEPENDENCY_FAILURES,
@@ -274,6 +277,10 @@ fn describe() {
 }
 
 fn describe_dependencies() {
+    describe_counter!(
+        PARTITION_SKIPPED_MESSAGES,
+        "Messages Kafka deleted by retention before this worker could ingest them (recorded retention gaps)"
+    );
     describe_gauge!(
         DEPENDENCY_UNAVAILABLE,
         Unit::Seconds,

@@ -116,6 +116,16 @@ impl MemorySource {
         log.low += drop;
     }
 
+    /// `n` events produced to a partition and deleted by retention before anyone read them,
+    /// with everything before them: the partition's next offset moves on by `n` and nothing is
+    /// left to read below it.
+    pub fn lose_unread(&self, topic: &str, partition: i32, n: i64) {
+        let mut t = self.topics.lock().expect("memory source lock");
+        let log = &mut t.topics.get_mut(topic).expect("topic exists").1[partition as usize];
+        log.low = log.high() + n;
+        log.messages.clear();
+    }
+
     /// Waits until readers handed over at least `messages` messages and then asked for more
     /// finding none: everything handed over was consumed.
     pub async fn consumed(&self, messages: u64) {

@@ -47,6 +47,7 @@ mod ingest;
 mod merger;
 mod rebalance;
 mod rejoin;
+mod retention;
 mod retry;
 mod session;
 mod stop_at_end;
@@ -116,6 +117,14 @@ impl WorkerError {
                 | WorkerError::Coordination(_)
         )
     }
+}
+
+/// Now, in Unix milliseconds (what records and logs carry).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The machine's host name, for worker ids and the member record.

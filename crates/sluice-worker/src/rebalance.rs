@@ -14,7 +14,7 @@ use sluice_telemetry::metrics as m;
 
 use crate::session::Session;
 use crate::unit::OwnedUnit;
-use crate::WorkerError;
+use crate::{now_ms, WorkerError};
 
 pub(crate) type UnitSignal = Pin<Box<dyn Future<Output = UnitId> + Send>>;
 
@@ -255,6 +255,7 @@ impl Session<'_> {
             }
         }
         self.resolve_fresh_starts(&mut new_units).await?;
+        self.skip_retention_gaps(&mut new_units).await?;
         self.ingest.owned.extend(new_units);
         self.ingest.reindex();
         Ok(())
@@ -315,11 +316,4 @@ impl Session<'_> {
         }
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

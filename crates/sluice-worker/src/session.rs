@@ -55,6 +55,8 @@ pub(crate) struct Session<'a> {
     paused_topics: BTreeSet<String>,
     /// Uncommitted objects of earlier leases deleted by this session.
     pub(crate) garbage_collected: usize,
+    /// When offsets skipped while reading are next checked for retention gaps.
+    pub(crate) next_skip_check: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -112,6 +114,7 @@ impl<'a> Session<'a> {
             merger,
             paused_topics: BTreeSet::new(),
             garbage_collected: 0,
+            next_skip_check: Instant::now(),
         }
     }
 
@@ -202,6 +205,7 @@ impl<'a> Session<'a> {
                 _ = tick.tick() => {
                     self.ingest.flush_due()?;
                     self.resume_pending()?;
+                    self.check_skips().await?;
                     self.check_merges().await?;
                     self.fleet.check_waiting(self.config.worker.lease_wait_ms, self.options.stop_at_end)?;
                     self.report(true);

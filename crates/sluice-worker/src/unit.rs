@@ -42,6 +42,10 @@ pub(crate) struct OwnedUnit {
     pub(crate) end: Option<i64>,
     /// Next offset to consume: committed, in flight or buffered.
     pub(crate) position: Option<i64>,
+    /// Offsets skipped while reading, `(expected, received)`, not yet told apart: a hole left by
+    /// compaction or a transaction marker, or events retention deleted before they were read
+    /// (the reader then resumes at the oldest offset left). At most [`MAX_JUMPS`].
+    pub(crate) jumps: Vec<(i64, i64)>,
     /// Flushes started and not committed yet, oldest first.
     pub(crate) in_flight: VecDeque<InFlight>,
     /// Resolves once the newest in-flight flush has committed; dropped unresolved if it failed.
@@ -52,6 +56,10 @@ pub(crate) struct OwnedUnit {
     consumed_events: metrics::Counter,
     consumed_bytes: metrics::Counter,
 }
+
+/// Skipped offset ranges kept per unit until checked (on a transactional topic every commit
+/// marker is one, and they are checked once a second).
+pub(crate) const MAX_JUMPS: usize = 256;
 
 impl OwnedUnit {
     pub(crate) fn new(
@@ -84,6 +92,7 @@ impl OwnedUnit {
             first_timestamp_ms: None,
             end: None,
             position,
+            jumps: Vec::new(),
             in_flight: VecDeque::new(),
             last_commit: None,
             pending_events: 0,
@@ -139,6 +148,11 @@ impl OwnedUnit {
     }
 
     pub(crate) fn push(&mut self, m: &SourceMessage<'_>) {
+        if let Some(expected) = self.position {
+            if m.offset > expected && self.jumps.len() < MAX_JUMPS {
+                self.jumps.push((expected, m.offset));
+            }
+        }
         self.pending_events += 1;
         self.pending_bytes += m.payload.map_or(0, |p| p.len() as u64);
         for (_, buffer) in &mut self.tables {

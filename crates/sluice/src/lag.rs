@@ -112,10 +112,106 @@ pub fn render(r: &FleetReport) -> String {
             seconds(t.max_lag_seconds)
         ));
     }
+    out.push_str(&gaps(r));
     out.push_str(&format!(
         "\n{} members; total lag {} messages\n",
         r.members.len(),
         r.lag_messages()
     ));
     out
+}
+
+/// The partitions that lost events to Kafka's retention, if any: what was recorded as skipped,
+/// and what is deleted but not yet read (skipped when a worker resumes the partition).
+fn gaps(r: &FleetReport) -> String {
+    let lossy: Vec<_> = r
+        .units
+        .iter()
+        .filter(|u| u.skipped_messages > 0 || u.deleted_unread > 0)
+        .collect();
+    if lossy.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        "\nRETENTION GAPS: events Kafka deleted before they were ingested (lost to Sluice)\n"
+            .to_string();
+    for u in lossy {
+        let last = u.last_gap.as_ref().map_or(String::new(), |g| {
+            format!(
+                "; last: offsets {}..{} found by {} at {}",
+                g.from,
+                g.to,
+                g.worker,
+                chrono::DateTime::from_timestamp_millis(g.found_at_ms)
+                    .map_or("?".to_string(), |t| t.to_rfc3339())
+            )
+        });
+        out.push_str(&format!(
+            "{:<28} {} skipped{last}{}\n",
+            format!("{}/{}", u.topic, u.partition),
+            u.skipped_messages,
+            if u.deleted_unread > 0 {
+                format!(
+                    "; {} more deleted before being read (offsets {}..{})",
+                    u.deleted_unread,
+                    u.committed.unwrap_or(0),
+                    u.low_watermark
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_coord::Gap;
+    use sluice_telemetry::{lag::totals, UnitLag};
+
+    use super::*;
+
+    fn report(skipped: u64, deleted_unread: i64) -> FleetReport {
+        let units = vec![UnitLag {
+            topic: "web".into(),
+            partition: 0,
+            owner: None,
+            assigned: None,
+            epoch: 2,
+            committed: Some(47),
+            low_watermark: 47 + deleted_unread,
+            high_watermark: 60,
+            lag_messages: 13,
+            lag_seconds: Some(1.0),
+            skipped_messages: skipped,
+            last_gap: (skipped > 0).then(|| Gap {
+                from: 40,
+                to: 47,
+                found_at_ms: 0,
+                worker: "w1".into(),
+            }),
+            deleted_unread,
+        }];
+        FleetReport {
+            taken_at_ms: 0,
+            members: Vec::new(),
+            topics: totals(&units),
+            units,
+        }
+    }
+
+    #[test]
+    fn retention_gaps_are_listed_with_their_ranges_and_only_when_there_are_some() {
+        let text = render(&report(7, 3));
+        for want in [
+            "RETENTION GAPS",
+            "web/0",
+            "7 skipped; last: offsets 40..47 found by w1 at 1970-01-01T00:00:00+00:00",
+            "3 more deleted before being read (offsets 47..50)",
+        ] {
+            assert!(text.contains(want), "no `{want}` in:\n{text}");
+        }
+        assert!(!render(&report(0, 0)).contains("RETENTION GAPS"));
+    }
 }

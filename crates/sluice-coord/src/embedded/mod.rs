@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Commit, CoordError, Coordinator, Lease, Member, MergeLease, PartRecord, Retired, ScopeListing,
-    ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
+    Commit, CoordError, Coordinator, Gap, Lease, Member, MergeLease, PartRecord, RetentionGaps,
+    Retired, ScopeListing, ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
 };
 
 const STATE_FILE: &str = "coordinator.json";
@@ -30,6 +30,9 @@ use registry::{PersistedRegistry, Registry};
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Persisted {
     units: Vec<PersistedUnit>,
+    /// Retention gaps by topic.
+    #[serde(default)]
+    gaps: BTreeMap<String, RetentionGaps>,
     #[serde(default, flatten)]
     registry: PersistedRegistry,
 }
@@ -51,6 +54,7 @@ struct UnitEntry {
 #[derive(Debug)]
 struct Shared {
     units: HashMap<UnitId, UnitEntry>,
+    gaps: BTreeMap<String, RetentionGaps>,
     registry: Registry,
     /// Live members by id, with the session that registered each.
     members: BTreeMap<String, (u64, Member)>,
@@ -85,6 +89,7 @@ impl EmbeddedCoordinator {
     pub fn in_memory() -> EmbeddedCoordinator {
         Self::from_shared(Shared {
             units: HashMap::new(),
+            gaps: BTreeMap::new(),
             registry: Registry::default(),
             members: BTreeMap::new(),
             dir: None,
@@ -124,6 +129,7 @@ impl EmbeddedCoordinator {
             .collect();
         Ok(Self::from_shared(Shared {
             units,
+            gaps: persisted.gaps,
             registry: Registry::from_persisted(persisted.registry),
             members: BTreeMap::new(),
             dir: Some(dir.to_path_buf()),
@@ -219,6 +225,7 @@ impl Shared {
         units.sort_by(|a, b| a.unit.cmp(&b.unit));
         let state = Persisted {
             units,
+            gaps: self.gaps.clone(),
             registry: self.registry.to_persisted(),
         };
         let bytes = serde_json::to_vec(&state).expect("state serializes");
@@ -387,6 +394,20 @@ impl Coordinator for EmbeddedCoordinator {
             .collect();
         out.sort_by(|a, b| a.unit.cmp(&b.unit));
         Ok(out)
+    }
+
+    async fn record_gap(&self, unit: &UnitId, gap: &Gap) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        shared
+            .gaps
+            .entry(unit.topic.clone())
+            .or_default()
+            .record(unit.partition, gap.clone());
+        shared.persist()
+    }
+
+    async fn retention_gaps(&self, topic: &str) -> Result<RetentionGaps, CoordError> {
+        Ok(self.lock()?.gaps.get(topic).cloned().unwrap_or_default())
     }
 
     async fn join(&self, member: &Member) -> Result<(), CoordError> {

@@ -30,10 +30,11 @@ use async_trait::async_trait;
 use zookeeper_client as zk;
 
 use crate::{
-    Commit, CoordError, Coordinator, Lease, Member, MergeLease, PartRecord, Retired, ScopeListing,
-    ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
+    Commit, CoordError, Coordinator, Gap, Lease, Member, MergeLease, PartRecord, RetentionGaps,
+    Retired, ScopeListing, ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
 };
 
+mod gaps;
 mod nodes;
 mod scopes;
 
@@ -421,6 +422,14 @@ impl Coordinator for ZkCoordinator {
 
     async fn forget_retired(&self, retired: &Retired) -> Result<(), CoordError> {
         self.forget_retired_of(retired).await
+    }
+
+    async fn record_gap(&self, unit: &UnitId, gap: &Gap) -> Result<(), CoordError> {
+        self.record_gap_of(unit, gap).await
+    }
+
+    async fn retention_gaps(&self, topic: &str) -> Result<RetentionGaps, CoordError> {
+        self.retention_gaps_of(topic).await
     }
 
     async fn list_units(&self) -> Result<Vec<UnitState>, CoordError> {

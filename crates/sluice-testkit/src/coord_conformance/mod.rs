@@ -7,7 +7,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use sluice_coord::{Commit, CoordError, Coordinator, Member, PartKind, PartRecord, Signal, UnitId};
+use sluice_coord::{
+    Commit, CoordError, Coordinator, Gap, Member, PartKind, PartRecord, Signal, UnitId,
+};
 
 use crate::{fail, unique, ConformanceFailure, OrFail};
 
@@ -71,6 +73,7 @@ where
     scopes::stale_merge_lease_cannot_swap(open().await?, open().await?).await?;
     scopes::inputs_merged_already_are_refused(open().await?).await?;
     scopes::seal_moves_records_into_a_manifest(open().await?).await?;
+    retention_gaps_are_kept_per_topic_and_count_once(open().await?, open().await?).await?;
     Ok(())
 }
 
@@ -227,6 +230,46 @@ async fn fresh_unit(c: Box<dyn Coordinator>) -> Outcome {
         return Err(fail(CASE, format!("unexpected lease {lease:?}")));
     }
     c.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+/// Gaps recorded by two sessions at once for two partitions both stay; the same gap recorded
+/// again (larger) counts once; another topic has none.
+async fn retention_gaps_are_kept_per_topic_and_count_once(
+    a: Box<dyn Coordinator>,
+    b: Box<dyn Coordinator>,
+) -> Outcome {
+    const CASE: &str = "retention_gaps_are_kept_per_topic_and_count_once";
+    let topic = unique("gaps");
+    let gap = |from, to| Gap {
+        from,
+        to,
+        found_at_ms: 1,
+        worker: "w".to_string(),
+    };
+    let (p0, p1) = (UnitId::new(topic.clone(), 0), UnitId::new(topic.clone(), 1));
+    let (g0, g1) = (gap(10, 40), gap(5, 7));
+    let (x, y) = futures::join!(a.record_gap(&p0, &g0), b.record_gap(&p1, &g1));
+    x.or_fail(CASE)?;
+    y.or_fail(CASE)?;
+    b.record_gap(&p0, &gap(10, 50)).await.or_fail(CASE)?;
+    let gaps = a.retention_gaps(&topic).await.or_fail(CASE)?;
+    let totals: Vec<(i32, u64, u64)> = gaps
+        .partitions
+        .iter()
+        .map(|(p, g)| (*p, g.skipped_messages, g.gaps))
+        .collect();
+    if totals != [(0, 40, 1), (1, 2, 1)] {
+        return Err(fail(
+            CASE,
+            format!("(partition, skipped, gaps) {totals:?}, expected [(0, 40, 1), (1, 2, 1)]"),
+        ));
+    }
+    let other = a.retention_gaps(&unique("no-gaps")).await.or_fail(CASE)?;
+    if !other.partitions.is_empty() {
+        return Err(fail(CASE, format!("a topic without gaps has {other:?}")));
+    }
+    a.close().await.or_fail(CASE)?;
+    b.close().await.or_fail(CASE)
 }
 
 /// A table without a partition key: its data part and its quarantine part of one flush share

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use sluice_telemetry::metrics as m;
 
-use super::scope::now_ms;
 use super::MergeCtx;
+use crate::now_ms;
 
 /// Deletes the objects of `table`'s retired sets past the grace period in the scopes this
 /// worker merges (`owned` partition values), then forgets the sets; returns how many objects

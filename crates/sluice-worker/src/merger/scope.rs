@@ -16,6 +16,7 @@ use sluice_sink::{collect_merge_orphans, path_segment, read_manifest, write_mani
 use sluice_telemetry::metrics as m;
 
 use super::MergeCtx;
+use crate::now_ms;
 use crate::retry::chain;
 
 /// Merges run under one lease before the scope is given up for others to get a turn.
@@ -377,11 +378,4 @@ fn merged_spans(inputs: &[PartRecord]) -> Vec<OffsetSpan> {
             },
         )
         .collect()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

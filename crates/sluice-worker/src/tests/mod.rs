@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::{Failpoints, RunOptions, RunSummary, Services, WorkerError};
 
+mod gaps;
 mod merges;
 
 const TOPIC: &str = "web";
