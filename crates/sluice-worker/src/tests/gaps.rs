@@ -3,11 +3,19 @@
 //! exactly once.
 
 use anyhow::{ensure, Result};
-use sluice_coord::{Coordinator, UnitId};
+use sluice_coord::{Coordinator, RetentionGaps, UnitId};
 use sluice_sink::Storage;
 use sluice_testkit::exactly_once::{self, Committed, Objects, Produced};
 
 use super::{Harness, Settings, TOPIC};
+
+/// Every recorded range as (partition, from, to).
+fn ranges(gaps: &RetentionGaps) -> Vec<(i32, i64, i64)> {
+    gaps.partitions
+        .iter()
+        .flat_map(|(p, g)| g.last.iter().map(move |gap| (*p, gap.from, gap.to)))
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_gap_is_recorded_exactly_and_everything_else_ingested_once() -> Result<()> {
@@ -27,13 +35,8 @@ async fn a_retention_gap_is_recorded_exactly_and_everything_else_ingested_once()
     h.spawn("w1", true).await?.finish().await?;
 
     let gaps = observer.retention_gaps(TOPIC).await?;
-    let recorded: Vec<_> = gaps
-        .partitions
-        .iter()
-        .flat_map(|(p, g)| g.last.iter().map(move |gap| (*p, gap.from, gap.to)))
-        .collect();
     ensure!(
-        recorded == [(0, from, from + DELETED)]
+        ranges(&gaps) == [(0, from, from + DELETED)]
             && gaps.partitions[&0].skipped_messages == DELETED as u64,
         "recorded gaps {gaps:?}, expected partition 0 from {from} to {}",
         from + DELETED
@@ -97,13 +100,8 @@ async fn events_deleted_while_the_partition_is_read_are_recorded_exactly() -> Re
     .await?;
     worker.shut_down().await?;
     let gaps = observer.retention_gaps(TOPIC).await?;
-    let recorded: Vec<_> = gaps
-        .partitions
-        .iter()
-        .flat_map(|(p, g)| g.last.iter().map(move |gap| (*p, gap.from, gap.to)))
-        .collect();
     ensure!(
-        recorded == [(unit.partition, from, from + LOST)],
+        ranges(&gaps) == [(unit.partition, from, from + LOST)],
         "recorded gaps {gaps:?}, expected partition 1 from {from} to {}",
         from + LOST
     );
