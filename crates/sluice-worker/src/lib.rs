@@ -2,13 +2,14 @@
 //! member of a fleet.
 //!
 //! Read in this order to follow one event:
-//! * [`run`]: opens the seams ([`Services`]: the source, storage, coordination) and runs
-//!   sessions; rejoins with a new session if the old one is lost (a paused or partitioned
-//!   worker), so a worker never needs a restart to recover.
+//! * [`run`]: opens the seams ([`Services`]: the source, storage, coordination); `rejoin.rs`
+//!   runs sessions, opening a new one whenever one is lost or ZooKeeper cannot be reached,
+//!   without limit, so a worker never needs a restart to recover and never exits on an outage.
 //! * `session.rs`, `Session::run`: joins the fleet and loops over what can happen next: a batch
 //!   from the reader, a membership change, a flush finishing, a tick.
 //! * `rebalance.rs`: which partitions are this worker's by weighted rendezvous hashing
-//!   ([`sluice_coord::assignment`]), handing over and taking leases.
+//!   ([`sluice_coord::assignment`]), handing over and taking leases; `retention.rs`: events
+//!   Kafka deleted before they were read, recorded as retention gaps.
 //! * `ingest.rs`, `Ingest::consume`: each message of a batch ([`sluice_source::Reader`]) is
 //!   decoded into the buffers of every table reading its topic ([`sluice_decode::TableBuffer`],
 //!   owned per partition by `unit.rs`); the flush policies (rows, bytes, age, and the memory
@@ -17,7 +18,8 @@
 //!   sorted Parquet parts ([`sluice_sink::build_parts`]) off the async runtime, are uploaded,
 //!   and are committed together with the partition's next offset in one coordinator commit that
 //!   only succeeds under this worker's lease, after the partition's previous flush committed.
-//!   The session goes on consuming meanwhile.
+//!   The session goes on consuming meanwhile. Uploads are retried through storage outages
+//!   (`retry.rs`, reporting to [`Health`]); a commit whose reply was lost is read back.
 //! * `merger/`: merges, off the ingest path: the scopes (a table's partition values) this worker
 //!   merges, each under its merge lease, with [`sluice_merge`]'s policy and executor; sealing
 //!   quiet scopes; deleting replaced objects after the grace period; back-pressure on ingestion
