@@ -448,3 +448,47 @@ async fn the_broker_down_for_30_s_mid_ingest_stops_no_worker() -> Result<()> {
     }
     d.verify().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_refusing_the_credentials_keeps_the_worker_up_and_says_who_must_act() -> Result<()>
+{
+    let stack = Stack::from_env();
+    let d = deployment_on(&stack, "bad_credentials", 1, 300, 100, |_| {
+        StorageKind::S3 {
+            prefix: unique("bad-credentials"),
+        }
+    })
+    .await?;
+    let right = format!("aws_secret_access_key = \"{}\"", stack.s3_secret_key);
+    let wrong = "aws_secret_access_key = \"not-the-secret\"";
+    d.edit_config(|t| {
+        t.replace(&right, wrong)
+            .replace("[worker]\n", "[worker]\nshutdown_deadline_ms = 2000\n")
+    })?;
+    let mut w = spawn(&d, "w1")?;
+    let addr = endpoint(&w).await?;
+    wait_ready_state(&[addr], 503, "needs an operator")
+        .await
+        .with_context(|| tail(&w.log_text(), 3000))?;
+    wait_until(
+        SETTLE,
+        Duration::from_millis(100),
+        "the fix in the log",
+        || {
+            let logged =
+                w.log_text().contains("ERROR") && w.log_text().contains("check storage.url");
+            async move { Ok(logged) }
+        },
+    )
+    .await?;
+    ensure_running(std::slice::from_mut(&mut w))?;
+    ensure!(
+        offsets(&d).await?.values().all(Option::is_none),
+        "something was committed without storage"
+    );
+    w.terminate(Duration::from_secs(30)).await?;
+    // The operator fixes the credentials and restarts: everything lands exactly once.
+    d.edit_config(|t| t.replace(wrong, &right))?;
+    d.run_to_end().await?;
+    d.verify().await
+}

@@ -73,20 +73,52 @@ pub enum SinkError {
     },
 }
 
+/// What S3 says when only an operator can help: credentials refused, the bucket missing.
+const REFUSALS: &[&str] = &[
+    "403 Forbidden",
+    "401 Unauthorized",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "AccessDenied",
+    "NoSuchBucket",
+];
+
+/// An error and its causes as one text.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 impl SinkError {
     /// A storage failure that will not go away by itself (credentials refused, the bucket or
     /// root missing): retrying is still right, since an operator may fix it at any time, but
     /// slowly and loudly. Everything else (connections refused or reset, timeouts, 5xx,
     /// throttling, a full disk) is expected to pass.
     pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
+        match self {
             SinkError::Storage {
-                source: object_store::Error::PermissionDenied { .. }
+                source:
+                    object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
                     | object_store::Error::NotFound { .. },
                 ..
+            } => true,
+            // The S3 client reports most refusals as a generic error carrying the server's
+            // answer: read the status and the S3 error code from it.
+            SinkError::Storage {
+                source: source @ object_store::Error::Generic { .. },
+                ..
+            } => {
+                let text = chain_text(source);
+                REFUSALS.iter().any(|r| text.contains(r))
             }
-        )
+            _ => false,
+        }
     }
 }

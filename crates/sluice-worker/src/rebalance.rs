@@ -16,6 +16,9 @@ use crate::session::Session;
 use crate::unit::OwnedUnit;
 use crate::{now_ms, WorkerError};
 
+/// How long a takeover garbage collection that failed waits before it is tried again.
+const GC_RETRY: Duration = Duration::from_secs(5);
+
 pub(crate) type UnitSignal = Pin<Box<dyn Future<Output = UnitId> + Send>>;
 
 /// This worker's view of the fleet.
@@ -241,8 +244,8 @@ impl Session<'_> {
             let views = self.ingest.ctx().views.as_deref();
             new_units.push(OwnedUnit::new(lease, tables, position, views));
         }
-        self.collect_earlier_leases_garbage(&new_units, &epochs)
-            .await?;
+        self.pending_gc.extend(epochs);
+        self.collect_pending_garbage().await;
         if let Some(ends) = &self.ends {
             for u in &mut new_units {
                 if let Some((low, high)) = ends.of(&u.id) {
@@ -261,16 +264,27 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Objects uploaded under earlier leases and never committed can go now: those leases can
-    /// no longer commit. The current lease's objects are never touched. A unit's flushes write
-    /// the tables reading its topic and their views' targets.
-    async fn collect_earlier_leases_garbage(
-        &mut self,
-        units: &[OwnedUnit],
-        epochs: &HashMap<UnitId, u64>,
-    ) -> Result<(), WorkerError> {
+    /// Objects uploaded under earlier leases of the units taken over (in `pending_gc`) and never
+    /// committed can go now: those leases can no longer commit. The current lease's objects are
+    /// never touched. A unit's flushes write the tables reading its topic and their views'
+    /// targets. If storage or the registry cannot answer now, the units stay pending and the
+    /// next tick tries again: garbage waits, ingestion does not.
+    pub(crate) async fn collect_pending_garbage(&mut self) {
+        if self.pending_gc.is_empty() || Instant::now() < self.next_gc_attempt {
+            return;
+        }
+        match self.collect_earlier_leases_garbage().await {
+            Ok(()) => self.pending_gc.clear(),
+            Err(e) => {
+                self.next_gc_attempt = Instant::now() + GC_RETRY;
+                tracing::warn!(error = &e as &dyn std::error::Error, retry_in_s = GC_RETRY.as_secs(), "cannot collect the uncommitted objects of earlier leases now (ingestion goes on; they are collected once storage answers)");
+            }
+        }
+    }
+
+    async fn collect_earlier_leases_garbage(&mut self) -> Result<(), WorkerError> {
         let mut tables: Vec<&TableConfig> = Vec::new();
-        for topic in units.iter().map(|u| u.id.topic.as_str()) {
+        for topic in self.pending_gc.keys().map(|u| u.topic.as_str()) {
             for t in self.config.tables_fed_by(topic) {
                 if !tables.iter().any(|k| k.name == t.name) {
                     tables.push(t);
@@ -282,7 +296,7 @@ impl Session<'_> {
                 &self.services.storage,
                 &*self.coord,
                 &table.name,
-                GcScope::EarlierLeases(epochs),
+                GcScope::EarlierLeases(&self.pending_gc),
             )
             .await?;
             tracing::info!(

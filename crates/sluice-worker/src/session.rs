@@ -57,6 +57,11 @@ pub(crate) struct Session<'a> {
     pub(crate) garbage_collected: usize,
     /// When offsets skipped while reading are next checked for retention gaps.
     pub(crate) next_skip_check: Instant,
+    /// Units taken over whose earlier leases' uncommitted objects are still to collect, with
+    /// the epoch of this session's lease (earlier epochs' objects go).
+    pub(crate) pending_gc: HashMap<UnitId, u64>,
+    /// When a failed collection of those is tried again.
+    pub(crate) next_gc_attempt: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -115,6 +120,8 @@ impl<'a> Session<'a> {
             paused_topics: BTreeSet::new(),
             garbage_collected: 0,
             next_skip_check: Instant::now(),
+            pending_gc: HashMap::new(),
+            next_gc_attempt: Instant::now(),
         }
     }
 
@@ -206,6 +213,7 @@ impl<'a> Session<'a> {
                     self.ingest.flush_due()?;
                     self.resume_pending()?;
                     self.check_skips().await?;
+                    self.collect_pending_garbage().await;
                     self.check_merges().await?;
                     self.fleet.check_waiting(self.config.worker.lease_wait_ms, self.options.stop_at_end)?;
                     self.report(true);
