@@ -8,7 +8,9 @@
 //!
 //! * A **unit** is one (topic, partition) of the source. At most one live [`Lease`] exists per
 //!   unit. Each successful [`Coordinator::acquire_lease`] gives a strictly larger `epoch` than
-//!   every earlier lease of that unit, and invalidates every earlier lease.
+//!   every earlier lease of that unit, and invalidates every earlier lease; except that a lease
+//!   this session already holds is returned as it is, which is how an acquisition whose reply
+//!   was lost (a ZooKeeper leader election) learns that it succeeded.
 //! * [`Coordinator::commit`] is atomic: the parts of every table it carries become visible and
 //!   the unit's next offset advances together, or nothing changes. It succeeds only while the
 //!   lease it is given is the unit's current one, so a worker that lost its lease (a paused
@@ -202,7 +204,8 @@ pub enum CoordError {
 #[async_trait]
 pub trait Coordinator: Send + Sync + fmt::Debug {
     /// Takes the lease of `unit` for `worker_id`; [`CoordError::LeaseHeld`] if another live
-    /// lease exists (also one of this worker id from an older session that has not ended).
+    /// lease exists (also one of this worker id from an older session that has not ended). A
+    /// lease this session holds already is returned as it is (same epoch and token).
     async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError>;
 
     /// Gives the lease up. Releasing a lease that was already lost is not an error.
@@ -228,7 +231,8 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     async fn read_scope(&self, table: &str, value: &str) -> Result<ScopeListing, CoordError>;
 
     /// Takes the merge lease of a scope for `worker_id`, with an epoch larger than every earlier
-    /// one of the scope; [`CoordError::LeaseHeld`] if another live one exists.
+    /// one of the scope; [`CoordError::ScopeLeaseHeld`] if another live one exists. One this
+    /// session holds already is returned as it is.
     async fn acquire_merge_lease(
         &self,
         table: &str,

@@ -47,6 +47,8 @@ pub struct ReadProgress {
     pub idle: bool,
     /// Readers open now (opened and not yet stopped or dropped).
     pub open_readers: usize,
+    /// Readers opened so far: a worker opens one each time its set of units changes.
+    pub opened: u64,
 }
 
 /// Topics in memory, shared by clones: produce to one clone, read from another.
@@ -205,7 +207,10 @@ impl Source for MemorySource {
     }
 
     async fn open(&self, assignments: &[Assignment]) -> Result<Box<dyn Reader>, SourceError> {
-        self.progress.send_modify(|p| p.open_readers += 1);
+        self.progress.send_modify(|p| {
+            p.open_readers += 1;
+            p.opened += 1;
+        });
         Ok(Box::new(MemoryReader {
             source: self.clone(),
             appended: self.appended.subscribe(),

@@ -89,6 +89,7 @@ impl Ingest {
             .owned
             .iter()
             .enumerate()
+            .filter(|(_, u)| !u.leaving)
             .map(|(i, u)| ((Arc::from(u.id.topic.as_str()), u.id.partition), i))
             .collect();
         self.last_unit = None;
@@ -216,7 +217,7 @@ impl Ingest {
         for i in 0..self.owned.len() {
             let u = &self.owned[i];
             if u.buffered.is_some()
-                && (u.reached_end() || u.over_size_limits() || u.over_age_limit(now))
+                && (u.leaving || u.reached_end() || u.over_size_limits() || u.over_age_limit(now))
                 && !self.try_flush_unit(i)?
             {
                 break;
@@ -281,14 +282,34 @@ impl Ingest {
         }
     }
 
-    /// Flushes unit `i`, waits for its commits, and gives it up: the unit the caller may now
-    /// release the lease of.
-    pub(crate) async fn hand_over(&mut self, i: usize) -> Result<OwnedUnit, WorkerError> {
-        self.flush_unit(i).await?;
-        self.settle(Some(i)).await?;
-        let unit = self.owned.remove(i);
+    /// Gives unit `i` up: it is read no more (the session restarts the reader), and what it
+    /// buffered starts flushing now if a slot is free, or later from [`Ingest::flush_due`].
+    /// Messages of it still in the batch being consumed are dropped: its next owner reads them
+    /// again from the offset this worker commits last.
+    pub(crate) fn give_up(&mut self, i: usize) -> Result<(), WorkerError> {
+        self.owned[i].leaving = true;
         self.reindex();
-        Ok(unit)
+        self.try_flush_unit(i).map(drop)
+    }
+
+    /// Takes back a unit given up whose lease is still held, because it is assigned here again.
+    pub(crate) fn keep(&mut self, i: usize) {
+        self.owned[i].leaving = false;
+        self.reindex();
+    }
+
+    /// Removes and returns the units given up whose last flush has committed: their leases may
+    /// now be released.
+    pub(crate) fn take_left(&mut self) -> Vec<OwnedUnit> {
+        if !self.owned.iter().any(|u| u.leaving && u.settled()) {
+            return Vec::new();
+        }
+        let (left, kept) = std::mem::take(&mut self.owned)
+            .into_iter()
+            .partition(|u| u.leaving && u.settled());
+        self.owned = kept;
+        self.reindex();
+        left
     }
 
     /// Stops whatever of unit `i` did not commit, freeing what it held.

@@ -167,25 +167,42 @@ impl Session<'_> {
         Ok(signals)
     }
 
-    /// Hands over every owned unit not in `desired`: flush, commit, then release, so the next
-    /// owner resumes exactly there. True if any was handed over.
+    /// Gives up every owned unit not in `desired` (and takes back those given up that are
+    /// desired again): each is read no more and flushes what it buffered; its lease is released
+    /// once that has committed ([`Session::release_left`]), so the next owner resumes exactly
+    /// there. Never waits for storage. True if the set of units read changed.
     async fn hand_over_all_but(&mut self, desired: &BTreeSet<UnitId>) -> Result<bool, WorkerError> {
         let mut changed = false;
-        let mut i = 0;
-        while i < self.ingest.owned.len() {
-            if desired.contains(&self.ingest.owned[i].id) {
-                i += 1;
-                continue;
+        for i in 0..self.ingest.owned.len() {
+            let wanted = desired.contains(&self.ingest.owned[i].id);
+            if wanted == self.ingest.owned[i].leaving {
+                if wanted {
+                    tracing::info!(unit = %self.ingest.owned[i].id, "assigned here again before it was handed over; reading it on");
+                    self.ingest.keep(i);
+                } else {
+                    tracing::info!(unit = %self.ingest.owned[i].id, "handing over: flushing what is buffered, then releasing the lease");
+                    self.ingest.give_up(i)?;
+                }
+                changed = true;
             }
-            let unit = self.ingest.hand_over(i).await?;
+        }
+        self.release_left().await?;
+        Ok(changed)
+    }
+
+    /// Releases the leases of the units given up whose last flush has committed. Returns
+    /// whether one of them is assigned here again (a rebalance then takes it back).
+    pub(crate) async fn release_left(&mut self) -> Result<bool, WorkerError> {
+        let mut again = false;
+        for unit in self.ingest.take_left() {
             // A lease left held would block its new owner for as long as this session lives:
             // failing here ends the session (and so the lease), and the worker rejoins.
             self.coord.release_lease(&unit.lease).await?;
             metrics::counter!(m::HANDOVERS).increment(1);
             tracing::info!(unit = %unit.id, epoch = unit.lease.epoch, committed = ?unit.position, "handed over");
-            changed = true;
+            again |= self.fleet.assigned().any(|u| *u == unit.id);
         }
-        Ok(changed)
+        Ok(again)
     }
 
     /// Takes the leases of the desired units not held yet; for those another worker still

@@ -207,6 +207,9 @@ impl<'a> Session<'a> {
                     self.ingest.complete(done)?;
                     self.ingest.flush_due()?;
                     self.resume_pending()?;
+                    if self.release_left().await? {
+                        lease_changed = self.rebalance().await?;
+                    }
                 }
                 done = self.merger.next_finished() => self.merger.complete(done, &mut self.ingest)?,
                 _ = tick.tick() => {
@@ -305,11 +308,18 @@ impl<'a> Session<'a> {
                 .ingest
                 .owned
                 .iter()
-                .all(|u| u.reached_end() && u.settled());
+                .all(|u| u.leaving || (u.reached_end() && u.settled()));
         if !mine_done {
             return Ok(false);
         }
-        let mine: BTreeSet<&UnitId> = self.ingest.owned.iter().map(|u| &u.id).collect();
+        // Units given up count as the others': done once their next owner commits their end.
+        let mine: BTreeSet<&UnitId> = self
+            .ingest
+            .owned
+            .iter()
+            .filter(|u| !u.leaving)
+            .map(|u| &u.id)
+            .collect();
         ends.others_done(&*self.coord, &self.fleet.universe, &mine, now)
             .await
     }
@@ -322,7 +332,7 @@ impl<'a> Session<'a> {
             Readiness {
                 session_up,
                 assigned: self.fleet.assigned().count(),
-                owned: self.ingest.owned.len(),
+                owned: self.ingest.owned.iter().filter(|u| !u.leaving).count(),
                 waiting: self.fleet.waiting.len(),
             },
             self.ingest.held_bytes(),
@@ -360,7 +370,7 @@ impl<'a> Session<'a> {
             .ingest
             .owned
             .iter()
-            .filter(|u| !u.reached_end() && !self.paused_topics.contains(&u.id.topic))
+            .filter(|u| !u.leaving && !u.reached_end() && !self.paused_topics.contains(&u.id.topic))
             .filter_map(|u| {
                 Some(Assignment {
                     topic: u.id.topic.clone(),

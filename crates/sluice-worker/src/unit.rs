@@ -48,6 +48,9 @@ pub(crate) struct OwnedUnit {
     pub(crate) jumps: Vec<(i64, i64)>,
     /// Flushes started and not committed yet, oldest first.
     pub(crate) in_flight: VecDeque<InFlight>,
+    /// Given up at a rebalance: no longer read; what it buffered flushes and commits, then its
+    /// lease is released (the session goes on meanwhile, however long storage takes).
+    pub(crate) leaving: bool,
     /// Resolves once the newest in-flight flush has committed; dropped unresolved if it failed.
     last_commit: Option<oneshot::Receiver<()>>,
     /// Consumption counted since the metrics were last updated (once per source batch).
@@ -94,6 +97,7 @@ impl OwnedUnit {
             position,
             jumps: Vec::new(),
             in_flight: VecDeque::new(),
+            leaving: false,
             last_commit: None,
             pending_events: 0,
             pending_bytes: 0,

@@ -245,7 +245,16 @@ impl Coordinator for EmbeddedCoordinator {
     async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError> {
         let mut shared = self.lock()?;
         let entry = shared.units.entry(unit.clone()).or_default();
-        if let Some((_, holder)) = &entry.holder {
+        if let Some((session, holder)) = &entry.holder {
+            // Already this session's: returned as it is, as the ZooKeeper backend does.
+            if *session == self.session {
+                return Ok(Lease {
+                    unit: unit.clone(),
+                    worker_id: holder.clone(),
+                    epoch: entry.epoch,
+                    token: entry.epoch as i64,
+                });
+            }
             return Err(CoordError::LeaseHeld {
                 unit: unit.clone(),
                 holder: holder.clone(),

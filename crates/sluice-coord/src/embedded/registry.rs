@@ -145,7 +145,17 @@ impl Registry {
         value: &str,
         worker_id: &str,
     ) -> Result<MergeLease, CoordError> {
-        if let Some((_, holder, _)) = self.holders.get(&key(table, value)) {
+        if let Some((holder_session, holder, epoch)) = self.holders.get(&key(table, value)) {
+            // Already this session's: returned as it is, as the ZooKeeper backend does.
+            if *holder_session == session {
+                return Ok(MergeLease {
+                    table: table.to_string(),
+                    partition_value: value.to_string(),
+                    worker_id: holder.clone(),
+                    epoch: *epoch,
+                    token: *epoch as i64,
+                });
+            }
             return Err(CoordError::ScopeLeaseHeld {
                 table: table.to_string(),
                 value: value.to_string(),

@@ -4,7 +4,7 @@
 
 use zookeeper_client as zk;
 
-use super::nodes::{again, backend, encode_segment};
+use super::nodes::{again, backend, encode_segment, unanswered, Patience};
 use super::ZkCoordinator;
 use crate::{CoordError, Gap, RetentionGaps, UnitId};
 
@@ -26,6 +26,7 @@ impl ZkCoordinator {
         self.ensure_dir(&client, &format!("{}/gaps", self.root))
             .await?;
         let path = self.gaps_path(&unit.topic);
+        let mut patience = Patience::new();
         loop {
             let (mut gaps, version) = match again(|| client.get_data(&path)).await {
                 Ok((data, stat)) => (Self::parse_gaps(&path, &data)?, Some(stat.version)),
@@ -43,8 +44,10 @@ impl ZkCoordinator {
             };
             match written {
                 Ok(()) => return Ok(()),
-                // Another worker recorded a gap of this topic first: read it again.
+                // Another worker recorded a gap of this topic first (or this write's reply was
+                // lost): read it again; a gap already recorded counts once.
                 Err(zk::Error::BadVersion | zk::Error::NodeExists) => continue,
+                Err(e) if unanswered(&e) && patience.wait().await => continue,
                 Err(e) => return Err(backend(&path, e)),
             }
         }

@@ -35,10 +35,11 @@ use crate::{
 };
 
 mod gaps;
+mod leases;
 mod nodes;
 mod scopes;
 
-use nodes::{again, backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
+use nodes::{again, backend, encode_segment, multi_size, unanswered, Patience, MAX_MULTI_BYTES};
 
 /// Coordinator over a ZooKeeper ensemble. One session per instance.
 pub struct ZkCoordinator {
@@ -141,107 +142,11 @@ impl ZkCoordinator {
 #[async_trait]
 impl Coordinator for ZkCoordinator {
     async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError> {
-        let client = self.client()?;
-        let dir = self.unit_dir(unit);
-        client
-            .mkdir(&dir, &Self::persistent())
-            .await
-            .map_err(|e| backend(&dir, e))?;
-        let epoch_path = format!("{dir}/epoch");
-        let offset_path = format!("{dir}/offset");
-        let lease_path = format!("{dir}/lease");
-        Self::create_if_missing(&client, &epoch_path, b"0").await?;
-        Self::create_if_missing(&client, &offset_path, b"").await?;
-
-        loop {
-            let (data, stat) = client
-                .get_data(&epoch_path)
-                .await
-                .map_err(|e| backend(&epoch_path, e))?;
-            let current = Self::parse_i64(&epoch_path, &data)?.unwrap_or(0);
-            let epoch = u64::try_from(current).unwrap_or(0) + 1;
-            let lease_data = serde_json::to_vec(&LeaseData {
-                worker: worker_id.to_string(),
-                epoch,
-            })
-            .expect("lease data serializes");
-            let mut multi = client.new_multi_writer();
-            let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-            multi
-                .add_create(&lease_path, &lease_data, &ephemeral)
-                .map_err(|e| backend(&lease_path, e))?;
-            multi
-                .add_set_data(
-                    &epoch_path,
-                    epoch.to_string().as_bytes(),
-                    Some(stat.version),
-                )
-                .map_err(|e| backend(&epoch_path, e))?;
-            match multi.commit().await {
-                Ok(_) => {}
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 0,
-                    source: zk::Error::NodeExists,
-                }) => {
-                    let holder = Self::read_lease_holder(&client, &lease_path).await?;
-                    match holder {
-                        Some(h) => {
-                            return Err(CoordError::LeaseHeld {
-                                unit: unit.clone(),
-                                holder: h.worker,
-                            })
-                        }
-                        // Released between our attempt and the read: try again.
-                        None => continue,
-                    }
-                }
-                // Someone else bumped the epoch concurrently: re-read and retry.
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 1,
-                    source: zk::Error::BadVersion,
-                }) => continue,
-                Err(e) => return Err(backend(&lease_path, e.into())),
-            }
-            let (_, offset_stat) = client
-                .get_data(&offset_path)
-                .await
-                .map_err(|e| backend(&offset_path, e))?;
-            self.offset_versions
-                .lock()
-                .expect("offset lock poisoned")
-                .insert(unit.clone(), offset_stat.version);
-            return Ok(Lease {
-                unit: unit.clone(),
-                worker_id: worker_id.to_string(),
-                epoch,
-                token: i64::from(stat.version) + 1,
-            });
-        }
+        self.acquire_lease_of(unit, worker_id).await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), CoordError> {
-        let client = self.client()?;
-        let dir = self.unit_dir(&lease.unit);
-        let epoch_path = format!("{dir}/epoch");
-        let lease_path = format!("{dir}/lease");
-        let mut multi = client.new_multi_writer();
-        multi
-            .add_check_version(&epoch_path, lease.token as i32)
-            .map_err(|e| backend(&epoch_path, e))?;
-        multi
-            .add_delete(&lease_path, None)
-            .map_err(|e| backend(&lease_path, e))?;
-        match multi.commit().await {
-            Ok(_) => {}
-            // Already lost or already gone: nothing of ours to release.
-            Err(zk::MultiWriteError::OperationFailed { .. }) => {}
-            Err(e) => return Err(backend(&lease_path, e.into())),
-        }
-        self.offset_versions
-            .lock()
-            .expect("offset lock poisoned")
-            .remove(&lease.unit);
-        Ok(())
+        self.release_lease_of(lease).await
     }
 
     async fn committed_offset(&self, unit: &UnitId) -> Result<Option<i64>, CoordError> {
@@ -472,29 +377,37 @@ impl Coordinator for ZkCoordinator {
         let path = self.member_path(&member.id);
         let data = serde_json::to_vec(member).expect("member serializes");
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-        match client.create(&path, &data, &ephemeral).await {
-            Ok(_) => Ok(()),
-            Err(zk::Error::NodeExists) => Err(CoordError::MemberExists {
-                id: member.id.clone(),
-            }),
-            Err(e) => Err(backend(&path, e)),
+        let mut patience = Patience::new();
+        let mut asked_before = false;
+        loop {
+            match client.create(&path, &data, &ephemeral).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NodeExists) => {
+                    // After a request whose reply was lost, a node of this session is ours.
+                    let ours = asked_before
+                        && again(|| client.check_stat(&path))
+                            .await
+                            .map_err(|e| backend(&path, e))?
+                            .is_some_and(|s| s.ephemeral_owner == client.session_id().0);
+                    return if ours {
+                        Ok(())
+                    } else {
+                        Err(CoordError::MemberExists {
+                            id: member.id.clone(),
+                        })
+                    };
+                }
+                Err(e) if unanswered(&e) && patience.wait().await => asked_before = true,
+                Err(e) => return Err(backend(&path, e)),
+            }
         }
     }
 
     async fn leave(&self, member_id: &str) -> Result<(), CoordError> {
         let client = self.client()?;
-        let path = self.member_path(member_id);
         // Only our own registration: another live worker may have taken the id since.
-        match client.check_stat(&path).await {
-            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
-                match client.delete(&path, Some(stat.version)).await {
-                    Ok(()) | Err(zk::Error::NoNode) => Ok(()),
-                    Err(e) => Err(backend(&path, e)),
-                }
-            }
-            Ok(_) | Err(zk::Error::NoNode) => Ok(()),
-            Err(e) => Err(backend(&path, e)),
-        }
+        self.delete_own_ephemeral(&client, &self.member_path(member_id))
+            .await
     }
 
     async fn watch_members(&self) -> Result<(Vec<Member>, Signal), CoordError> {

@@ -25,11 +25,54 @@ pub(super) fn multi_size<'a>(ops: impl IntoIterator<Item = (&'a str, usize)>) ->
 pub(super) struct LeaseData {
     pub(super) worker: String,
     pub(super) epoch: u64,
+    /// The session the ephemeral node belongs to (from its stat, not its data): a holder that
+    /// is this very session is a lease taken by a request whose reply was lost.
+    #[serde(skip)]
+    pub(super) session: i64,
 }
 
-/// How long a read waits for a lost connection to come back: the client reconnects to its
-/// session within the session timeout, or learns that it expired and the read fails with that.
+/// How long a request waits for a lost connection to come back: the client reconnects to its
+/// session within the session timeout, or learns that it expired and the request fails with that.
 const RECONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `e` means the request got no answer: the connection dropped (or was reset under the
+/// request, which the client reports as the I/O error), it timed out, or it was throttled. A
+/// read may simply be asked again; a write may or may not have been applied.
+pub(super) fn unanswered(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss
+            | zk::Error::Custom(_)
+            | zk::Error::Timeout
+            | zk::Error::Throttled
+    )
+}
+
+/// Waits between attempts of a request that got no answer, doubling up to 1 s, for at most
+/// [`RECONNECT_PATIENCE`] in all.
+pub(super) struct Patience {
+    started: std::time::Instant,
+    wait: std::time::Duration,
+}
+
+impl Patience {
+    pub(super) fn new() -> Patience {
+        Patience {
+            started: std::time::Instant::now(),
+            wait: std::time::Duration::from_millis(50),
+        }
+    }
+
+    /// Waits before the next attempt; false (at once) once patience has run out.
+    pub(super) async fn wait(&mut self) -> bool {
+        if self.started.elapsed() >= RECONNECT_PATIENCE {
+            return false;
+        }
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(std::time::Duration::from_secs(1));
+        true
+    }
+}
 
 /// Asks `request`, a read (or anything the same when asked twice), again while the connection
 /// is lost and the session lives: a ZooKeeper server restarting or a leader election within the
@@ -38,21 +81,10 @@ pub(super) async fn again<T, Fut>(mut request: impl FnMut() -> Fut) -> Result<T,
 where
     Fut: std::future::Future<Output = Result<T, zk::Error>>,
 {
-    let started = std::time::Instant::now();
-    let mut wait = std::time::Duration::from_millis(50);
+    let mut patience = Patience::new();
     loop {
         match request().await {
-            // The connection dropped (or was reset under the request, which the client reports
-            // as the I/O error), the request timed out or was throttled: ask again.
-            Err(
-                zk::Error::ConnectionLoss
-                | zk::Error::Custom(_)
-                | zk::Error::Timeout
-                | zk::Error::Throttled,
-            ) if started.elapsed() < RECONNECT_PATIENCE => {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(1));
-            }
+            Err(e) if unanswered(&e) && patience.wait().await => {}
             other => return other,
         }
     }
@@ -107,8 +139,8 @@ impl ZkCoordinator {
         {
             return Ok(());
         }
-        client
-            .mkdir(dir, &Self::persistent())
+        let options = Self::persistent();
+        again(|| client.mkdir(dir, &options))
             .await
             .map_err(|e| backend(dir, e))?;
         self.known_dirs
@@ -136,14 +168,17 @@ impl ZkCoordinator {
         path: &str,
     ) -> Result<Option<LeaseData>, CoordError> {
         match again(|| client.get_data(path)).await {
-            Ok((data, _)) => {
-                serde_json::from_slice(&data)
-                    .map(Some)
-                    .map_err(|e| CoordError::Corrupt {
-                        path: path.to_string(),
-                        source: e.into(),
+            Ok((data, stat)) => serde_json::from_slice::<LeaseData>(&data)
+                .map(|lease| {
+                    Some(LeaseData {
+                        session: stat.ephemeral_owner,
+                        ..lease
                     })
-            }
+                })
+                .map_err(|e| CoordError::Corrupt {
+                    path: path.to_string(),
+                    source: e.into(),
+                }),
             Err(zk::Error::NoNode) => Ok(None),
             Err(e) => Err(backend(path, e)),
         }

@@ -18,7 +18,7 @@
 use futures::stream::{self, StreamExt, TryStreamExt};
 use zookeeper_client as zk;
 
-use super::nodes::{again, backend, encode_segment, multi_size, LeaseData, MAX_MULTI_BYTES};
+use super::nodes::{again, backend, encode_segment, multi_size, MAX_MULTI_BYTES};
 use super::ZkCoordinator;
 use crate::{
     CoordError, MergeLease, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
@@ -39,7 +39,7 @@ impl ZkCoordinator {
         format!("{}/parts/{}", self.table_dir(table), encode_segment(value))
     }
 
-    fn merging_path(&self, table: &str, value: &str) -> String {
+    pub(super) fn merging_path(&self, table: &str, value: &str) -> String {
         format!(
             "{}/merging/{}",
             self.table_dir(table),
@@ -62,7 +62,7 @@ impl ZkCoordinator {
     }
 
     /// The scope's state and the version of its znode; a missing scope is empty, version -1.
-    async fn scope_state(
+    pub(super) async fn scope_state(
         client: &zk::Client,
         dir: &str,
     ) -> Result<(ScopeState, i32, usize), CoordError> {
@@ -157,90 +157,6 @@ impl ZkCoordinator {
             .try_collect()
             .await?;
         Ok(records.into_iter().flatten().collect())
-    }
-
-    pub(super) async fn acquire_merge_lease_of(
-        &self,
-        table: &str,
-        value: &str,
-        worker_id: &str,
-    ) -> Result<MergeLease, CoordError> {
-        let client = self.client()?;
-        let dir = self.scope_dir(table, value);
-        self.ensure_dir(&client, &dir).await?;
-        self.ensure_dir(&client, &format!("{}/merging", self.table_dir(table)))
-            .await?;
-        let lease_path = self.merging_path(table, value);
-        loop {
-            let (mut state, version, _) = Self::scope_state(&client, &dir).await?;
-            state.merge_epoch += 1;
-            let data = serde_json::to_vec(&LeaseData {
-                worker: worker_id.to_string(),
-                epoch: state.merge_epoch,
-            })
-            .expect("lease data serializes");
-            let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-            let mut multi = client.new_multi_writer();
-            multi
-                .add_create(&lease_path, &data, &ephemeral)
-                .map_err(|e| backend(&lease_path, e))?;
-            multi
-                .add_set_data(&dir, &state_bytes(&state), Some(version))
-                .map_err(|e| backend(&dir, e))?;
-            match multi.commit().await {
-                Ok(results) => {
-                    let token = set_version(&results, 1).unwrap_or(version + 1);
-                    self.remember_scope_version(table, value, token);
-                    return Ok(MergeLease {
-                        table: table.to_string(),
-                        partition_value: value.to_string(),
-                        worker_id: worker_id.to_string(),
-                        epoch: state.merge_epoch,
-                        token: i64::from(token),
-                    });
-                }
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 0,
-                    source: zk::Error::NodeExists,
-                }) => match Self::read_lease_holder(&client, &lease_path).await? {
-                    Some(h) => {
-                        return Err(CoordError::ScopeLeaseHeld {
-                            table: table.to_string(),
-                            value: value.to_string(),
-                            holder: h.worker,
-                        })
-                    }
-                    None => continue,
-                },
-                // Another merge lease or a seal changed the scope meanwhile: read it again.
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 1,
-                    source: zk::Error::BadVersion,
-                }) => continue,
-                Err(e) => return Err(backend(&lease_path, e.into())),
-            }
-        }
-    }
-
-    pub(super) async fn release_merge_lease_of(
-        &self,
-        lease: &MergeLease,
-    ) -> Result<(), CoordError> {
-        let client = self.client()?;
-        let path = self.merging_path(&lease.table, &lease.partition_value);
-        // Only our own: the node may have ended with a session of ours and been taken since.
-        match client.check_stat(&path).await {
-            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
-                match client.delete(&path, Some(stat.version)).await {
-                    Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
-                    Err(e) => return Err(backend(&path, e)),
-                }
-            }
-            Ok(_) | Err(zk::Error::NoNode) => {}
-            Err(e) => return Err(backend(&path, e)),
-        }
-        self.forget_scope_version(&lease.table, &lease.partition_value);
-        Ok(())
     }
 
     pub(super) async fn swap_of(
@@ -417,20 +333,21 @@ impl ZkCoordinator {
     pub(super) async fn forget_retired_of(&self, retired: &Retired) -> Result<(), CoordError> {
         let client = self.client()?;
         let path = self.retired_path(&retired.table, &retired.name);
-        match client.delete(&path, None).await {
+        // A second delete after a lost reply finds nothing, which is what was wanted.
+        match again(|| client.delete(&path, None)).await {
             Ok(()) | Err(zk::Error::NoNode) => Ok(()),
             Err(e) => Err(backend(&path, e)),
         }
     }
 
-    fn remember_scope_version(&self, table: &str, value: &str, version: i32) {
+    pub(super) fn remember_scope_version(&self, table: &str, value: &str, version: i32) {
         self.scope_versions
             .lock()
             .expect("scope lock poisoned")
             .insert((table.to_string(), value.to_string()), version);
     }
 
-    fn forget_scope_version(&self, table: &str, value: &str) {
+    pub(super) fn forget_scope_version(&self, table: &str, value: &str) {
         self.scope_versions
             .lock()
             .expect("scope lock poisoned")
@@ -454,12 +371,12 @@ fn lost(lease: &MergeLease) -> CoordError {
     }
 }
 
-fn state_bytes(state: &ScopeState) -> Vec<u8> {
+pub(super) fn state_bytes(state: &ScopeState) -> Vec<u8> {
     serde_json::to_vec(state).expect("scope state serializes")
 }
 
 /// The version a multi-op's `index`-th operation, a set-data, left its node at.
-fn set_version(results: &[zk::MultiWriteResult], index: usize) -> Option<i32> {
+pub(super) fn set_version(results: &[zk::MultiWriteResult], index: usize) -> Option<i32> {
     match results.get(index) {
         Some(zk::MultiWriteResult::SetData { stat }) => Some(stat.version),
         _ => None,

@@ -62,6 +62,7 @@ where
     commit_is_visible_atomically(open().await?).await?;
     data_and_quarantine_of_one_flush_are_distinct(open().await?).await?;
     lease_is_exclusive(open().await?, open().await?).await?;
+    a_held_lease_is_returned_to_its_session(open().await?, open().await?).await?;
     stale_lease_cannot_commit(open().await?, open().await?).await?;
     closed_session_frees_leases(open().await?, open().await?).await?;
     release_of_lost_lease_is_harmless(open().await?, open().await?).await?;
@@ -370,6 +371,52 @@ async fn lease_is_exclusive(a: Box<dyn Coordinator>, b: Box<dyn Coordinator>) ->
                 format!("second acquire gave {other:?}, expected LeaseHeld by worker-a"),
             ))
         }
+    }
+    a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
+    b.close().await.map_err(|e| fail(CASE, e.to_string()))
+}
+
+/// Acquiring what this session holds already (an acquisition whose reply was lost, asked again)
+/// returns the same lease, which still commits; another session is still refused.
+async fn a_held_lease_is_returned_to_its_session(
+    a: Box<dyn Coordinator>,
+    b: Box<dyn Coordinator>,
+) -> Outcome {
+    const CASE: &str = "a_held_lease_is_returned_to_its_session";
+    let unit = UnitId::new(unique("again"), 0);
+    let first = a.acquire_lease(&unit, "worker-a").await.or_fail(CASE)?;
+    let second = a.acquire_lease(&unit, "worker-a").await.or_fail(CASE)?;
+    if second.epoch != first.epoch {
+        return Err(fail(
+            CASE,
+            format!("acquired again: {second:?}, first: {first:?}"),
+        ));
+    }
+    let commit = Commit {
+        next_offset: 5,
+        parts: vec![sample_part(&unique("tbl_again"), &unit, 0, 4, "a")],
+    };
+    a.commit(&second, &commit).await.or_fail(CASE)?;
+    if !matches!(
+        b.acquire_lease(&unit, "worker-b").await,
+        Err(CoordError::LeaseHeld { .. })
+    ) {
+        return Err(fail(CASE, "another session took a held lease"));
+    }
+    let table = unique("tbl_again");
+    let merge = a
+        .acquire_merge_lease(&table, "2026-11-23", "worker-a")
+        .await
+        .or_fail(CASE)?;
+    let again = a
+        .acquire_merge_lease(&table, "2026-11-23", "worker-a")
+        .await
+        .or_fail(CASE)?;
+    if again.epoch != merge.epoch {
+        return Err(fail(
+            CASE,
+            format!("merge lease acquired again: {again:?}, first: {merge:?}"),
+        ));
     }
     a.close().await.map_err(|e| fail(CASE, e.to_string()))?;
     b.close().await.map_err(|e| fail(CASE, e.to_string()))

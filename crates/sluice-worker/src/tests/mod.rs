@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::{Failpoints, RunOptions, RunSummary, Services, WorkerError};
 
 mod gaps;
+mod handover;
 mod merges;
 
 const TOPIC: &str = "web";
@@ -34,6 +35,7 @@ struct Settings {
     memory_budget_bytes: u64,
     /// The `[merge]` section's settings, as TOML lines.
     merge: &'static str,
+    shutdown_deadline_ms: u64,
 }
 
 impl Default for Settings {
@@ -45,13 +47,14 @@ impl Default for Settings {
             memory_budget_bytes: 64 << 20,
             // Merges only where a test asks for them.
             merge: "enabled = false",
+            shutdown_deadline_ms: 30_000,
         }
     }
 }
 
 /// One deployment in memory: a topic, a coordinator, storage, and what was produced.
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// The config up to its `[merge]` section's settings.
     text: String,
     config: Arc<Config>,
@@ -72,7 +75,7 @@ impl Harness {
 [worker]
 memory_budget_bytes = {budget}
 flush_check_interval_ms = 20
-shutdown_deadline_ms = 30000
+shutdown_deadline_ms = {deadline}
 
 [coordination]
 backend = "embedded"
@@ -90,6 +93,7 @@ url = "file://{data}"
 [merge]
 "#,
             budget = s.memory_budget_bytes,
+            deadline = s.shutdown_deadline_ms,
             data = dir.path().join("data").display(),
             table = fixture::events_table(TOPIC, s.max_rows, s.max_age_ms),
         );
@@ -100,7 +104,7 @@ url = "file://{data}"
         let source = MemorySource::new();
         source.create_topic(TOPIC, s.partitions);
         Ok(Harness {
-            _dir: dir,
+            dir,
             text,
             config,
             source,
@@ -149,6 +153,11 @@ url = "file://{data}"
 
     /// Starts a worker as a task; it runs until it stops by itself or is told to shut down.
     async fn spawn(&self, id: &str, stop_at_end: bool) -> Result<Worker> {
+        self.spawn_with(id, stop_at_end, self.services().await?)
+    }
+
+    /// [`Harness::spawn`] with services made earlier (storage opens only where it is usable).
+    fn spawn_with(&self, id: &str, stop_at_end: bool, services: Services) -> Result<Worker> {
         let options = RunOptions {
             worker_id: id.to_string(),
             stop_at_end,
@@ -161,7 +170,7 @@ url = "file://{data}"
         let task = tokio::spawn(crate::run_with(
             Arc::clone(&self.config),
             options,
-            self.services().await?,
+            services,
             shutdown,
         ));
         Ok(Worker {
