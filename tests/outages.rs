@@ -6,14 +6,14 @@
 //! every test ends with the exactly-once check on every column. Each prints the time from the
 //! service's return to the first new commit and to lag 0.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use sluice_tests::fleet::{
-    deployment, deployment_on, fleet_state, spawn, tail, wait_caught_up, Worker,
+use sluice_tests::fleet::{deployment, deployment_on, spawn, tail, wait_caught_up};
+use sluice_tests::outage::{
+    endpoints, ensure_running, offsets, recovery, wait_ready_state, wait_storage_outage_seen,
+    SETTLE,
 };
 use sluice_tests::private::{PrivateKafka, PrivateS3, PrivateZk};
 use sluice_tests::web::{endpoint, get};
@@ -24,101 +24,6 @@ use sluice_tests::{unique, wait_until, Prepared, Stack, StorageKind};
 const STORAGE_OUTAGE: Duration = Duration::from_secs(60);
 /// Longer than the deployments' 4 s session timeout.
 const ZOOKEEPER_OUTAGE: Duration = Duration::from_secs(12);
-const SETTLE: Duration = Duration::from_secs(120);
-
-/// The committed offsets of every partition.
-async fn offsets(d: &Prepared) -> Result<BTreeMap<i32, Option<i64>>> {
-    Ok(fleet_state(&d.config, &d.topic).await?.offsets)
-}
-
-/// Waits until `/readyz` of every worker answers `status` with `why` in its body.
-async fn wait_ready_state(addrs: &[SocketAddr], status: u16, why: &str) -> Result<()> {
-    let mut last = String::new();
-    let outcome = wait_until(
-        SETTLE,
-        Duration::from_millis(100),
-        &format!("every worker's /readyz to answer {status} with `{why}`"),
-        || {
-            let answers: Vec<_> = addrs.iter().map(|a| get(*a, "/readyz")).collect();
-            let done = answers
-                .iter()
-                .all(|r| matches!(r, Ok((s, body)) if *s == status && body.contains(why)));
-            last = format!("{answers:?}");
-            async move { Ok(done) }
-        },
-    )
-    .await;
-    outcome.with_context(|| format!("last answers: {last}"))
-}
-
-/// Waits until every worker that holds partitions answers `/readyz` 503 naming storage (the
-/// others hold nothing to upload and stay ready); returns the former, at least one.
-async fn wait_storage_outage_seen(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
-    let mut holders = Vec::new();
-    let mut last = String::new();
-    let outcome = wait_until(
-        SETTLE,
-        Duration::from_millis(100),
-        "every worker holding partitions to answer /readyz 503 naming storage",
-        || {
-            let answers: Vec<_> = addrs.iter().map(|a| (*a, get(*a, "/readyz"))).collect();
-            let idle = |body: &str| body.contains(r#""owned":0"#);
-            let done = answers.iter().all(|(_, r)| match r {
-                Ok((503, body)) => body.contains("storage unavailable"),
-                Ok((200, body)) => idle(body),
-                _ => false,
-            });
-            holders = answers
-                .iter()
-                .filter(|(_, r)| matches!(r, Ok((_, body)) if !idle(body)))
-                .map(|(a, _)| *a)
-                .collect();
-            last = format!("{answers:?}");
-            let done = done && !holders.is_empty();
-            async move { Ok(done) }
-        },
-    )
-    .await;
-    outcome.with_context(|| format!("last answers: {last}"))?;
-    Ok(holders)
-}
-
-/// Times from a service's return (`returned`) to the first commit past `before` and to lag 0.
-async fn recovery(
-    d: &Prepared,
-    before: &BTreeMap<i32, Option<i64>>,
-    returned: Instant,
-) -> Result<(f64, f64)> {
-    wait_until(
-        SETTLE,
-        Duration::from_millis(50),
-        "a commit after the outage",
-        || async { Ok(offsets(d).await? != *before) },
-    )
-    .await?;
-    let first_commit = returned.elapsed().as_secs_f64();
-    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
-    Ok((first_commit, returned.elapsed().as_secs_f64()))
-}
-
-fn ensure_running(workers: &mut [Worker]) -> Result<()> {
-    for w in workers.iter_mut() {
-        ensure!(
-            w.is_running(),
-            "a worker exited during the outage:\n{}",
-            tail(&w.log_text(), 3000)
-        );
-    }
-    Ok(())
-}
-
-async fn endpoints(workers: &[Worker]) -> Result<Vec<SocketAddr>> {
-    let mut addrs = Vec::new();
-    for w in workers {
-        addrs.push(endpoint(w).await?);
-    }
-    Ok(addrs)
-}
 
 /// What a storage outage takes away and gives back.
 enum Storage<'a> {

@@ -16,9 +16,11 @@ use sluice_sink::Storage;
 use sluice_testkit::exactly_once::{self, Objects, Produced};
 
 pub mod aggregates;
+pub mod ensemble;
 pub mod fleet;
 pub mod kafka;
 pub mod merges;
+pub mod outage;
 pub mod per_hour;
 pub mod private;
 pub mod web;

@@ -134,54 +134,7 @@ pub struct PrivateZk {
 impl PrivateZk {
     /// Starts a server on a free port with an empty data dir, and waits until it serves.
     pub async fn launch() -> Result<PrivateZk> {
-        let dir = tempfile::tempdir()?;
-        let conf = dir.path().join("conf");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&conf)?;
-        std::fs::create_dir_all(&data)?;
-        let port = free_port()?;
-        // What scripts/stack.sh writes, but for the port and dataDir. Whitelisting `stat`
-        // enables `srvr` too, which the readiness probe asks.
-        let zoo_cfg = format!(
-            "tickTime=500\n\
-             dataDir={data}\n\
-             clientPort={port}\n\
-             clientPortAddress={HOST}\n\
-             admin.enableServer=false\n\
-             4lw.commands.whitelist=ruok,stat,mntr\n\
-             maxSessionTimeout=120000\n\
-             autopurge.snapRetainCount=3\n\
-             autopurge.purgeInterval=1\n",
-            data = data.display()
-        );
-        std::fs::write(conf.join("zoo.cfg"), zoo_cfg)?;
-        // The conf dir is first on the classpath, so log4j finds this file.
-        std::fs::write(
-            conf.join("log4j.properties"),
-            "log4j.rootLogger=INFO, CONSOLE\n\
-             log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
-             log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
-             log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t:%C{1}@%L] - %m%n\n",
-        )?;
-        let classpath = format!("{}:{ZK_JAR}:{ZK_LOG_JARS}", conf.display());
-        let args: Vec<OsString> = vec![
-            "-Xmx512m".into(),
-            "-cp".into(),
-            classpath.into(),
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-            conf.join("zoo.cfg").into(),
-        ];
-        let mut server = PrivateServer {
-            name: "zookeeper",
-            program: "java".into(),
-            args,
-            cwd: dir.path().to_path_buf(),
-            port,
-            log: dir.path().join("zookeeper.log"),
-            probe: zk_ready,
-            child: None,
-            dir,
-        };
+        let mut server = zookeeper_server(tempfile::tempdir()?, free_port()?, "")?;
         server.start().await?;
         Ok(PrivateZk { server })
     }
@@ -202,6 +155,63 @@ impl PrivateZk {
             .context("the private ZooKeeper did not answer within 10 s")?
             .context("connecting to the private ZooKeeper")
     }
+}
+
+/// A ZooKeeper server with its state in `dir`, serving clients on `port`, configured as
+/// `scripts/stack.sh` configures it plus `extra` (lines of `zoo.cfg`: an ensemble's members);
+/// not started.
+pub(crate) fn zookeeper_server(
+    dir: tempfile::TempDir,
+    port: u16,
+    extra: &str,
+) -> Result<PrivateServer> {
+    let conf = dir.path().join("conf");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&conf)?;
+    std::fs::create_dir_all(&data)?;
+    // What scripts/stack.sh writes, but for the port and dataDir. Whitelisting `stat` enables
+    // `srvr` too, which the readiness probe asks.
+    let zoo_cfg = format!(
+        "tickTime=500\n\
+         dataDir={data}\n\
+         clientPort={port}\n\
+         clientPortAddress={HOST}\n\
+         admin.enableServer=false\n\
+         4lw.commands.whitelist=ruok,stat,mntr\n\
+         maxSessionTimeout=120000\n\
+         autopurge.snapRetainCount=3\n\
+         autopurge.purgeInterval=1\n\
+         {extra}",
+        data = data.display()
+    );
+    std::fs::write(conf.join("zoo.cfg"), zoo_cfg)?;
+    // The conf dir is first on the classpath, so log4j finds this file.
+    std::fs::write(
+        conf.join("log4j.properties"),
+        "log4j.rootLogger=INFO, CONSOLE\n\
+         log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+         log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+         log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t:%C{1}@%L] - %m%n\n",
+    )?;
+    let classpath = format!("{}:{ZK_JAR}:{ZK_LOG_JARS}", conf.display());
+    let args: Vec<OsString> = vec![
+        "-Xmx512m".into(),
+        "-cp".into(),
+        classpath.into(),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+        conf.join("zoo.cfg").into(),
+    ];
+    Ok(PrivateServer {
+        name: "zookeeper",
+        program: "java".into(),
+        args,
+        cwd: dir.path().to_path_buf(),
+        port,
+        log: dir.path().join("zookeeper.log"),
+        probe: zk_ready,
+        child: None,
+        dir,
+    })
 }
 
 impl Stack {
@@ -250,10 +260,18 @@ impl PrivateServer {
     /// serves; returns how long that took. A restarted ZooKeeper reloads its snapshot and
     /// transaction log: znodes survive, and sessions that reconnect within their timeout.
     pub async fn start(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        self.spawn()?;
+        self.wait_serving(started).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Starts the process, without waiting for it to serve (an ensemble's members serve only
+    /// once a quorum of them runs).
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("{} on port {} is already running", self.name, self.port);
         }
-        let started = Instant::now();
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -279,8 +297,18 @@ impl PrivateServer {
                     self.program.display()
                 )
             })?;
-        let child = self.child.insert(child);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the spawned process serves, failing if it exits or takes longer than
+    /// [`READY_LIMIT`] from `started`.
+    pub(crate) async fn wait_serving(&mut self, started: Instant) -> Result<()> {
         loop {
+            let child = self
+                .child
+                .as_mut()
+                .with_context(|| format!("{} is not running", self.name))?;
             if let Some(status) = child.try_wait()? {
                 self.child = None;
                 bail!(
@@ -289,9 +317,8 @@ impl PrivateServer {
                     self.log_tail()
                 );
             }
-            let (probe, port) = (self.probe, self.port);
-            if tokio::task::spawn_blocking(move || probe(port)).await? {
-                return Ok(started.elapsed());
+            if self.serves().await? {
+                return Ok(());
             }
             if started.elapsed() > READY_LIMIT {
                 bail!(
@@ -303,6 +330,17 @@ impl PrivateServer {
             }
             tokio::time::sleep(PROBE_EVERY).await;
         }
+    }
+
+    /// Whether it answers on its port over its own protocol now.
+    pub async fn serves(&self) -> Result<bool> {
+        let (probe, port) = (self.probe, self.port);
+        Ok(tokio::task::spawn_blocking(move || probe(port)).await?)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// kill -9, and waits until the process is gone: connections are refused from then on.
@@ -364,12 +402,12 @@ fn tools_dir() -> PathBuf {
 /// A loopback port nothing listens on. Linux hands out ports for `bind(0)` from the other half
 /// of the ephemeral range than the one `connect()` takes first, so while the server is down a
 /// client retrying is unlikely to take its port.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind((HOST, 0))?.local_addr()?.port())
 }
 
 /// Sends `request` and reads the answer to EOF, or what came within 3 s.
-fn ask(port: u16, request: &[u8]) -> Option<String> {
+pub(crate) fn ask(port: u16, request: &[u8]) -> Option<String> {
     ask_bytes(port, request).map(|a| String::from_utf8_lossy(&a).into_owned())
 }
 

@@ -301,6 +301,13 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// membership are gone, and its commits can no longer succeed.
     fn session_ended(&self) -> Signal;
 
+    /// Whether requests are answered now. False while a lost connection is being re-established
+    /// to the same session (a leader election, a quorum lost for a while): the session and its
+    /// leases may well survive, but nothing commits until it is back.
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Ends this handle's session: its leases and membership are released.
     async fn close(&self) -> Result<(), CoordError>;
 }

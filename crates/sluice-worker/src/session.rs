@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use sluice_config::{Config, TableConfig};
 use sluice_coord::{Coordinator, UnitId};
 use sluice_source::{Assignment, Reader, SourceBatch, SourceError};
-use sluice_telemetry::{Health, Readiness, Telemetry};
+use sluice_telemetry::{Dependency, Health, Readiness, Telemetry};
 
 use crate::flush::FlushContext;
 use crate::ingest::Ingest;
@@ -62,6 +62,9 @@ pub(crate) struct Session<'a> {
     pub(crate) pending_gc: HashMap<UnitId, u64>,
     /// When a failed collection of those is tried again.
     pub(crate) next_gc_attempt: Instant,
+    /// The coordinator's connection was found lost (its session living on), and readiness
+    /// says so until it is back.
+    connection_lost: bool,
 }
 
 impl<'a> Session<'a> {
@@ -122,6 +125,7 @@ impl<'a> Session<'a> {
             next_skip_check: Instant::now(),
             pending_gc: HashMap::new(),
             next_gc_attempt: Instant::now(),
+            connection_lost: false,
         }
     }
 
@@ -213,6 +217,7 @@ impl<'a> Session<'a> {
                 }
                 done = self.merger.next_finished() => self.merger.complete(done, &mut self.ingest)?,
                 _ = tick.tick() => {
+                    self.watch_connection();
                     self.ingest.flush_due()?;
                     self.resume_pending()?;
                     self.check_skips().await?;
@@ -322,6 +327,24 @@ impl<'a> Session<'a> {
             .collect();
         ends.others_done(&*self.coord, &self.fleet.universe, &mine, now)
             .await
+    }
+
+    /// Says in readiness when the coordinator's connection is lost while its session lives on,
+    /// and when it is back: nothing commits meanwhile.
+    fn watch_connection(&mut self) {
+        let connected = self.coord.connected();
+        let health = &self.ingest.ctx().health;
+        if !connected && !self.connection_lost {
+            tracing::warn!("the connection to ZooKeeper is lost; reconnecting to the same session (commits wait meanwhile)");
+            health.failed(
+                Dependency::Zookeeper,
+                "the connection is lost; reconnecting to the same session",
+                false,
+            );
+        } else if connected && self.connection_lost {
+            health.succeeded(Dependency::Zookeeper);
+        }
+        self.connection_lost = !connected;
     }
 
     /// Refreshes readiness and the worker-level gauges.

@@ -486,11 +486,62 @@ impl Coordinator for ZkCoordinator {
         })
     }
 
+    fn connected(&self) -> bool {
+        self.client
+            .read()
+            .expect("client lock poisoned")
+            .as_ref()
+            .is_some_and(|c| c.state() == zk::SessionState::SyncConnected)
+    }
+
     async fn close(&self) -> Result<(), CoordError> {
         // Dropping the last handle closes the session, which deletes its ephemeral nodes.
         let client = self.client.write().expect("client lock poisoned").take();
-        drop(client);
+        if let Some(client) = client {
+            if client.state() != zk::SessionState::SyncConnected {
+                // No server to close it through: it may live on in the ensemble (see
+                // `end_abandoned`), holding leases this worker's next session waits for.
+                tokio::spawn(end_abandoned(
+                    self.connect.clone(),
+                    client.session().clone(),
+                    client.session_timeout(),
+                ));
+            }
+        }
         self.closed.send_replace(true);
         Ok(())
+    }
+}
+
+/// How long an abandoned session is pursued: by then the ensemble has expired it for sure.
+const ABANDONED_PURSUIT: Duration = Duration::from_secs(600);
+
+/// Ends, in the ensemble, a session its client gave up on. The client declares a session
+/// expired when no server answered within the session timeout (a quorum lost); but a new
+/// leader restores every session with a fresh timeout, so the old one would keep its ephemeral
+/// leases for another whole timeout after the quorum returns while the worker's next session
+/// waits for them. Nothing uses it any more (its flushes were dropped with it), so it is
+/// reattached and closed as soon as a server answers; a session the ensemble already expired
+/// is refused, which ends the pursuit too.
+async fn end_abandoned(connect: String, session: zk::SessionInfo, timeout: Duration) {
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_millis(200);
+    while started.elapsed() < ABANDONED_PURSUIT {
+        let attempt = zk::Client::connector()
+            .with_session(session.clone())
+            .with_session_timeout(timeout)
+            .with_fail_eagerly()
+            .connect(&connect);
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(client)) => {
+                tracing::info!(session = ?client.session_id(), "closed the previous session, which the ensemble had kept: its leases are free at once");
+                drop(client);
+                return;
+            }
+            Ok(Err(zk::Error::SessionExpired)) => return,
+            Ok(Err(_)) | Err(_) => {}
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
