@@ -187,23 +187,42 @@ async fn a_paused_worker_cannot_commit_and_rejoins_cleanly() -> Result<()> {
     let mut d = deployment("fleet-zombie", PARTITIONS, 1_200, 300).await?;
     // The zombie stops itself right before its first commit, with its parts uploaded.
     let zombie = spawn_frozen(&d, "zombie", "before_commit:1:stop").await?;
-    let zombie_epochs: BTreeMap<i32, u64> = {
-        let config = sluice_tests::load_config(&d.config)?;
-        let coord = sluice_worker::open_coordinator(&config.coordination).await?;
-        let units = coord.list_units().await?;
-        coord.close().await?;
-        units
-            .into_iter()
-            .filter(|u| u.holder.as_deref() == Some("zombie"))
-            .map(|u| (u.unit.partition, u.epoch))
-            .collect()
-    };
+    let config = sluice_tests::load_config(&d.config)?;
+    let coord = sluice_worker::open_coordinator(&config.coordination).await?;
+    let zombie_epochs: BTreeMap<i32, u64> = coord
+        .list_units()
+        .await?
+        .into_iter()
+        .filter(|u| u.holder.as_deref() == Some("zombie"))
+        .map(|u| (u.unit.partition, u.epoch))
+        .collect();
     ensure!(
         zombie_epochs.len() == PARTITIONS as usize,
         "the zombie holds {zombie_epochs:?}"
     );
+    // Its session expires while it is frozen: its leases go. A commit it had sent before it
+    // stopped itself (another partition's flush, on another thread) was applied under a lease
+    // it still held, which is right; what is committed once the leases are gone is the line
+    // nothing of its old epochs may cross.
+    wait_until(
+        SETTLE,
+        Duration::from_millis(100),
+        "the zombie's session to expire",
+        || async {
+            let units = coord.list_units().await?;
+            Ok(units.iter().all(|u| u.holder.is_none()))
+        },
+    )
+    .await?;
+    let fenced_at: BTreeMap<i32, i64> = coord
+        .list_units()
+        .await?
+        .into_iter()
+        .map(|u| (u.unit.partition, u.next_offset.unwrap_or(0)))
+        .collect();
+    coord.close().await?;
 
-    // Its session expires while it is frozen; another worker takes everything over.
+    // Another worker takes everything over.
     let w1 = spawn(&d, "w1")?;
     wait_balanced(&d.config, &d.topic, PARTITIONS, &["w1"], SETTLE).await?;
     wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
@@ -245,12 +264,15 @@ async fn a_paused_worker_cannot_commit_and_rejoins_cleanly() -> Result<()> {
     );
     terminate_all([w1, zombie]).await?;
 
-    // Nothing committed under the zombie's first leases.
+    // Nothing committed under the zombie's first leases once they were gone.
     let c = committed(&d.config, "events").await?;
     let stale: Vec<_> = c
         .parts
         .iter()
-        .filter(|p| zombie_epochs.get(&p.partition) == Some(&p.lease_epoch))
+        .filter(|p| {
+            zombie_epochs.get(&p.partition) == Some(&p.lease_epoch)
+                && p.first_offset >= fenced_at.get(&p.partition).copied().unwrap_or(0)
+        })
         .map(|p| p.path.clone())
         .collect();
     ensure!(
