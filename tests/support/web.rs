@@ -38,11 +38,21 @@ pub async fn endpoint(worker: &Worker) -> Result<SocketAddr> {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    get_authorized(addr, path, None)
+}
+
+/// [`get`] with an `Authorization` header (its value) if given.
+pub fn get_authorized(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let header = authorization.map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

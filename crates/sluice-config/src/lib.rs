@@ -20,6 +20,7 @@ mod column;
 mod coordination;
 mod kafka;
 mod merge;
+mod secret;
 mod storage;
 mod table;
 mod telemetry;
@@ -33,6 +34,7 @@ pub use column::{Aggregate, ColumnConfig, ColumnType};
 pub use coordination::{CoordinationBackend, CoordinationConfig};
 pub use kafka::{KafkaConfig, StartFrom, KAFKA_PREFETCH_PROPERTY};
 pub use merge::MergeConfig;
+pub use secret::{Secret, REDACTED};
 pub use storage::StorageConfig;
 pub use table::{FlushConfig, Granularity, PartitionKeyConfig, TableConfig};
 pub use telemetry::TelemetryConfig;
@@ -56,6 +58,15 @@ pub enum ConfigError {
         origin: String,
         #[source]
         source: toml::de::Error,
+    },
+    /// A secret written wrongly or unreadable. Unlike [`ConfigError::Parse`] it does not quote
+    /// the line, which may hold the secret itself.
+    #[error("config file {origin}, line {line}, column {column}: {problem}")]
+    Secret {
+        origin: String,
+        line: usize,
+        column: usize,
+        problem: String,
     },
     #[error("config field `{field}`: {problem}; fix: {fix}")]
     Invalid {
@@ -135,9 +146,23 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            origin: origin.to_string(),
-            source,
+        let config: Config = toml::from_str(text).map_err(|source| {
+            match source.message().strip_prefix(secret::PROBLEM) {
+                Some(problem) => {
+                    let at = source.span().map_or(0, |s| s.start);
+                    let before = &text[..at.min(text.len())];
+                    ConfigError::Secret {
+                        origin: origin.to_string(),
+                        line: before.matches('\n').count() + 1,
+                        column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                        problem: problem.to_string(),
+                    }
+                }
+                None => ConfigError::Parse {
+                    origin: origin.to_string(),
+                    source,
+                },
+            }
         })?;
         config.validate()?;
         Ok(config)

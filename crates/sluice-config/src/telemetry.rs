@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::{invalid, positive, ConfigError};
+use crate::{invalid, positive, ConfigError, Secret};
 
 /// The worker's HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and the live
 /// dashboard at `/`.
@@ -11,8 +11,8 @@ use crate::{invalid, positive, ConfigError};
 pub struct TelemetryConfig {
     /// Whether the worker serves the endpoint at all. Default: true.
     pub enabled: bool,
-    /// `host:port` to bind. Loopback by default: the page and the metrics need no
-    /// authentication, so expose them deliberately. Port 0 picks a free port (logged, and shown
+    /// `host:port` to bind. Loopback by default: without `token` the page and the metrics need
+    /// no authentication, so expose them deliberately. Port 0 picks a free port (logged, and shown
     /// as the member's address by `sluice members` when `worker.address` is unset).
     /// Default: `127.0.0.1:9600`.
     pub listen_address: String,
@@ -24,6 +24,14 @@ pub struct TelemetryConfig {
     /// Lag in seconds above which the dashboard shows a partition and its topic in red.
     /// Default: 60.
     pub lag_alert_s: f64,
+    /// A token the dashboard and `/api/*` require, as `Authorization: Bearer <token>` or as the
+    /// password of HTTP Basic authentication (which browsers prompt for), from a file or an
+    /// environment variable (see [`crate::Secret`]). Default: none (no authentication; keep
+    /// the endpoint on loopback then).
+    pub token: Option<Secret>,
+    /// Whether the token is required on `/metrics`, `/healthz` and `/readyz` too (then probes
+    /// and Prometheus must send it). Default: false (they stay open).
+    pub token_covers_health_and_metrics: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -34,6 +42,8 @@ impl Default for TelemetryConfig {
             refresh_ms: 5_000,
             dashboard_history_s: 900,
             lag_alert_s: 60.0,
+            token: None,
+            token_covers_health_and_metrics: false,
         }
     }
 }
@@ -43,7 +53,19 @@ impl TelemetryConfig {
         self.validate_listen_address()?;
         positive("telemetry.refresh_ms", self.refresh_ms)?;
         self.validate_history()?;
-        self.validate_lag_alert()
+        self.validate_lag_alert()?;
+        self.validate_token()
+    }
+
+    fn validate_token(&self) -> Result<(), ConfigError> {
+        if self.token_covers_health_and_metrics && self.token.is_none() {
+            return Err(invalid(
+                "telemetry.token_covers_health_and_metrics",
+                "is true but no `telemetry.token` is set",
+                "set `telemetry.token = { file = \"/path\" }`, or remove this field",
+            ));
+        }
+        Ok(())
     }
 
     /// Bound without name resolution, so a host name would fail only when the worker starts.

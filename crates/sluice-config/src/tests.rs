@@ -383,3 +383,43 @@ fn merge_memory_must_leave_half_the_budget() {
     let small = Config::from_toml_str(&format!("{}{budget}", minimal()), "t").unwrap();
     assert_eq!(small.merge_memory_bytes(), 50_000_000);
 }
+
+#[test]
+fn a_secret_written_into_the_config_is_refused_and_never_echoed() {
+    let text = minimal() + "\n[telemetry]\ntoken = \"canary-a1b2c3\"\n";
+    let shown = err_of(&text);
+    assert!(shown.contains("line"), "{shown}");
+    assert!(shown.contains("not written in the config"), "{shown}");
+    assert!(
+        !shown.contains("canary"),
+        "the error shows the secret: {shown}"
+    );
+}
+
+#[test]
+fn a_token_from_a_file_is_loaded_and_prints_as_stars() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "canary-d4e5f6\n").unwrap();
+    let text = minimal()
+        + &format!(
+            "\n[telemetry]\ntoken = {{ file = {:?} }}\n",
+            file.display().to_string()
+        );
+    let c = Config::from_toml_str(&text, "test.toml").unwrap();
+    assert_eq!(
+        c.telemetry.token.as_ref().map(Secret::expose),
+        Some("canary-d4e5f6")
+    );
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("canary") && debug.contains(REDACTED),
+        "{debug}"
+    );
+}
+
+#[test]
+fn covering_health_and_metrics_needs_a_token() {
+    let text = minimal() + "\n[telemetry]\ntoken_covers_health_and_metrics = true\n";
+    assert!(err_of(&text).contains("no `telemetry.token` is set"));
+}

@@ -78,7 +78,9 @@ impl Storage {
             if bucket.is_empty() {
                 return Err(bad("no bucket given; write s3://bucket/prefix"));
             }
-            let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
+            // The usual chain: `AWS_*` variables of the worker's environment first (keys, region,
+            // endpoint, web identity), then `storage.options`, which override them.
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
             for (key, value) in &config.options {
                 let parsed =
                     AmazonS3ConfigKey::from_str(key).map_err(|source| SinkError::BadOption {

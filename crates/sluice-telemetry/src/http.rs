@@ -7,6 +7,9 @@
 //! | `/readyz` | 200 when the worker holds its session and every partition assigned to it and no dependency is unavailable, else 503; the body says which (an outage first, naming the service and for how long) |
 //! | `/` | the live dashboard (HTML and JavaScript compiled into the binary; no other request leaves the page) |
 //! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history, and the latest [`PartsReport`] (the fullest scopes of every table against the merge limits) |
+//!
+//! With `telemetry.token` set, the dashboard and `/api/*` (and, if configured, the rest) answer
+//! 401 without it (`crate::auth`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -340,13 +343,21 @@ pub async fn serve(telemetry: Arc<Telemetry>) -> Result<SocketAddr, TelemetryErr
         .local_addr()
         .map_err(|source| TelemetryError::Bind { address, source })?;
     let _ = telemetry.bound.set(bound);
-    let app = Router::new()
+    let token = telemetry.config.telemetry.token.clone();
+    let covers = telemetry.config.telemetry.token_covers_health_and_metrics;
+    let mut app = Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/state", get(api_state))
         .with_state(telemetry);
+    if let Some(token) = token {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            crate::auth::Guard::new(token, covers),
+            crate::auth::require_token,
+        ));
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics and dashboard endpoint stopped; the worker goes on ingesting");

@@ -12,12 +12,13 @@
 //! * [`process`]: this process's CPU seconds and peak memory, for closing summaries and
 //!   benchmarks.
 //! * [`http`]: the worker's endpoint: `/metrics`, `/healthz`, `/readyz`, the dashboard at `/`
-//!   and the JSON behind it at `/api/state`.
+//!   and the JSON behind it at `/api/state`; `auth` checks its optional token.
 //!
 //! Label cardinality is bounded by design: per-partition series carry only `topic` and
 //! `partition` of partitions the worker holds; per-table series carry `table` (and a fixed set
 //! of quarantine `reason` codes); nothing is labelled by offset, worker or event content.
 
+mod auth;
 pub mod health;
 pub mod http;
 pub mod lag;
