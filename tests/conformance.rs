@@ -8,21 +8,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_config::{KafkaConfig, StartFrom};
-use sluice_coord::{Coordinator, EmbeddedCoordinator, ZkCoordinator};
+use sluice_coord::{Coordinator, Credentials, EmbeddedCoordinator, ZkCoordinator};
 use sluice_source::KafkaSource;
 use sluice_testkit::{coord_conformance, source_conformance};
 use sluice_tests::{unique, zk_root, BrokerTopics, Stack};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn zookeeper_passes_the_coordinator_conformance_suite() {
+async fn zookeeper_conformance(credentials: Option<Credentials>) {
     let stack = Stack::from_env();
     let root = zk_root(&unique("conformance"));
     let result = coord_conformance::run_all(|| {
-        let (zk, root) = (stack.zk.clone(), root.clone());
+        let (zk, root, credentials) = (stack.zk.clone(), root.clone(), credentials.clone());
         async move {
-            let c =
-                ZkCoordinator::connect(&zk, &root, Duration::from_secs(4), Duration::from_secs(10))
-                    .await?;
+            let c = ZkCoordinator::connect(
+                &zk,
+                &root,
+                Duration::from_secs(4),
+                Duration::from_secs(10),
+                credentials,
+            )
+            .await?;
             Ok(Box::new(c) as Box<dyn Coordinator>)
         }
     })
@@ -30,6 +34,23 @@ async fn zookeeper_passes_the_coordinator_conformance_suite() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_passes_the_coordinator_conformance_suite() {
+    zookeeper_conformance(None).await;
+}
+
+/// Every znode created under ACLs that only the deployment's identity may use: the identity's
+/// digest must be the one ZooKeeper computes, or the suite's second write would be refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_with_digest_authentication_passes_the_coordinator_conformance_suite() {
+    zookeeper_conformance(Some(Credentials::new(
+        "conformance",
+        unique("password"),
+        Some(("viewer".to_string(), "viewer-password".to_string())),
+    )))
+    .await;
 }
 
 #[tokio::test]

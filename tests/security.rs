@@ -1,13 +1,15 @@
 //! Security of a running worker, as a separate process against the shared stack: the HTTP
-//! endpoint's token, and secrets that never show up in what the worker prints or serves.
+//! endpoint's token, ZooKeeper's digest authentication and ACLs, and secrets that never show
+//! up in what the worker prints or serves.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use base64::Engine as _;
-use sluice_tests::fleet::{deployment, spawn, tail, wait_caught_up};
-use sluice_tests::unique;
+use sluice_tests::fleet::{deployment, spawn, tail, wait_caught_up, Worker};
+use sluice_tests::outage::wait_ready_state;
 use sluice_tests::web::{endpoint, get_authorized};
+use sluice_tests::{describe, run_sluice, unique, zk_root, Prepared, Stack};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -88,5 +90,134 @@ async fn the_http_token_guards_the_dashboard_and_the_api_and_leaves_health_and_m
         );
     }
     worker.terminate(Duration::from_secs(60)).await?;
+    d.verify().await
+}
+
+/// `[coordination.auth]` of a deployment, its passwords in files under its directory named
+/// after `tag`.
+fn zookeeper_auth(
+    d: &Prepared,
+    tag: &str,
+    user: &str,
+    password: &str,
+    viewer: Option<(&str, &str)>,
+) -> Result<String> {
+    let file = |name: &str, secret: &str| -> Result<String> {
+        let path = d.dir.path().join(format!("{tag}-{name}"));
+        std::fs::write(&path, format!("{secret}\n"))?;
+        Ok(path.display().to_string())
+    };
+    let mut section = format!(
+        "\n[coordination.auth]\nuser = \"{user}\"\npassword = {{ file = {:?} }}\n",
+        file(&format!("{user}-password"), password)?
+    );
+    if let Some((name, secret)) = viewer {
+        section.push_str(&format!(
+            "read_only_user = \"{name}\"\nread_only_password = {{ file = {:?} }}\n",
+            file(&format!("{name}-password"), secret)?
+        ));
+    }
+    Ok(section)
+}
+
+/// The deployment's config with `auth` instead of its own `[coordination.auth]`, as a new file.
+fn config_with(d: &Prepared, name: &str, auth: &str) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(&d.config)?;
+    let base = text.split("\n[coordination.auth]").next().unwrap_or(&text);
+    let path = d.dir.path().join(name);
+    std::fs::write(&path, format!("{base}{auth}"))?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_authentication_keeps_the_registry_to_the_deployment_and_its_readers() -> Result<()>
+{
+    let mut d = deployment("zk_auth", 2, 600, 100).await?;
+    let password = unique("canary-zk-password");
+    let viewer_password = unique("canary-viewer-password");
+    let auth = zookeeper_auth(
+        &d,
+        "main",
+        "sluice",
+        &password,
+        Some(("viewer", &viewer_password)),
+    )?;
+    d.edit_config(|t| t + &auth)?;
+    let worker = spawn(&d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+
+    // An anonymous session sees nothing of it.
+    let stack = Stack::from_env();
+    let anonymous = zookeeper_client::Client::connect(&stack.zk).await?;
+    let root = zk_root(&d.topic);
+    for path in [root.clone(), format!("{root}/members")] {
+        let listed = anonymous.list_children(&path).await;
+        ensure!(
+            matches!(listed, Err(zookeeper_client::Error::NoAuth)),
+            "an anonymous session listed {path}: {listed:?}"
+        );
+    }
+
+    // The read-only identity reports, and cannot run a worker.
+    let viewer = config_with(
+        &d,
+        "viewer.toml",
+        &zookeeper_auth(&d, "viewer", "viewer", &viewer_password, None)?,
+    )?;
+    let viewer_arg = viewer.display().to_string();
+    let lag = run_sluice(&["lag", "--config", &viewer_arg], &[], SETTLE).await?;
+    ensure!(
+        lag.status.success(),
+        "sluice lag as the viewer: {}",
+        describe(&lag)
+    );
+    let check = run_sluice(
+        &["check", "--config", &viewer_arg, "--connect"],
+        &[],
+        SETTLE,
+    )
+    .await?;
+    let said = String::from_utf8_lossy(&check.stdout).to_string();
+    ensure!(
+        check.status.success() && said.contains("read only") && !said.contains("warning"),
+        "sluice check as the viewer: {}",
+        describe(&check)
+    );
+    let logs = d.dir.path().join("logs");
+    let refused = Worker::spawn(&viewer, "viewer-worker", &[], &logs)?;
+    // A wrong password is refused the same way: named, not ready, not exiting.
+    let wrong = config_with(
+        &d,
+        "wrong.toml",
+        &zookeeper_auth(&d, "wrong", "sluice", "not-the-password", None)?,
+    )?;
+    let mut wrong_worker = Worker::spawn(&wrong, "wrong-worker", &[], &logs)?;
+    let addrs = vec![endpoint(&refused).await?, endpoint(&wrong_worker).await?];
+    wait_ready_state(&addrs, 503, "refuses").await?;
+    ensure!(
+        wrong_worker.is_running(),
+        "the worker with a wrong password exited"
+    );
+    for a in &addrs {
+        let (_, body) = get_authorized(*a, "/readyz", None)?;
+        ensure!(body.contains("needs an operator"), "/readyz: {body}");
+    }
+
+    d.produce_more(300).await?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+    let mut logs_text = String::new();
+    for w in [worker, refused, wrong_worker] {
+        logs_text.push_str(&w.terminate(Duration::from_secs(60)).await?);
+    }
+    for secret in [&password, &viewer_password] {
+        ensure!(
+            !logs_text.contains(secret.as_str()),
+            "a log shows a password"
+        );
+    }
+    ensure!(
+        !said.contains(&viewer_password),
+        "sluice check shows the password"
+    );
     d.verify().await
 }

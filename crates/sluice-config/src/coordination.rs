@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{invalid, ConfigError};
+use crate::{invalid, ConfigError, Secret};
 
 /// Which coordination backend holds leases, offsets and the part registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -35,6 +35,28 @@ pub struct CoordinationConfig {
     /// Directory of the embedded backend's state file. Default: `sluice-state` (relative to
     /// the working directory).
     pub embedded_dir: PathBuf,
+    /// ZooKeeper authentication, and the ACL of every znode Sluice creates. Default: none
+    /// (anonymous; the znodes are open to anyone who reaches ZooKeeper).
+    pub auth: Option<ZookeeperAuth>,
+}
+
+/// ZooKeeper's `digest` authentication: the session authenticates as `user`, and every znode
+/// it creates grants all rights to that identity only (and reading to `read_only_user`, if
+/// set). Every worker and tool of a deployment uses the same identity.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZookeeperAuth {
+    /// The identity's name. Required.
+    pub user: String,
+    /// Its password, from a file or an environment variable ([`crate::Secret`]). Required.
+    pub password: Secret,
+    /// An identity allowed to read Sluice's znodes, and nothing else: for `sluice lag` and
+    /// dashboards run by others (who configure it as their `user`). Default: none.
+    #[serde(default)]
+    pub read_only_user: Option<String>,
+    /// Its password; required with `read_only_user` (its digest goes into the ACLs).
+    #[serde(default)]
+    pub read_only_password: Option<Secret>,
 }
 
 impl Default for CoordinationConfig {
@@ -46,6 +68,7 @@ impl Default for CoordinationConfig {
             session_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
             embedded_dir: PathBuf::from("sluice-state"),
+            auth: None,
         }
     }
 }
@@ -57,7 +80,48 @@ impl CoordinationConfig {
             self.validate_zookeeper_connect()?;
             self.validate_session_timeout()?;
         }
-        Ok(())
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        if self.backend != CoordinationBackend::Zookeeper {
+            return Err(invalid(
+                "coordination.auth",
+                "is set but the backend is not ZooKeeper",
+                "remove `[coordination.auth]`, or set `backend = \"zookeeper\"`",
+            ));
+        }
+        // `user:password` is what digest authentication sends; a colon in the name would
+        // split it elsewhere.
+        if auth.user.is_empty() || auth.user.contains(':') {
+            return Err(invalid(
+                "coordination.auth.user",
+                format!("`{}` is empty or contains `:`", auth.user),
+                "use a plain name, e.g. `sluice`",
+            ));
+        }
+        match (&auth.read_only_user, &auth.read_only_password) {
+            (Some(u), Some(_)) if !u.is_empty() && !u.contains(':') && *u != auth.user => Ok(()),
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(invalid(
+                "coordination.auth.read_only_password",
+                "is missing while `read_only_user` is set",
+                "set it to `{ file = \"/path\" }` with that identity's password",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "coordination.auth.read_only_user",
+                "is missing while `read_only_password` is set",
+                "set the read-only identity's name, or remove the password",
+            )),
+            (Some(u), Some(_)) => Err(invalid(
+                "coordination.auth.read_only_user",
+                format!("`{u}` is empty, contains `:`, or is the same as `user`"),
+                "use another plain name, e.g. `viewer`",
+            )),
+        }
     }
 
     /// Every znode path is the root joined with `/`, so a relative root or a trailing slash

@@ -31,7 +31,7 @@ mod worker;
 mod tests;
 
 pub use column::{Aggregate, ColumnConfig, ColumnType};
-pub use coordination::{CoordinationBackend, CoordinationConfig};
+pub use coordination::{CoordinationBackend, CoordinationConfig, ZookeeperAuth};
 pub use kafka::{KafkaConfig, StartFrom, KAFKA_PREFETCH_PROPERTY};
 pub use merge::MergeConfig;
 pub use secret::{Secret, REDACTED};

@@ -52,7 +52,7 @@ pub use registry::{
     MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
     SealedManifest,
 };
-pub use zookeeper::ZkCoordinator;
+pub use zookeeper::{Credentials, ZkCoordinator};
 
 /// One partition of a source topic: the unit of ownership and of committed offsets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -147,6 +147,13 @@ pub enum CoordError {
         timeout: Duration,
         #[source]
         source: Cause,
+    },
+    #[error("ZooKeeper refuses {identity} {what} under the deployment root {root}; fix: give `coordination.auth` the identity (user and password) that owns this deployment, or use another `coordination.root`")]
+    NotAuthorized {
+        root: String,
+        /// `user NAME` or `an anonymous session`; never the password.
+        identity: String,
+        what: String,
     },
     #[error("lease of {unit} is held by worker `{holder}`")]
     LeaseHeld { unit: UnitId, holder: String },
@@ -306,6 +313,17 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// leases may well survive, but nothing commits until it is back.
     fn connected(&self) -> bool {
         true
+    }
+
+    /// Whether this session may change the registry: false for a read-only identity, which
+    /// can list and report but not run a worker.
+    fn may_write(&self) -> bool {
+        true
+    }
+
+    /// Whether anyone at all, authenticated or not, may change the deployment's registry.
+    fn open_to_anyone(&self) -> bool {
+        false
     }
 
     /// Ends this handle's session: its leases and membership are released.

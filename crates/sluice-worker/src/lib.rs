@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sluice_config::{Config, CoordinationBackend, CoordinationConfig};
-use sluice_coord::{CoordError, Coordinator, EmbeddedCoordinator, UnitId, ZkCoordinator};
+use sluice_coord::{
+    CoordError, Coordinator, Credentials, EmbeddedCoordinator, UnitId, ZkCoordinator,
+};
 use sluice_sink::Storage;
 use sluice_source::{KafkaSource, Source};
 use sluice_transform::Views;
@@ -191,7 +193,22 @@ impl Services {
             storage: Storage::open(&config.storage)?,
             coordination: Box::new(move || {
                 let c = coordination.clone();
-                Box::pin(async move { open_coordinator(&c).await })
+                Box::pin(async move {
+                    let coord = open_coordinator(&c).await?;
+                    // A read-only identity can report, not ingest: said at every attempt,
+                    // which the session loop retries slowly and shows in `/readyz`.
+                    if !coord.may_write() {
+                        return Err(CoordError::NotAuthorized {
+                            root: c.root.clone(),
+                            identity: c
+                                .auth
+                                .as_ref()
+                                .map_or_else(String::new, |a| format!("user `{}`", a.user)),
+                            what: "changing anything".to_string(),
+                        });
+                    }
+                    Ok(coord)
+                })
             }),
             views: Arc::new(Views::compile(config).await?),
         })
@@ -209,6 +226,17 @@ pub async fn open_coordinator(
                 &config.root,
                 Duration::from_millis(config.session_timeout_ms),
                 Duration::from_millis(config.connect_timeout_ms),
+                config.auth.as_ref().map(|a| {
+                    Credentials::new(
+                        a.user.clone(),
+                        a.password.expose(),
+                        a.read_only_user.clone().zip(
+                            a.read_only_password
+                                .as_ref()
+                                .map(|p| p.expose().to_string()),
+                        ),
+                    )
+                }),
             )
             .await?,
         ),

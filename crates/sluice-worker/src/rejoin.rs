@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::Config;
-use sluice_coord::Coordinator;
+use sluice_coord::{CoordError, Coordinator};
 use sluice_telemetry::{Dependency, Health, Telemetry};
 
 use crate::retry::{chain, Backoff};
@@ -131,10 +131,15 @@ async fn connect(
             }
             Err(e) => e,
         };
-        let failures = health.failed(Dependency::Zookeeper, &chain(&e), false);
+        // Refused credentials do not pass by themselves: said at once, and tried again at the
+        // backoff's pace in case someone fixes the ACL or the password file meanwhile.
+        let refused = matches!(e, CoordError::NotAuthorized { .. });
+        let failures = health.failed(Dependency::Zookeeper, &chain(&e), refused);
         let delay = backoff.next_delay();
         let retry_in_ms = delay.as_millis() as u64;
-        if failures >= FAILURES_BEFORE_ERROR {
+        if refused {
+            tracing::error!(error = %chain(&e), failures, retry_in_ms, "ZooKeeper refuses this worker's identity; retrying (not ready meanwhile: nothing is consumed or committed)");
+        } else if failures >= FAILURES_BEFORE_ERROR {
             tracing::error!(error = %chain(&e), failures, retry_in_ms, "still cannot open a coordination session; retrying (not ready meanwhile: nothing is consumed or committed)");
         } else {
             tracing::warn!(error = %chain(&e), failures, retry_in_ms, "cannot open a coordination session; retrying");

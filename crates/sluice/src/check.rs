@@ -81,8 +81,27 @@ async fn check_connections(config: &Config) -> Result<()> {
     println!("  storage {}: ok", config.storage.url);
     let coord = open_coordinator(&config.coordination).await?;
     coord.list_units().await?;
+    let (may_write, open) = (coord.may_write(), coord.open_to_anyone());
     coord.close().await?;
-    println!("  coordination: ok");
+    let identity = config
+        .coordination
+        .auth
+        .as_ref()
+        .map_or_else(|| "anonymous".to_string(), |a| format!("as `{}`", a.user));
+    println!(
+        "  coordination ({identity}): ok, {}",
+        if may_write {
+            "read and write"
+        } else {
+            "read only (enough for lag and members, not for a worker)"
+        }
+    );
+    if open {
+        println!(
+            "  warning: anyone who reaches ZooKeeper can change the registry under {}: its ACL is open to the world; set [coordination.auth] for a new root (docs/operations.md, Security)",
+            config.coordination.root
+        );
+    }
     for topic in config.topics() {
         let kafka = config.kafka.clone();
         let t = topic.clone();

@@ -38,7 +38,7 @@ impl ZkCoordinator {
             let written = match version {
                 Some(v) => client.set_data(&path, &data, Some(v)).await.map(drop),
                 None => client
-                    .create(&path, &data, &Self::persistent())
+                    .create(&path, &data, &self.persistent())
                     .await
                     .map(drop),
             };

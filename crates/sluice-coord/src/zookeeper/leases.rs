@@ -22,15 +22,15 @@ impl ZkCoordinator {
     ) -> Result<Lease, CoordError> {
         let client = self.client()?;
         let dir = self.unit_dir(unit);
-        let options = Self::persistent();
+        let options = self.persistent();
         again(|| client.mkdir(&dir, &options))
             .await
             .map_err(|e| backend(&dir, e))?;
         let epoch_path = format!("{dir}/epoch");
         let offset_path = format!("{dir}/offset");
         let lease_path = format!("{dir}/lease");
-        Self::create_if_missing(&client, &epoch_path, b"0").await?;
-        Self::create_if_missing(&client, &offset_path, b"").await?;
+        self.create_if_missing(&client, &epoch_path, b"0").await?;
+        self.create_if_missing(&client, &offset_path, b"").await?;
 
         let mut patience = Patience::new();
         let (epoch, token) = loop {
@@ -46,7 +46,7 @@ impl ZkCoordinator {
             })
             .expect("lease data serializes");
             let mut multi = client.new_multi_writer();
-            let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+            let ephemeral = self.ephemeral();
             multi
                 .add_create(&lease_path, &lease_data, &ephemeral)
                 .map_err(|e| backend(&lease_path, e))?;
@@ -178,7 +178,7 @@ impl ZkCoordinator {
                 session: 0,
             })
             .expect("lease data serializes");
-            let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+            let ephemeral = self.ephemeral();
             let mut multi = client.new_multi_writer();
             multi
                 .add_create(&lease_path, &data, &ephemeral)

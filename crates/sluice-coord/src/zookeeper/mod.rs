@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use zookeeper_client as zk;
@@ -34,6 +33,10 @@ use crate::{
     Retired, ScopeListing, ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
 };
 
+mod auth;
+mod connect;
+
+pub use auth::Credentials;
 mod gaps;
 mod leases;
 mod nodes;
@@ -54,6 +57,18 @@ pub struct ZkCoordinator {
     scope_versions: Mutex<HashMap<(String, String), i32>>,
     /// Set by `close`: dropping the client does not always deliver a terminal session state.
     closed: tokio::sync::watch::Sender<bool>,
+    /// The ACL of every znode this deployment creates (`auth.rs`).
+    acls: Vec<zk::Acl>,
+    /// The identity's rights on the deployment root, and whether anyone may change what is
+    /// under it; read at connect.
+    access: Access,
+}
+
+/// What the deployment root's ACL grants, read at connect.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    may_write: bool,
+    open_to_anyone: bool,
 }
 
 impl std::fmt::Debug for ZkCoordinator {
@@ -66,44 +81,6 @@ impl std::fmt::Debug for ZkCoordinator {
 }
 
 impl ZkCoordinator {
-    /// Connects and creates the deployment root. Fails within `connect_timeout` when no server
-    /// of the ensemble answers.
-    pub async fn connect(
-        connect: &str,
-        root: &str,
-        session_timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Result<ZkCoordinator, CoordError> {
-        let unreachable = |source: crate::Cause| CoordError::Unreachable {
-            connect: connect.to_string(),
-            timeout: connect_timeout,
-            source,
-        };
-        let attempt = zk::Client::connector()
-            .with_session_timeout(session_timeout)
-            .with_fail_eagerly()
-            .connect(connect);
-        let client = match tokio::time::timeout(connect_timeout, attempt).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(unreachable(e.into())),
-            Err(_) => return Err(unreachable("no server answered in time".into())),
-        };
-        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        client
-            .mkdir(root, &options)
-            .await
-            .map_err(|e| backend(root, e))?;
-        Ok(ZkCoordinator {
-            client: RwLock::new(Some(client)),
-            connect: connect.to_string(),
-            root: root.trim_end_matches('/').to_string(),
-            offset_versions: Mutex::new(HashMap::new()),
-            known_dirs: Mutex::new(HashSet::new()),
-            scope_versions: Mutex::new(HashMap::new()),
-            closed: tokio::sync::watch::channel(false).0,
-        })
-    }
-
     fn member_path(&self, id: &str) -> String {
         format!("{}/members/{}", self.root, encode_segment(id))
     }
@@ -221,7 +198,7 @@ impl Coordinator for ZkCoordinator {
             .map_err(|e| backend(&offset_path, e))?;
         for (path, data) in &part_paths {
             multi
-                .add_create(path, data, &Self::persistent())
+                .add_create(path, data, &self.persistent())
                 .map_err(|e| backend(path, e))?;
         }
         match multi.commit().await {
@@ -376,7 +353,7 @@ impl Coordinator for ZkCoordinator {
         self.ensure_dir(&client, &dir).await?;
         let path = self.member_path(&member.id);
         let data = serde_json::to_vec(member).expect("member serializes");
-        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let ephemeral = self.ephemeral();
         let mut patience = Patience::new();
         let mut asked_before = false;
         loop {
@@ -486,6 +463,14 @@ impl Coordinator for ZkCoordinator {
         })
     }
 
+    fn may_write(&self) -> bool {
+        ZkCoordinator::may_write(self)
+    }
+
+    fn open_to_anyone(&self) -> bool {
+        ZkCoordinator::open_to_anyone(self)
+    }
+
     fn connected(&self) -> bool {
         self.client
             .read()
@@ -501,7 +486,7 @@ impl Coordinator for ZkCoordinator {
             if client.state() != zk::SessionState::SyncConnected {
                 // No server to close it through: it may live on in the ensemble (see
                 // `end_abandoned`), holding leases this worker's next session waits for.
-                tokio::spawn(end_abandoned(
+                tokio::spawn(connect::end_abandoned(
                     self.connect.clone(),
                     client.session().clone(),
                     client.session_timeout(),
@@ -510,38 +495,5 @@ impl Coordinator for ZkCoordinator {
         }
         self.closed.send_replace(true);
         Ok(())
-    }
-}
-
-/// How long an abandoned session is pursued: by then the ensemble has expired it for sure.
-const ABANDONED_PURSUIT: Duration = Duration::from_secs(600);
-
-/// Ends, in the ensemble, a session its client gave up on. The client declares a session
-/// expired when no server answered within the session timeout (a quorum lost); but a new
-/// leader restores every session with a fresh timeout, so the old one would keep its ephemeral
-/// leases for another whole timeout after the quorum returns while the worker's next session
-/// waits for them. Nothing uses it any more (its flushes were dropped with it), so it is
-/// reattached and closed as soon as a server answers; a session the ensemble already expired
-/// is refused, which ends the pursuit too.
-async fn end_abandoned(connect: String, session: zk::SessionInfo, timeout: Duration) {
-    let started = std::time::Instant::now();
-    let mut wait = Duration::from_millis(200);
-    while started.elapsed() < ABANDONED_PURSUIT {
-        let attempt = zk::Client::connector()
-            .with_session(session.clone())
-            .with_session_timeout(timeout)
-            .with_fail_eagerly()
-            .connect(&connect);
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(client)) => {
-                tracing::info!(session = ?client.session_id(), "closed the previous session, which the ensemble had kept: its leases are free at once");
-                drop(client);
-                return;
-            }
-            Ok(Err(zk::Error::SessionExpired)) => return,
-            Ok(Err(_)) | Err(_) => {}
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

@@ -122,8 +122,14 @@ pub(crate) fn encode_segment(value: &str) -> String {
 }
 
 impl ZkCoordinator {
-    pub(super) fn persistent() -> zk::CreateOptions<'static> {
-        zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+    /// How every persistent znode Sluice creates is made: with the deployment's ACL.
+    pub(super) fn persistent(&self) -> zk::CreateOptions<'_> {
+        zk::CreateMode::Persistent.with_acls(zk::Acls::new(&self.acls))
+    }
+
+    /// How every ephemeral znode (leases, members) is made: with the deployment's ACL.
+    pub(super) fn ephemeral(&self) -> zk::CreateOptions<'_> {
+        zk::CreateMode::Ephemeral.with_acls(zk::Acls::new(&self.acls))
     }
 
     pub(super) async fn ensure_dir(
@@ -131,15 +137,18 @@ impl ZkCoordinator {
         client: &zk::Client,
         dir: &str,
     ) -> Result<(), CoordError> {
-        if self
-            .known_dirs
-            .lock()
-            .expect("dirs lock poisoned")
-            .contains(dir)
+        // A read-only identity may not create (ZooKeeper checks that before it looks whether
+        // the node exists); what it reads next finds the directory, or nothing.
+        if !self.access.may_write
+            || self
+                .known_dirs
+                .lock()
+                .expect("dirs lock poisoned")
+                .contains(dir)
         {
             return Ok(());
         }
-        let options = Self::persistent();
+        let options = self.persistent();
         again(|| client.mkdir(dir, &options))
             .await
             .map_err(|e| backend(dir, e))?;
@@ -151,13 +160,15 @@ impl ZkCoordinator {
     }
 
     pub(super) async fn create_if_missing(
+        &self,
         client: &zk::Client,
         path: &str,
         data: &[u8],
     ) -> Result<(), CoordError> {
         // Asked again after a lost connection: if the first one was applied, this one finds the
         // node, which is what was wanted.
-        match again(|| client.create(path, data, &Self::persistent())).await {
+        let options = self.persistent();
+        match again(|| client.create(path, data, &options)).await {
             Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
             Err(e) => Err(backend(path, e)),
         }

@@ -186,7 +186,15 @@ impl ZkCoordinator {
             (retired_path.as_str(), retired_data.as_slice()),
         ];
         let what = || format!("the swap of {} parts of {}", inputs.len(), lease.table);
-        let mut multi = fenced_multi(&client, &dir, token, &state, &input_paths, &creates, what)?;
+        let mut multi = fenced_multi(
+            &client,
+            &self.persistent(),
+            &dir,
+            (&state, token),
+            &input_paths,
+            &creates,
+            what,
+        )?;
         let result = multi.commit().await;
         self.finish_scope_write(lease, result, |i| {
             if i <= input_paths.len() {
@@ -240,7 +248,15 @@ impl ZkCoordinator {
             .map(|(p, d)| (p.as_str(), d.as_slice()))
             .collect();
         let what = || format!("sealing {} parts of {}", parts.len(), lease.table);
-        let mut multi = fenced_multi(&client, &dir, token, &state, &part_paths, &creates, what)?;
+        let mut multi = fenced_multi(
+            &client,
+            &self.persistent(),
+            &dir,
+            (&state, token),
+            &part_paths,
+            &creates,
+            what,
+        )?;
         let result = multi.commit().await;
         self.finish_scope_write(lease, result, |i| {
             if i <= part_paths.len() {
@@ -409,14 +425,15 @@ pub(super) fn decode_segment(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A swap's or seal's multi-op: the scope's state written back at the fencing `token`
+/// A swap's or seal's multi-op: the scope's `state` written back at the fencing `token`
 /// (operation 0, so a lost lease fails it first), the records in `deletes` removed, `creates`
-/// made; refused as `TooLarge` before anything is sent when it exceeds the multi-op budget.
+/// made as `options` say; refused as `TooLarge` before anything is sent when it exceeds the
+/// multi-op budget.
 fn fenced_multi<'c>(
     client: &'c zk::Client,
+    options: &zk::CreateOptions<'_>,
     dir: &str,
-    token: i32,
-    state: &ScopeState,
+    (state, token): (&ScopeState, i32),
     deletes: &[String],
     creates: &[(&str, &[u8])],
     what: impl FnOnce() -> String,
@@ -444,7 +461,7 @@ fn fenced_multi<'c>(
     }
     for (path, data) in creates {
         multi
-            .add_create(path, data, &ZkCoordinator::persistent())
+            .add_create(path, data, options)
             .map_err(|e| backend(path, e))?;
     }
     Ok(multi)
