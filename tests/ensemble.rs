@@ -13,9 +13,9 @@ use anyhow::{ensure, Result};
 use sluice_tests::ensemble::PrivateEnsemble;
 use sluice_tests::fleet::{deployment_on, spawn, tail, Worker};
 use sluice_tests::outage::{
-    endpoints, ensure_running, offsets, recovery, wait_ready_state, SETTLE,
+    endpoints, ensure_running, offsets, recovery, wait_first_commit, wait_ready_state,
 };
-use sluice_tests::{wait_until, Stack, StorageKind};
+use sluice_tests::{Stack, StorageKind};
 
 /// The workers' session timeout here: ZooKeeper's usual order, and room for an election on a
 /// loaded machine (the deployments' 4 s would make a slow election look like a lost session).
@@ -49,13 +49,7 @@ async fn an_ensemble_losing_its_leader_then_its_quorum_stops_no_worker_and_loses
     let mut workers = vec![spawn(&d, "w1")?, spawn(&d, "w2")?];
     let addrs = endpoints(&workers).await?;
     // Mid-ingest: as soon as something is committed.
-    wait_until(
-        SETTLE,
-        Duration::from_millis(20),
-        "a first commit",
-        || async { Ok(offsets(&d).await?.values().any(|o| o.is_some())) },
-    )
-    .await?;
+    wait_first_commit(&d).await?;
 
     // The leader killed: the others elect a new one, and the clients move to them within
     // their sessions.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use sluice_tests::fleet::{deployment, deployment_on, spawn, tail, wait_caught_up};
 use sluice_tests::outage::{
-    endpoints, ensure_running, offsets, recovery, wait_ready_state, wait_storage_outage_seen,
-    SETTLE,
+    endpoints, ensure_running, offsets, recovery, wait_first_commit, wait_ready_state,
+    wait_storage_outage_seen, SETTLE,
 };
 use sluice_tests::private::{PrivateKafka, PrivateS3, PrivateZk};
 use sluice_tests::web::{endpoint, get};
@@ -328,13 +328,7 @@ async fn the_broker_down_for_30_s_mid_ingest_stops_no_worker() -> Result<()> {
     .await?;
     let mut workers = vec![spawn(&d, "w1")?, spawn(&d, "w2")?];
     // Mid-ingest: as soon as something is committed.
-    wait_until(
-        SETTLE,
-        Duration::from_millis(20),
-        "a first commit",
-        || async { Ok(offsets(&d).await?.values().any(|o| o.is_some())) },
-    )
-    .await?;
+    wait_first_commit(&d).await?;
     let before = offsets(&d).await?;
     kafka.stop().await?;
     // The outage itself: its length is the point of the test.

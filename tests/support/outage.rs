@@ -107,3 +107,14 @@ pub async fn endpoints(workers: &[Worker]) -> Result<Vec<SocketAddr>> {
     }
     Ok(addrs)
 }
+
+/// Waits until something is committed: the moment a test calls mid-ingest.
+pub async fn wait_first_commit(d: &Prepared) -> Result<()> {
+    wait_until(
+        SETTLE,
+        Duration::from_millis(20),
+        "a first commit",
+        || async { Ok(offsets(d).await?.values().any(|o| o.is_some())) },
+    )
+    .await
+}

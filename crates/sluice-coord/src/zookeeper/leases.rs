@@ -57,32 +57,16 @@ impl ZkCoordinator {
                     Some(stat.version),
                 )
                 .map_err(|e| backend(&epoch_path, e))?;
-            match multi.commit().await {
-                Ok(_) => break (epoch, i64::from(stat.version) + 1),
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 0,
-                    source: zk::Error::NodeExists,
-                }) => match Self::read_lease_holder(&client, &lease_path).await? {
-                    Some(h) if h.session == client.session_id().0 => {
-                        break self.adopt_lease(&client, &epoch_path, &h).await?;
-                    }
-                    Some(h) => {
-                        return Err(CoordError::LeaseHeld {
-                            unit: unit.clone(),
-                            holder: h.worker,
-                        })
-                    }
-                    // Released between our attempt and the read: try again.
-                    None => continue,
-                },
-                // Someone else bumped the epoch concurrently: re-read and retry.
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 1,
-                    source: zk::Error::BadVersion,
-                }) => continue,
-                Err(zk::MultiWriteError::RequestFailed { source })
-                    if unanswered(&source) && patience.wait().await => {}
-                Err(e) => return Err(backend(&lease_path, e.into())),
+            match take(&client, &lease_path, multi, &mut patience).await? {
+                Taken::Now(_) => break (epoch, i64::from(stat.version) + 1),
+                Taken::Before(h) => break self.adopt_lease(&client, &epoch_path, &h).await?,
+                Taken::Held(h) => {
+                    return Err(CoordError::LeaseHeld {
+                        unit: unit.clone(),
+                        holder: h.worker,
+                    })
+                }
+                Taken::Again => {}
             }
         };
         let (_, offset_stat) = again(|| client.get_data(&offset_path))
@@ -186,50 +170,37 @@ impl ZkCoordinator {
             multi
                 .add_set_data(&dir, &state_bytes(&state), Some(version))
                 .map_err(|e| backend(&dir, e))?;
-            match multi.commit().await {
-                Ok(results) => {
+            match take(&client, &lease_path, multi, &mut patience).await? {
+                Taken::Now(results) => {
                     break (
                         state.merge_epoch,
                         set_version(&results, 1).unwrap_or(version + 1),
                     )
                 }
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 0,
-                    source: zk::Error::NodeExists,
-                }) => match Self::read_lease_holder(&client, &lease_path).await? {
-                    // Taken by an attempt whose reply was lost: only the lease holder writes
-                    // the scope's data, so its version is the one that attempt left.
-                    Some(h) if h.session == client.session_id().0 => {
-                        let (state, version, _) = Self::scope_state(&client, &dir).await?;
-                        if state.merge_epoch != h.epoch {
-                            return Err(CoordError::Corrupt {
-                                path: dir,
-                                source: format!(
-                                    "this session's merge lease records epoch {}, the scope says {}",
-                                    h.epoch, state.merge_epoch
-                                )
-                                .into(),
-                            });
-                        }
-                        break (h.epoch, version);
+                // Taken by an attempt whose reply was lost: only the lease holder writes the
+                // scope's data, so its version is the one that attempt left.
+                Taken::Before(h) => {
+                    let (state, version, _) = Self::scope_state(&client, &dir).await?;
+                    if state.merge_epoch != h.epoch {
+                        return Err(CoordError::Corrupt {
+                            path: dir,
+                            source: format!(
+                                "this session's merge lease records epoch {}, the scope says {}",
+                                h.epoch, state.merge_epoch
+                            )
+                            .into(),
+                        });
                     }
-                    Some(h) => {
-                        return Err(CoordError::ScopeLeaseHeld {
-                            table: table.to_string(),
-                            value: value.to_string(),
-                            holder: h.worker,
-                        })
-                    }
-                    None => continue,
-                },
-                // Another merge lease or a seal changed the scope meanwhile: read it again.
-                Err(zk::MultiWriteError::OperationFailed {
-                    index: 1,
-                    source: zk::Error::BadVersion,
-                }) => continue,
-                Err(zk::MultiWriteError::RequestFailed { source })
-                    if unanswered(&source) && patience.wait().await => {}
-                Err(e) => return Err(backend(&lease_path, e.into())),
+                    break (h.epoch, version);
+                }
+                Taken::Held(h) => {
+                    return Err(CoordError::ScopeLeaseHeld {
+                        table: table.to_string(),
+                        value: value.to_string(),
+                        holder: h.worker,
+                    })
+                }
+                Taken::Again => {}
             }
         };
         self.remember_scope_version(table, value, token);
@@ -275,5 +246,52 @@ impl ZkCoordinator {
                 Err(e) => return Err(backend(path, e)),
             }
         }
+    }
+}
+
+/// How an attempt to take a lease ended.
+enum Taken {
+    /// Taken by this attempt: the multi-op's results.
+    Now(Vec<zk::MultiWriteResult>),
+    /// The lease node is this session's: taken by an earlier attempt whose reply was lost.
+    Before(LeaseData),
+    /// Held by another session.
+    Held(LeaseData),
+    /// To try again: released meanwhile, the version read moved, or the reply was lost.
+    Again,
+}
+
+/// Sends a lease's multi-op (the ephemeral lease node created first, then a set-data at the
+/// version read) and says how it ended.
+async fn take(
+    client: &zk::Client,
+    lease_path: &str,
+    mut multi: zk::MultiWriter<'_>,
+    patience: &mut Patience,
+) -> Result<Taken, CoordError> {
+    match multi.commit().await {
+        Ok(results) => Ok(Taken::Now(results)),
+        Err(zk::MultiWriteError::OperationFailed {
+            index: 0,
+            source: zk::Error::NodeExists,
+        }) => Ok(
+            match ZkCoordinator::read_lease_holder(client, lease_path).await? {
+                Some(h) if h.session == client.session_id().0 => Taken::Before(h),
+                Some(h) => Taken::Held(h),
+                // Released between our attempt and the read.
+                None => Taken::Again,
+            },
+        ),
+        // Someone else changed the version read (another lease, a seal) meanwhile.
+        Err(zk::MultiWriteError::OperationFailed {
+            index: 1,
+            source: zk::Error::BadVersion,
+        }) => Ok(Taken::Again),
+        Err(zk::MultiWriteError::RequestFailed { source })
+            if unanswered(&source) && patience.wait().await =>
+        {
+            Ok(Taken::Again)
+        }
+        Err(e) => Err(backend(lease_path, e.into())),
     }
 }
