@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::private::{ask, free_port, zookeeper_server, PrivateServer};
+use crate::private::{ask, free_ports, zookeeper_server, PrivateServer};
 use crate::Stack;
 
 const HOST: &str = "127.0.0.1";
@@ -25,9 +25,10 @@ impl PrivateEnsemble {
     pub async fn launch() -> Result<PrivateEnsemble> {
         const SIZE: usize = 3;
         // Per member: the client port, the quorum port and the leader-election port.
-        let ports: Vec<[u16; 3]> = (0..SIZE)
-            .map(|_| Ok([free_port()?, free_port()?, free_port()?]))
-            .collect::<Result<_>>()?;
+        let ports: Vec<[u16; 3]> = free_ports(3 * SIZE)?
+            .chunks_exact(3)
+            .map(|c| [c[0], c[1], c[2]])
+            .collect();
         // initLimit and syncLimit in ticks (500 ms): generous for JVMs on a loaded 2-core
         // machine, yet a follower cut off from its leader notices within seconds.
         let mut servers = String::from("initLimit=20\nsyncLimit=5\n");

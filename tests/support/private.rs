@@ -403,7 +403,19 @@ fn tools_dir() -> PathBuf {
 /// of the ephemeral range than the one `connect()` takes first, so while the server is down a
 /// client retrying is unlikely to take its port.
 pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((HOST, 0))?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `count` distinct free ports: every listener is held until all are bound, since a port
+/// released by one bind may be handed out again by the next.
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((HOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// Sends `request` and reads the answer to EOF, or what came within 3 s.
