@@ -7,8 +7,9 @@
 #   scripts/stack.sh status   say what runs and whether it answers (exit 0 only if all are healthy)
 #   scripts/stack.sh env      print the `export` lines the tests and the quickstart read
 #   scripts/stack.sh reset    stop, then delete the state dir (ZooKeeper data, broker db, S3 data)
-#   scripts/stack.sh test-tools  install the telemetry tests' judges if missing: promtool
-#                             (Debian's prometheus package) and headless chromium
+#   scripts/stack.sh test-tools  install what the tests use besides the servers, if missing:
+#                             promtool (Debian's prometheus package), headless chromium,
+#                             stunnel4 and openssl
 #
 # A fresh machine (and CI) starts bare, so `start` installs everything itself: ZooKeeper from
 # Debian's package, Tansu and s3s-fs with `cargo install` into a tools dir that outlives the
@@ -127,11 +128,14 @@ as_root() {
 }
 
 # The telemetry tests judge the metrics and alert rules with promtool and load the dashboard in a
-# real browser; neither is on a fresh machine.
+# real browser; the Kafka security test puts stunnel (TLS) in front of the broker, which cannot
+# serve TLS itself, and makes its certificates with openssl. None is sure to be on a fresh machine.
 cmd_test_tools() {
     local missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v chromium >/dev/null || missing+=(chromium)
+    command -v stunnel4 >/dev/null || missing+=(stunnel4)
+    command -v openssl >/dev/null || missing+=(openssl)
     ((${#missing[@]} == 0)) && return 0
     say "installing ${missing[*]} from Debian's packages (apt-get; a minute or two)"
     as_root apt-get update -q
@@ -139,6 +143,7 @@ cmd_test_tools() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     command -v promtool >/dev/null || die "apt-get installed prometheus but promtool is not on PATH"
     command -v chromium >/dev/null || die "apt-get installed chromium but it is not on PATH"
+    command -v stunnel4 >/dev/null || die "apt-get installed stunnel4 but it is not on PATH"
 }
 
 ensure_zookeeper() {

@@ -127,3 +127,25 @@ async fn a_telemetry_port_in_use_is_refused_naming_the_field() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_password_in_kafka_properties_is_refused_without_showing_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let secret = unique("canary-kafka");
+    let err = refused(&edited(dir.path(), |t| {
+        t.replace(
+            "[kafka]\n",
+            &format!("[kafka]\nproperties = {{ \"sasl.password\" = \"{secret}\" }}\n"),
+        )
+    })?)
+    .await?;
+    ensure!(
+        err.contains("kafka.properties.\"sasl.password\"") && err.contains("[kafka.security]"),
+        "{err}"
+    );
+    ensure!(
+        !err.contains(&secret),
+        "the refusal shows the password: {err}"
+    );
+    Ok(())
+}

@@ -78,6 +78,7 @@ async fn kafka_passes_the_source_conformance_suite() {
         start_from: StartFrom::Earliest,
         metadata_timeout_ms: 5_000,
         metadata_refresh_ms: 30_000,
+        security: Default::default(),
     });
     let topics = BrokerTopics::new(&stack.kafka).expect("a Kafka producer");
     if let Err(e) = source_conformance::run_all(&source, &topics).await {

@@ -349,6 +349,33 @@ async fn the_broker_down_for_30_s_mid_ingest_stops_no_worker() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_worker_started_while_the_broker_is_down_waits_not_ready_then_ingests() -> Result<()> {
+    let mut kafka = PrivateKafka::launch().await?;
+    let stack = Stack::from_env().with_kafka(&kafka);
+    let d = deployment_on(&stack, "broker_down_at_start", 2, 1_000, 200, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
+    kafka.stop().await?;
+    let mut workers = vec![spawn(&d, "w1")?];
+    let addrs = endpoints(&workers).await?;
+    wait_ready_state(&addrs, 503, "kafka unavailable").await?;
+    ensure_running(&mut workers)?;
+    kafka.start().await?;
+    let returned = Instant::now();
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+    wait_ready_state(&addrs, 200, "holding every assigned partition").await?;
+    println!(
+        "kafka down at start-up: caught up {:.1} s after the broker returned",
+        returned.elapsed().as_secs_f64()
+    );
+    for w in workers {
+        w.terminate(Duration::from_secs(60)).await?;
+    }
+    d.verify().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn storage_refusing_the_credentials_keeps_the_worker_up_and_says_who_must_act() -> Result<()>
 {
     let stack = Stack::from_env();

@@ -23,6 +23,7 @@ pub mod merges;
 pub mod outage;
 pub mod per_hour;
 pub mod private;
+pub mod secure_kafka;
 pub mod web;
 pub mod zk_proxy;
 

@@ -93,17 +93,7 @@ impl PrivateKafka {
     pub async fn launch() -> Result<PrivateKafka> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let url = format!("tcp://{HOST}:{port}");
-        let args: Vec<OsString> = vec![
-            "broker".into(),
-            "--listener-url".into(),
-            url.clone().into(),
-            "--advertised-listener-url".into(),
-            url.into(),
-            "--storage-engine".into(),
-            // Relative: a file in its working directory.
-            "sqlite://tansu.db".into(),
-        ];
+        let args = tansu_args(port, port, false);
         let mut server = PrivateServer {
             name: "tansu",
             program: tools_dir().join("bin/tansu"),
@@ -123,6 +113,33 @@ impl PrivateKafka {
     pub fn bootstrap(&self) -> String {
         format!("{HOST}:{}", self.server.port)
     }
+
+    /// Restarts it on its port and state, advertising `advertised` as its address (a proxy in
+    /// front of it) and, with `authentication`, requiring SASL from every client.
+    pub(crate) async fn restart_as(&mut self, advertised: u16, authentication: bool) -> Result<()> {
+        self.server.stop().await?;
+        self.server.args = tansu_args(self.server.port, advertised, authentication);
+        self.server.start().await?;
+        Ok(())
+    }
+}
+
+/// Tansu's command line: listening on `port`, its state in a sqlite file in its working
+/// directory.
+fn tansu_args(port: u16, advertised: u16, authentication: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "broker".into(),
+        "--listener-url".into(),
+        format!("tcp://{HOST}:{port}").into(),
+        "--advertised-listener-url".into(),
+        format!("tcp://{HOST}:{advertised}").into(),
+        "--storage-engine".into(),
+        "sqlite://tansu.db".into(),
+    ];
+    if authentication {
+        args.push("--authentication".into());
+    }
+    args
 }
 
 /// A private single-node ZooKeeper with the shared stack's settings: in particular its 500 ms
@@ -256,6 +273,28 @@ pub struct PrivateServer {
 }
 
 impl PrivateServer {
+    /// A server of another kind (a TLS proxy), its state and log in `dir`; not started yet.
+    pub(crate) fn other(
+        name: &'static str,
+        program: PathBuf,
+        args: Vec<OsString>,
+        port: u16,
+        probe: fn(u16) -> bool,
+        dir: tempfile::TempDir,
+    ) -> PrivateServer {
+        PrivateServer {
+            name,
+            program,
+            args,
+            cwd: dir.path().to_path_buf(),
+            port,
+            log: dir.path().join(format!("{name}.log")),
+            probe,
+            child: None,
+            dir,
+        }
+    }
+
     /// Starts it (again: on the same port and state, as a real restart), and waits until it
     /// serves; returns how long that took. A restarted ZooKeeper reloads its snapshot and
     /// transaction log: znodes survive, and sessions that reconnect within their timeout.
@@ -391,8 +430,8 @@ deref_to_server!(PrivateS3);
 deref_to_server!(PrivateZk);
 deref_to_server!(PrivateKafka);
 
-/// The cargo install root of `scripts/stack.sh`, where its s3s-fs is.
-fn tools_dir() -> PathBuf {
+/// The cargo install root of `scripts/stack.sh`, where its s3s-fs and tansu are.
+pub(crate) fn tools_dir() -> PathBuf {
     std::env::var_os("SLUICE_TOOLS_DIR").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice/tools"),
         PathBuf::from,

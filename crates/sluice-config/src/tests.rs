@@ -1,6 +1,7 @@
 use super::*;
 
 mod example;
+mod kafka_security;
 
 use sluice_testkit::fixture;
 

@@ -22,6 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_config::KafkaConfig;
 use tokio::sync::mpsc;
 
+use crate::security::{is_refusal, SourceContext};
 use crate::{Assignment, KafkaProbe, Reader, Source, SourceBatch, SourceError};
 
 /// Messages handed over per channel send; amortises the cross-thread hand-off.
@@ -35,8 +36,8 @@ const POLL_WAIT: Duration = Duration::from_millis(50);
 /// Batches in flight between the poll thread and the worker.
 const CHANNEL_BATCHES: usize = 8;
 
-/// The librdkafka configuration Sluice consumes with: its own settings, then the user's
-/// `kafka.properties` on top.
+/// The librdkafka configuration Sluice consumes with: its own settings, `[kafka.security]`,
+/// then the user's `kafka.properties` on top. It holds the Kafka secrets: never log it.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -56,6 +57,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         // nor commits to it: offsets live with the parts.
         .set("group.id", "sluice")
         .set("client.id", "sluice");
+    crate::security::apply(&mut cfg, &kafka.security);
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
     }
@@ -64,7 +66,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// Assigns exactly these (topic, partition, start) to the consumer.
 pub(crate) fn assign<'a>(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<SourceContext>,
     positions: impl Iterator<Item = (&'a str, i32, Offset)>,
 ) -> Result<(), SourceError> {
     let client = |e: KafkaError| SourceError::Client { source: e.into() };
@@ -161,8 +163,8 @@ impl std::fmt::Debug for KafkaReader {
 
 impl KafkaReader {
     fn start(kafka: &KafkaConfig, assignments: &[Assignment]) -> Result<KafkaReader, SourceError> {
-        let consumer: BaseConsumer = client_config(kafka)
-            .create()
+        let consumer: BaseConsumer<SourceContext> = client_config(kafka)
+            .create_with_context(SourceContext::default())
             .map_err(|e: KafkaError| SourceError::Client { source: e.into() })?;
         assign(
             &consumer,
@@ -208,7 +210,7 @@ impl Drop for KafkaReader {
 }
 
 fn poll_loop(
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     tx: mpsc::Sender<Result<SourceBatch, SourceError>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -251,6 +253,7 @@ fn poll_loop(
                 // The worker sees the skip and records the range as a retention gap.
                 tracing::warn!("an offset to read is out of the topic's retained range; reading from the earliest retained offset (events in between were deleted by retention before being ingested)");
             }
+            Some(Err(e)) if is_refusal(&e) => consumer.context().note(&e, None),
             Some(Err(e)) => {
                 // Transport errors are retried by librdkafka itself; say so and go on.
                 tracing::warn!(error = &e as &dyn std::error::Error, "kafka consumer error");

@@ -33,10 +33,12 @@ mod batch;
 mod kafka;
 mod probe;
 pub mod sample;
+mod security;
 
 pub use batch::{SourceBatch, SourceMessage};
 pub use kafka::{client_config, KafkaSource};
 pub use probe::{partitions, watermarks, KafkaProbe};
+pub use security::SourceContext;
 
 /// One partition to read and the offset to start at. Callers resolve "earliest" and "latest"
 /// from [`Source::watermarks`] themselves: librdkafka resolving them costs about half a second
@@ -60,9 +62,14 @@ pub enum SourceError {
         #[source]
         source: Cause,
     },
+    /// Credentials or a certificate refused, either way: it will not pass by itself.
+    #[error("authentication with Kafka at {brokers} failed: {reason}; check [kafka.security] (protocol, user, password, CA and certificates)")]
+    Refused { brokers: String, reason: String },
     #[error("topic `{topic}` does not exist on {brokers}; create it, or fix the table's `topic`")]
     TopicMissing { topic: String, brokers: String },
-    #[error("the Kafka client configuration was refused; check `kafka.properties`")]
+    #[error(
+        "the Kafka client configuration was refused; check `kafka.properties` and [kafka.security]"
+    )]
     Client {
         #[source]
         source: Cause,

@@ -11,8 +11,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_config::KafkaConfig;
 
 use crate::kafka::{assign, client_config};
+use crate::security::SourceContext;
 use crate::SourceError;
 
+/// Polls serving queued events after a failed request.
+const MAX_EVENTS_TAKEN: usize = 200;
 /// How long one poll of a timestamp probe waits.
 const POLL_WAIT: Duration = Duration::from_millis(50);
 
@@ -33,7 +36,7 @@ pub fn watermarks(
 /// A Kafka client for questions about topics. Keep one for repeated questions (lag refreshes):
 /// a new client costs the broker connections and metadata requests. Every method blocks.
 pub struct KafkaProbe {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     brokers: String,
     timeout: Duration,
 }
@@ -49,12 +52,12 @@ impl std::fmt::Debug for KafkaProbe {
 impl KafkaProbe {
     pub fn new(kafka: &KafkaConfig) -> Result<KafkaProbe, SourceError> {
         // One message per partition is all a timestamp probe needs: keep the fetches small.
-        let consumer: BaseConsumer = client_config(kafka)
+        let consumer: BaseConsumer<SourceContext> = client_config(kafka)
             .set("max.partition.fetch.bytes", "65536")
             .set("fetch.max.bytes", "1048576")
             .set("queued.max.messages.kbytes", "1024")
             .set("client.id", "sluice-probe")
-            .create()
+            .create_with_context(SourceContext::default())
             .map_err(|e: KafkaError| SourceError::Client { source: e.into() })?;
         Ok(KafkaProbe {
             consumer,
@@ -63,16 +66,50 @@ impl KafkaProbe {
         })
     }
 
+    /// A request that failed: refused if the brokers said so, else unreachable.
+    fn failed(&self, error: KafkaError) -> SourceError {
+        self.take_errors();
+        match self.consumer.context().refusal() {
+            Some(reason) => self.refused(reason),
+            None => SourceError::Unreachable {
+                brokers: self.brokers.clone(),
+                timeout: self.timeout,
+                source: error.into(),
+            },
+        }
+    }
+
+    /// Serves the events librdkafka queued for this client, so that its context sees what
+    /// they say (a consumer reports refused credentials as a queued event, and logs why in
+    /// another). A poll answers nothing both for an empty queue and for an event it handled
+    /// itself, so it cannot tell when the queue is empty: a bounded number of polls, stopping
+    /// at the first refusal. Messages polled here are dropped; only
+    /// [`KafkaProbe::timestamps_at`] reads any, and it assigns afresh.
+    fn take_errors(&self) {
+        for _ in 0..MAX_EVENTS_TAKEN {
+            if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
+                self.consumer.context().note(&e, None);
+            }
+            if self.consumer.context().refusal().is_some() {
+                break;
+            }
+        }
+    }
+
+    fn refused(&self, reason: String) -> SourceError {
+        SourceError::Refused {
+            brokers: self.brokers.clone(),
+            reason,
+        }
+    }
+
     /// The partition ids of `topic`, sorted.
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>, SourceError> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(topic), self.timeout)
-            .map_err(|e| SourceError::Unreachable {
-                brokers: self.brokers.clone(),
-                timeout: self.timeout,
-                source: e.into(),
-            })?;
+            .map_err(|e| self.failed(e))?;
+        self.consumer.context().accepted();
         let missing = || SourceError::TopicMissing {
             topic: topic.to_string(),
             brokers: self.brokers.clone(),
@@ -131,7 +168,13 @@ impl KafkaProbe {
         let answer = self
             .consumer
             .offsets_for_times(tpl, self.timeout)
-            .map_err(|e| watermark_err(topic, partitions[0], e.into()))?;
+            .map_err(|e| {
+                self.take_errors();
+                match self.consumer.context().refusal() {
+                    Some(reason) => self.refused(reason),
+                    None => watermark_err(topic, partitions[0], e.into()),
+                }
+            })?;
         answer
             .elements()
             .iter()

@@ -23,15 +23,22 @@ pub enum Dependency {
     Storage,
     /// The coordination backend (`coordination.zookeeper_connect`).
     Zookeeper,
+    /// The brokers (`kafka.bootstrap_servers`), as their metadata requests see them.
+    Kafka,
 }
 
 impl Dependency {
-    pub const ALL: [Dependency; 2] = [Dependency::Storage, Dependency::Zookeeper];
+    pub const ALL: [Dependency; 3] = [
+        Dependency::Storage,
+        Dependency::Zookeeper,
+        Dependency::Kafka,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Dependency::Storage => "storage",
             Dependency::Zookeeper => "zookeeper",
+            Dependency::Kafka => "kafka",
         }
     }
 }

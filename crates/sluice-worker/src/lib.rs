@@ -41,13 +41,14 @@ use sluice_coord::{
     CoordError, Coordinator, Credentials, EmbeddedCoordinator, UnitId, ZkCoordinator,
 };
 use sluice_sink::Storage;
-use sluice_source::{KafkaSource, Source};
+use sluice_source::{KafkaSource, Source, SourceError};
 use sluice_transform::Views;
 
 mod budget;
 mod failpoint;
 mod flush;
 mod ingest;
+mod kafka_ready;
 mod merger;
 mod rebalance;
 mod rejoin;
@@ -119,7 +120,7 @@ impl WorkerError {
                 | WorkerError::PredecessorFailed { .. }
                 | WorkerError::NotCommitted { .. }
                 | WorkerError::Coordination(_)
-        )
+        ) || matches!(self, WorkerError::Source(e) if !matches!(e, SourceError::Client { .. }))
     }
 }
 

@@ -10,11 +10,12 @@ use futures::stream::FuturesUnordered;
 use sluice_config::{StartFrom, TableConfig};
 use sluice_coord::{assignment, CoordError, Lease, Member, UnitId};
 use sluice_sink::{collect_table_garbage, GcScope};
-use sluice_telemetry::metrics as m;
+use sluice_telemetry::{metrics as m, Dependency};
 
+use crate::retry::chain;
 use crate::session::Session;
 use crate::unit::OwnedUnit;
-use crate::{now_ms, WorkerError};
+use crate::{kafka_ready, now_ms, WorkerError};
 
 /// How long a takeover garbage collection that failed waits before it is tried again.
 const GC_RETRY: Duration = Duration::from_secs(5);
@@ -110,6 +111,19 @@ impl Session<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// A periodic refresh of the partitions failed: ingestion goes on with the partitions
+    /// known so far, and Kafka counts as unavailable (refusing: needing an operator) until a
+    /// refresh succeeds.
+    pub(crate) fn kafka_failed(&self, e: &WorkerError) {
+        let operator = matches!(e, WorkerError::Source(s) if kafka_ready::needs_operator(s));
+        let failures = self
+            .ingest
+            .ctx()
+            .health
+            .failed(Dependency::Kafka, &chain(e), operator);
+        tracing::warn!(error = %chain(e), failures, "cannot re-read the topics' partitions; ingesting the ones known, trying again at the next refresh");
     }
 
     /// Re-reads the topics' partitions; true if the set of units changed.

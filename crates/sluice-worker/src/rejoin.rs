@@ -14,7 +14,7 @@ use sluice_coord::{CoordError, Coordinator};
 use sluice_telemetry::{Dependency, Health, Telemetry};
 
 use crate::retry::{chain, Backoff};
-use crate::{session, RunOptions, RunSummary, Services, WorkerError};
+use crate::{kafka_ready, session, RunOptions, RunSummary, Services, WorkerError};
 
 /// After an error, how long to wait for the client to report that its session has ended.
 const SESSION_END_GRACE: Duration = Duration::from_secs(2);
@@ -47,6 +47,14 @@ pub(crate) async fn run_sessions(
     let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     let mut failures_in_a_row = 0u64;
     loop {
+        let fail_fast = options.stop_at_end;
+        let source = &*services.source;
+        if !kafka_ready::wait_for_kafka(config, source, &observers.health, fail_fast, shutdown)
+            .await?
+        {
+            tracing::info!("shutdown requested while waiting for Kafka");
+            break;
+        }
         let Some(coord) = connect(services, &observers.health, shutdown).await else {
             tracing::info!("shutdown requested while no coordination session was open");
             break;

@@ -230,9 +230,13 @@ impl<'a> Session<'a> {
                         // A broker hiccup here must not stop ingestion: the partitions known
                         // so far stay valid, and the next refresh tries again.
                         match self.refresh_universe().await {
-                            Ok(true) => lease_changed = self.rebalance().await?,
-                            Ok(false) => {}
-                            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot re-read the topics' partitions; trying again at the next refresh"),
+                            Ok(changed) => {
+                                self.ingest.ctx().health.succeeded(Dependency::Kafka);
+                                if changed {
+                                    lease_changed = self.rebalance().await?;
+                                }
+                            }
+                            Err(e) => self.kafka_failed(&e),
                         }
                     }
                 }
