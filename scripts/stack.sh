@@ -146,6 +146,16 @@ cmd_test_tools() {
     command -v stunnel4 >/dev/null || die "apt-get installed stunnel4 but it is not on PATH"
 }
 
+# Sluice's Kafka client is librdkafka built with TLS: its build finds the system's OpenSSL with
+# pkg-config. Both come from Debian's packages; a bare machine may lack them.
+ensure_build_deps() {
+    command -v pkg-config >/dev/null && pkg-config --exists openssl && return 0
+    say "installing pkg-config and libssl-dev from Debian's packages (the Kafka client's TLS)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pkg-config libssl-dev
+    pkg-config --exists openssl || die "apt-get installed libssl-dev but pkg-config does not find openssl"
+}
+
 ensure_zookeeper() {
     if [[ -f $ZK_JAR ]] && command -v java >/dev/null; then
         return 0
@@ -214,6 +224,7 @@ install_all() {
     mkdir -p "$TOOLS_DIR"
     TOOLS_DIR=$(cd -- "$TOOLS_DIR" && pwd)
     set_paths
+    ensure_build_deps
     ensure_zookeeper
     # One after the other: on 2 cores two cargo installs side by side are slower than in turn.
     ensure_cargo_tool tansu "$TANSU_VERSION" "$TANSU_FEATURES"

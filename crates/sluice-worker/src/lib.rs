@@ -4,7 +4,8 @@
 //! Read in this order to follow one event:
 //! * [`run`]: opens the seams ([`Services`]: the source, storage, coordination); `rejoin.rs`
 //!   runs sessions, opening a new one whenever one is lost or ZooKeeper cannot be reached,
-//!   without limit, so a worker never needs a restart to recover and never exits on an outage.
+//!   without limit, so a worker never needs a restart to recover and never exits on an outage;
+//!   before each, `kafka_ready.rs` waits until the brokers answer for every topic.
 //! * `session.rs`, `Session::run`: joins the fleet and loops over what can happen next: a batch
 //!   from the reader, a membership change, a flush finishing, a tick.
 //! * `rebalance.rs`: which partitions are this worker's by weighted rendezvous hashing
