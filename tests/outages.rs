@@ -18,7 +18,7 @@ use sluice_tests::outage::{
 use sluice_tests::private::{PrivateKafka, PrivateS3, PrivateZk};
 use sluice_tests::web::{endpoint, get};
 use sluice_tests::zk_proxy::ZkProxy;
-use sluice_tests::{unique, wait_until, Prepared, Stack, StorageKind};
+use sluice_tests::{s3_secret_file, unique, wait_until, Prepared, Stack, StorageKind};
 
 /// How long each storage outage lasts.
 const STORAGE_OUTAGE: Duration = Duration::from_secs(60);
@@ -385,12 +385,9 @@ async fn storage_refusing_the_credentials_keeps_the_worker_up_and_says_who_must_
         }
     })
     .await?;
-    let right = format!("aws_secret_access_key = \"{}\"", stack.s3_secret_key);
-    let wrong = "aws_secret_access_key = \"not-the-secret\"";
-    d.edit_config(|t| {
-        t.replace(&right, wrong)
-            .replace("[worker]\n", "[worker]\nshutdown_deadline_ms = 2000\n")
-    })?;
+    let secret = s3_secret_file(d.dir.path());
+    std::fs::write(&secret, "not-the-secret")?;
+    d.edit_config(|t| t.replace("[worker]\n", "[worker]\nshutdown_deadline_ms = 2000\n"))?;
     let mut w = spawn(&d, "w1")?;
     let addr = endpoint(&w).await?;
     wait_ready_state(&[addr], 503, "needs an operator")
@@ -401,8 +398,9 @@ async fn storage_refusing_the_credentials_keeps_the_worker_up_and_says_who_must_
         Duration::from_millis(100),
         "the fix in the log",
         || {
-            let logged =
-                w.log_text().contains("ERROR") && w.log_text().contains("check storage.url");
+            let logged = w.log_text().contains("ERROR")
+                && w.log_text().contains("check storage.url")
+                && w.log_text().contains("key_id=");
             async move { Ok(logged) }
         },
     )
@@ -412,9 +410,14 @@ async fn storage_refusing_the_credentials_keeps_the_worker_up_and_says_who_must_
         offsets(&d).await?.values().all(Option::is_none),
         "something was committed without storage"
     );
-    w.terminate(Duration::from_secs(30)).await?;
+    let log = w.terminate(Duration::from_secs(30)).await?;
+    ensure!(
+        !log.contains("not-the-secret"),
+        "the log shows the secret key:\n{}",
+        tail(&log, 3000)
+    );
     // The operator fixes the credentials and restarts: everything lands exactly once.
-    d.edit_config(|t| t.replace(wrong, &right))?;
+    std::fs::write(&secret, &stack.s3_secret_key)?;
     d.run_to_end().await?;
     d.verify().await
 }

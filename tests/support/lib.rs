@@ -158,6 +158,11 @@ pub fn load_config(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// Where [`write_config`] puts the S3 secret key of a deployment in `dir`.
+pub fn s3_secret_file(dir: &Path) -> PathBuf {
+    dir.join("s3-secret-key")
+}
+
 /// Writes the config of a test deployment (its own topic, ZooKeeper root and storage), with the
 /// test kit's events table flushing at `max_rows` rows or 300 ms.
 pub fn write_config(
@@ -170,10 +175,18 @@ pub fn write_config(
 ) -> Result<PathBuf> {
     let storage_toml = match storage {
         StorageKind::File(path) => format!("[storage]\nurl = \"file://{}\"\n", path.display()),
-        StorageKind::S3 { prefix } => format!(
-            "[storage]\nurl = \"s3://{}/{prefix}\"\n[storage.options]\naws_endpoint = \"{}\"\naws_access_key_id = \"{}\"\naws_secret_access_key = \"{}\"\naws_region = \"us-east-1\"\naws_allow_http = \"true\"\naws_virtual_hosted_style_request = \"false\"\n",
-            stack.s3_bucket, stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key
-        ),
+        StorageKind::S3 { prefix } => {
+            // Secrets are never written in a config: the key is read from a file.
+            let secret = s3_secret_file(dir);
+            std::fs::write(&secret, &stack.s3_secret_key)?;
+            format!(
+                "[storage]\nurl = \"s3://{}/{prefix}\"\n[storage.options]\naws_endpoint = \"{}\"\naws_access_key_id = \"{}\"\naws_secret_access_key = {{ file = {:?} }}\naws_region = \"us-east-1\"\naws_allow_http = \"true\"\naws_virtual_hosted_style_request = \"false\"\n",
+                stack.s3_bucket,
+                stack.s3_endpoint,
+                stack.s3_access_key,
+                secret.display().to_string()
+            )
+        }
     };
     let text = format!(
         r#"

@@ -77,7 +77,13 @@ pub(super) fn run_config(
         let mut o = toml::Table::new();
         o.insert("aws_endpoint".into(), endpoint.clone().into());
         o.insert("aws_access_key_id".into(), access_key.clone().into());
-        o.insert("aws_secret_access_key".into(), secret_key.clone().into());
+        // A secret is never written in a config: the workers read it from a file.
+        let secret_file = std::path::absolute(&opts.work_dir)?.join("s3-secret-key");
+        std::fs::write(&secret_file, secret_key)
+            .with_context(|| format!("cannot write {}", secret_file.display()))?;
+        let mut from_file = toml::Table::new();
+        from_file.insert("file".into(), secret_file.display().to_string().into());
+        o.insert("aws_secret_access_key".into(), from_file.into());
         o.insert("aws_region".into(), "us-east-1".into());
         o.insert("aws_allow_http".into(), "true".into());
         o.insert("aws_virtual_hosted_style_request".into(), "false".into());

@@ -37,7 +37,7 @@ pub use kafka::{KafkaConfig, StartFrom, KAFKA_PREFETCH_PROPERTY};
 pub use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use merge::MergeConfig;
 pub use secret::{Secret, REDACTED};
-pub use storage::StorageConfig;
+pub use storage::{OptionValue, StorageConfig};
 pub use table::{FlushConfig, Granularity, PartitionKeyConfig, TableConfig};
 pub use telemetry::TelemetryConfig;
 pub use view::ViewConfig;

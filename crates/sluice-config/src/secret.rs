@@ -70,7 +70,7 @@ impl Serialize for Secret {
 
 /// Where a secret is, as a config writes it.
 #[derive(Default)]
-struct SecretSource {
+pub(crate) struct SecretSource {
     file: Option<PathBuf>,
     env: Option<String>,
 }
@@ -82,7 +82,7 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-struct SourceVisitor;
+pub(crate) struct SourceVisitor;
 
 impl<'de> Visitor<'de> for SourceVisitor {
     type Value = SecretSource;
@@ -115,7 +115,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
     }
 }
 
-fn read(source: SecretSource) -> Result<Secret, String> {
+pub(crate) fn read(source: SecretSource) -> Result<Secret, String> {
     match (source.file, source.env) {
         (Some(path), None) => {
             let origin = format!("file {}", path.display());

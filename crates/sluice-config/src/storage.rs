@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::de::{Error as _, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
-use crate::{invalid, ConfigError};
+use crate::secret::{read, SourceVisitor, PROBLEM};
+use crate::{invalid, ConfigError, Secret};
 
 /// Where Parquet parts are written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -13,10 +15,75 @@ pub struct StorageConfig {
     /// `file:///absolute/dir`, `file://relative/dir` (from the working directory), or
     /// `s3://bucket/prefix`. Default: `file://sluice-data`.
     pub url: String,
-    /// object_store options, e.g. `aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`,
-    /// `aws_region`, `aws_allow_http`. Default: none.
-    pub options: BTreeMap<String, String>,
+    /// object_store options, e.g. `aws_endpoint`, `aws_access_key_id`, `aws_region`,
+    /// `aws_allow_http`, and secrets such as `aws_secret_access_key` as
+    /// `{ file = "/path" }` or `{ env = "NAME" }` (never inline). Left out, credentials come
+    /// from the usual AWS chain (`AWS_*` variables, the instance's role). Default: none.
+    pub options: BTreeMap<String, OptionValue>,
 }
+
+/// A value of `storage.options`: text, or a secret read from a file or the environment.
+#[derive(Clone, PartialEq, Eq)]
+pub enum OptionValue {
+    Text(String),
+    Secret(Secret),
+}
+
+impl OptionValue {
+    /// The value itself, to hand to the store's builder only.
+    pub fn expose(&self) -> &str {
+        match self {
+            OptionValue::Text(t) => t,
+            OptionValue::Secret(s) => s.expose(),
+        }
+    }
+}
+
+impl From<&str> for OptionValue {
+    fn from(text: &str) -> OptionValue {
+        OptionValue::Text(text.to_string())
+    }
+}
+
+impl std::fmt::Debug for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::Text(t) => t.fmt(f),
+            OptionValue::Secret(s) => s.fmt(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OptionValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<OptionValue, D::Error> {
+        deserializer.deserialize_any(OptionVisitor)
+    }
+}
+
+struct OptionVisitor;
+
+impl<'de> Visitor<'de> for OptionVisitor {
+    type Value = OptionValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string, or a secret as `{ file = \"/path\" }` or `{ env = \"NAME\" }`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<OptionValue, E> {
+        Ok(OptionValue::Text(text.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OptionValue, A::Error> {
+        let source = SourceVisitor.visit_map(map)?;
+        read(source)
+            .map(OptionValue::Secret)
+            .map_err(|e| A::Error::custom(format!("{PROBLEM}{e}")))
+    }
+}
+
+/// Parts of option names that hold secrets (`aws_secret_access_key`, `aws_session_token`,
+/// `azure_storage_account_key`, `google_service_account_key`, ...): refused as text.
+const SECRET_OPTION_MARKS: [&str; 4] = ["secret", "token", "password", "account_key"];
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -38,6 +105,21 @@ impl StorageConfig {
                 format!("`{}` is not a supported storage URL", self.url),
                 "use `file:///dir`, `file://relative/dir` or `s3://bucket/prefix`",
             ));
+        }
+        self.refuse_inline_secrets()
+    }
+
+    /// The value is never quoted: it is the secret.
+    fn refuse_inline_secrets(&self) -> Result<(), ConfigError> {
+        for (key, value) in &self.options {
+            let secret_name = SECRET_OPTION_MARKS.iter().any(|m| key.contains(m));
+            if secret_name && matches!(value, OptionValue::Text(_)) {
+                return Err(invalid(
+                    format!("storage.options.{key}"),
+                    "holds a secret, and secrets are not written in the config",
+                    format!("write `{key} = {{ file = \"/path\" }}` (a file readable only by the worker's user) or `{{ env = \"NAME\" }}`, or leave it out to use the AWS_* environment variables"),
+                ));
+            }
         }
         Ok(())
     }

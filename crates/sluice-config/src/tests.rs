@@ -424,3 +424,36 @@ fn covering_health_and_metrics_needs_a_token() {
     let text = minimal() + "\n[telemetry]\ntoken_covers_health_and_metrics = true\n";
     assert!(err_of(&text).contains("no `telemetry.token` is set"));
 }
+
+#[test]
+fn a_storage_secret_written_inline_is_refused_without_quoting_it() {
+    let text = minimal()
+        + "\n[storage]\nurl = \"s3://b/p\"\noptions = { aws_secret_access_key = \"canary-s3\" }\n";
+    let e = err_of(&text);
+    assert!(
+        e.contains("storage.options.aws_secret_access_key") && e.contains("{ file ="),
+        "{e}"
+    );
+    assert!(!e.contains("canary"), "the error shows the secret: {e}");
+}
+
+#[test]
+fn a_storage_secret_from_a_file_is_used_and_prints_as_stars() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s3-secret");
+    std::fs::write(&file, "canary-s3-key\n").unwrap();
+    let text = minimal()
+        + &format!(
+            "\n[storage]\nurl = \"s3://b/p\"\noptions = {{ aws_access_key_id = \"AKIDEXAMPLE\", aws_secret_access_key = {{ file = {:?} }} }}\n",
+            file.display().to_string()
+        );
+    let c = Config::from_toml_str(&text, "test.toml").unwrap();
+    let options = &c.storage.options;
+    assert_eq!(options["aws_secret_access_key"].expose(), "canary-s3-key");
+    assert_eq!(options["aws_access_key_id"].expose(), "AKIDEXAMPLE");
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("canary") && debug.contains("AKIDEXAMPLE"),
+        "{debug}"
+    );
+}

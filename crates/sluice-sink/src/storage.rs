@@ -31,6 +31,9 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     root: Path,
     url: String,
+    /// The access key id in use, if any: what an error about credentials names (the secret
+    /// key never).
+    key_id: Option<String>,
 }
 
 fn storage_err(path: &str, source: object_store::Error) -> SinkError {
@@ -71,6 +74,7 @@ impl Storage {
                 store: Arc::new(store),
                 root: Path::default(),
                 url: format!("file://{}", dir.display()),
+                key_id: None,
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -87,16 +91,24 @@ impl Storage {
                         key: key.clone(),
                         source,
                     })?;
-                builder = builder.with_config(parsed, value);
+                builder = builder.with_config(parsed, value.expose());
             }
+            let key_id = builder.get_config_value(&AmazonS3ConfigKey::AccessKeyId);
             let store = builder.build().map_err(|e| bad(&e.to_string()))?;
             return Ok(Storage {
                 store: Arc::new(store),
                 root: Path::from(prefix.trim_matches('/')),
                 url: url.to_string(),
+                key_id,
             });
         }
         Err(bad("use file:// or s3://"))
+    }
+
+    /// The access key id the store signs with (from `storage.options` or the environment),
+    /// if one is configured.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
     }
 
     /// The URL this storage was opened with (absolute for `file://`).

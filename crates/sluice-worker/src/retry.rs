@@ -65,7 +65,7 @@ pub(crate) async fn put_until_stored(health: &Health, storage: &Storage, path: &
         };
         let retry_in_ms = delay.as_millis() as u64;
         if operator {
-            tracing::error!(path, failures, retry_in_ms, error = %chain(&failure), "object storage refuses uploads: check storage.url (its bucket or directory must exist) and the credentials in storage.options; retrying until it accepts them, nothing is committed or lost meanwhile");
+            tracing::error!(path, storage = storage.url(), key_id = storage.key_id().unwrap_or("none"), failures, retry_in_ms, error = %chain(&failure), "object storage refuses uploads: check storage.url (its bucket or directory must exist) and the credentials (storage.options, or the AWS_* environment); retrying until it accepts them, nothing is committed or lost meanwhile");
         } else {
             tracing::warn!(path, failures, retry_in_ms, error = %chain(&failure), "upload failed; retrying (the events stay buffered and uncommitted until it succeeds; consumption pauses when the memory budget is full)");
         }
