@@ -1,13 +1,15 @@
 //! Security of a running worker, as a separate process against the shared stack: the HTTP
-//! endpoint's token, ZooKeeper's digest authentication and ACLs, and secrets that never show
-//! up in what the worker prints or serves.
+//! endpoint's token, ZooKeeper's digest authentication and ACLs, ZooKeeper over TLS (a private
+//! server), and secrets that never show up in what the worker prints or serves.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use base64::Engine as _;
+use sluice_tests::certs::Certs;
 use sluice_tests::fleet::{deployment, spawn, tail, wait_caught_up, Worker};
 use sluice_tests::outage::wait_ready_state;
+use sluice_tests::private::PrivateZk;
 use sluice_tests::web::{endpoint, get_authorized};
 use sluice_tests::{describe, run_sluice, unique, zk_root, Prepared, Stack};
 
@@ -219,5 +221,84 @@ async fn digest_authentication_keeps_the_registry_to_the_deployment_and_its_read
         !said.contains(&viewer_password),
         "sluice check shows the password"
     );
+    d.verify().await
+}
+
+/// `[coordination.tls]` of a deployment: the test CA, and the client certificate if `client`.
+fn zookeeper_tls(certs: &Certs, client: bool) -> String {
+    let path = |name: &str| certs.path(name).display().to_string();
+    let mut section = format!("\n[coordination.tls]\nca_file = {:?}\n", path("ca.pem"));
+    if client {
+        section.push_str(&format!(
+            "certificate_file = {:?}\nkey_file = {:?}\n",
+            path("client.pem"),
+            path("client.key")
+        ));
+    }
+    section
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_over_tls_with_a_client_certificate_and_required_authentication() -> Result<()> {
+    let certs = Certs::make()?;
+    // Authentication enforced: a session that does not authenticate is closed at its first
+    // request.
+    let zk = PrivateZk::launch_tls(
+        &certs,
+        "ssl.clientAuth=need\nenforce.auth.enabled=true\nenforce.auth.schemes=digest\n",
+    )
+    .await?;
+    let d = deployment("zk_tls", 2, 600, 100).await?;
+    let password = unique("canary-zk-tls-password");
+    let auth = zookeeper_auth(&d, "tls", "sluice", &password, None)?;
+    let connect = zk.tls_connect()?;
+    let base = std::fs::read_to_string(&d.config)?.replace(
+        &format!("zookeeper_connect = \"{}\"", Stack::from_env().zk),
+        &format!("zookeeper_connect = \"{connect}\""),
+    );
+    let write = |name: &str, text: String| -> Result<std::path::PathBuf> {
+        let path = d.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    std::fs::write(
+        &d.config,
+        format!("{base}{auth}{}", zookeeper_tls(&certs, true)),
+    )?;
+    let worker = spawn(&d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+
+    // Each of these is refused: plain TCP to the TLS port, TLS without the client
+    // certificate, TLS without authentication.
+    let logs = d.dir.path().join("logs");
+    let refused_configs = [
+        ("plain", format!("{base}{auth}")),
+        (
+            "no-certificate",
+            format!("{base}{auth}{}", zookeeper_tls(&certs, false)),
+        ),
+        (
+            "anonymous",
+            format!("{base}{}", zookeeper_tls(&certs, true)),
+        ),
+    ];
+    let mut refused = Vec::new();
+    for (name, text) in refused_configs {
+        let path = write(&format!("{name}.toml"), text)?;
+        refused.push(Worker::spawn(&path, name, &[], &logs)?);
+    }
+    let mut addrs = Vec::new();
+    for w in &refused {
+        addrs.push(endpoint(w).await?);
+    }
+    wait_ready_state(&addrs, 503, "zookeeper unavailable").await?;
+    for w in &mut refused {
+        ensure!(w.is_running(), "a refused worker exited");
+    }
+    let mut printed = String::new();
+    for w in refused.into_iter().chain([worker]) {
+        printed.push_str(&w.terminate(Duration::from_secs(60)).await?);
+    }
+    ensure!(!printed.contains(&password), "a log shows the password");
     d.verify().await
 }

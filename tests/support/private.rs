@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
+use crate::certs::Certs;
 use crate::fleet::tail;
 use crate::Stack;
 
@@ -34,6 +35,9 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// The SLF4J binding `scripts/stack.sh` adds so that ZooKeeper logs at all.
 const ZK_LOG_JARS: &str = "/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar";
+
+/// Debian's netty codec, from the `libnetty-java` package ZooKeeper depends on.
+const NETTY_CODEC_JAR: &str = "/usr/share/java/netty-codec.jar";
 
 /// A private s3s-fs server: the shared stack's bucket and credentials, so a config written for
 /// the shared S3 works against it with only the endpoint changed ([`Stack::with_s3`]).
@@ -146,6 +150,8 @@ fn tansu_args(port: u16, advertised: u16, authentication: bool) -> Vec<OsString>
 /// tick, with which sessions of a few seconds are allowed and expire on time.
 pub struct PrivateZk {
     server: PrivateServer,
+    /// Its `secureClientPort`, if it serves TLS.
+    tls_port: Option<u16>,
 }
 
 impl PrivateZk {
@@ -153,7 +159,42 @@ impl PrivateZk {
     pub async fn launch() -> Result<PrivateZk> {
         let mut server = zookeeper_server(tempfile::tempdir()?, free_port()?, "")?;
         server.start().await?;
-        Ok(PrivateZk { server })
+        Ok(PrivateZk {
+            server,
+            tls_port: None,
+        })
+    }
+
+    /// A server that also serves TLS on a port of its own ([`PrivateZk::tls_connect`]) with
+    /// `certs`' server certificate, trusting `certs`' CA for client certificates; `extra`
+    /// lines go into its `zoo.cfg` (`ssl.clientAuth=need`, `enforce.auth.enabled=true`, ...).
+    /// The plain port stays open for the readiness probe.
+    pub async fn launch_tls(certs: &Certs, extra: &str) -> Result<PrivateZk> {
+        let ports = free_ports(2)?;
+        let tls = format!(
+            "secureClientPort={}\n\
+             serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+             ssl.keyStore.location={}\n\
+             ssl.keyStore.type=PEM\n\
+             ssl.trustStore.location={}\n\
+             ssl.trustStore.type=PEM\n\
+             {extra}",
+            ports[1],
+            certs.path("server-bundle.pem").display(),
+            certs.path("ca.pem").display(),
+        );
+        let mut server = zookeeper_server(tempfile::tempdir()?, ports[0], &tls)?;
+        server.start().await?;
+        Ok(PrivateZk {
+            server,
+            tls_port: Some(ports[1]),
+        })
+    }
+
+    /// The `zookeeper_connect` of its TLS port, with `[coordination.tls]`.
+    pub fn tls_connect(&self) -> Result<String> {
+        let port = self.tls_port.context("this ZooKeeper serves no TLS")?;
+        Ok(format!("{HOST}:{port}"))
     }
 
     /// The `zookeeper_connect` of a coordination config.
@@ -210,7 +251,14 @@ pub(crate) fn zookeeper_server(
          log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
          log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t:%C{1}@%L] - %m%n\n",
     )?;
-    let classpath = format!("{}:{ZK_JAR}:{ZK_LOG_JARS}", conf.display());
+    let mut classpath = format!("{}:{ZK_JAR}:{ZK_LOG_JARS}", conf.display());
+    // The Netty connection factory (which TLS needs) uses netty-codec, which zookeeper.jar's
+    // manifest leaves off its class path: without it the TLS handshake fails with
+    // NoClassDefFoundError.
+    if Path::new(NETTY_CODEC_JAR).exists() {
+        classpath.push(':');
+        classpath.push_str(NETTY_CODEC_JAR);
+    }
     let args: Vec<OsString> = vec![
         "-Xmx512m".into(),
         "-cp".into(),

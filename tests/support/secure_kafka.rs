@@ -1,6 +1,6 @@
 //! A broker that talks only TLS and SASL, as managed Kafka services do: a private Tansu broker
 //! (which cannot serve TLS itself) with SCRAM users and `--authentication`, behind stunnel
-//! terminating TLS, with certificates of a test CA made by `openssl`. `scripts/stack.sh start`
+//! terminating TLS, with certificates of a test CA ([`Certs`]). `scripts/stack.sh start`
 //! installs stunnel.
 //!
 //! Tansu takes users only from a running broker, and requires authentication only from a
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
+use crate::certs::Certs;
 use crate::private::{free_ports, tools_dir, PrivateKafka, PrivateServer};
 
 /// A SCRAM user of the broker.
@@ -23,107 +24,6 @@ pub struct ScramUser<'a> {
     pub password: &'a str,
     /// `scram256` or `scram512`, as `tansu user create --mechanism` names them.
     pub mechanism: &'a str,
-}
-
-/// A test CA, the broker's certificate (for 127.0.0.1) and a client certificate, all signed by
-/// it, and another CA nobody signed with.
-pub struct Certs {
-    dir: tempfile::TempDir,
-}
-
-impl Certs {
-    pub fn make() -> Result<Certs> {
-        let dir = tempfile::tempdir()?;
-        let certs = Certs { dir };
-        certs.self_signed("ca", "sluice-test-ca")?;
-        certs.self_signed("other-ca", "someone-else")?;
-        certs.signed("server", "127.0.0.1", Some("subjectAltName=IP:127.0.0.1"))?;
-        certs.signed("client", "sluice-worker", None)?;
-        Ok(certs)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn self_signed(&self, name: &str, subject: &str) -> Result<()> {
-        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={subject}"),
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-        ])
-    }
-
-    fn signed(&self, name: &str, subject: &str, extension: Option<&str>) -> Result<()> {
-        let (cert, key, csr) = (
-            format!("{name}.pem"),
-            format!("{name}.key"),
-            format!("{name}.csr"),
-        );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={subject}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ])?;
-        let ext = format!("{name}.ext");
-        std::fs::write(
-            self.path(&ext),
-            extension.unwrap_or("basicConstraints=CA:FALSE"),
-        )?;
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &cert,
-            "-extfile",
-            &ext,
-        ])
-    }
-
-    fn openssl(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .context("running openssl")?;
-        ensure!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
 }
 
 /// The broker behind its TLS proxy. Both are killed when dropped.

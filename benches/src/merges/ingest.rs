@@ -83,7 +83,7 @@ pub(super) fn ingest_run(
             &root,
             Duration::from_secs(10),
             Duration::from_secs(10),
-            None,
+            sluice_coord::ZkSecurity::default(),
         ))?;
         let sampled = sample_run(opts, runtime, &coord, &address, table, enabled, &mut result);
         let end = sampled.and_then(|()| {

@@ -38,6 +38,25 @@ pub struct CoordinationConfig {
     /// ZooKeeper authentication, and the ACL of every znode Sluice creates. Default: none
     /// (anonymous; the znodes are open to anyone who reaches ZooKeeper).
     pub auth: Option<ZookeeperAuth>,
+    /// ZooKeeper over TLS, to the servers' `secureClientPort` (the ports `zookeeper_connect`
+    /// gives). Default: none (plain TCP).
+    pub tls: Option<ZookeeperTls>,
+}
+
+/// TLS to ZooKeeper. The servers' certificates must name the hosts of `zookeeper_connect`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZookeeperTls {
+    /// A PEM file of the certificate authorities that signed the servers' certificates.
+    /// Required.
+    pub ca_file: PathBuf,
+    /// A client certificate (PEM), for servers that require one (`ssl.clientAuth=need`).
+    /// Default: none.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// Its private key (PEM, unencrypted; readable only by the worker's user). Default: none.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// ZooKeeper's `digest` authentication: the session authenticates as `user`, and every znode
@@ -69,6 +88,7 @@ impl Default for CoordinationConfig {
             connect_timeout_ms: 10_000,
             embedded_dir: PathBuf::from("sluice-state"),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -80,7 +100,53 @@ impl CoordinationConfig {
             self.validate_zookeeper_connect()?;
             self.validate_session_timeout()?;
         }
-        self.validate_auth()
+        self.validate_auth()?;
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        if self.backend != CoordinationBackend::Zookeeper {
+            return Err(invalid(
+                "coordination.tls",
+                "is set but the backend is not ZooKeeper",
+                "remove `[coordination.tls]`, or set `backend = \"zookeeper\"`",
+            ));
+        }
+        match (&tls.certificate_file, &tls.key_file) {
+            (Some(_), None) => return Err(invalid(
+                "coordination.tls.key_file",
+                "is required with certificate_file",
+                "set it to the client certificate's private key (PEM), or remove certificate_file",
+            )),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "coordination.tls.certificate_file",
+                    "is required with key_file",
+                    "set it to the client certificate (PEM), or remove key_file",
+                ))
+            }
+            _ => {}
+        }
+        let files = [
+            ("ca_file", Some(&tls.ca_file)),
+            ("certificate_file", tls.certificate_file.as_ref()),
+            ("key_file", tls.key_file.as_ref()),
+        ];
+        for (name, path) in files {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|e| {
+                    invalid(
+                        format!("coordination.tls.{name}"),
+                        format!("cannot read {}: {e}", path.display()),
+                        "give the path of a PEM file the worker's user can read",
+                    )
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

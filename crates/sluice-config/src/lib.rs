@@ -32,7 +32,7 @@ mod worker;
 mod tests;
 
 pub use column::{Aggregate, ColumnConfig, ColumnType};
-pub use coordination::{CoordinationBackend, CoordinationConfig, ZookeeperAuth};
+pub use coordination::{CoordinationBackend, CoordinationConfig, ZookeeperAuth, ZookeeperTls};
 pub use kafka::{KafkaConfig, StartFrom, KAFKA_PREFETCH_PROPERTY};
 pub use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use merge::MergeConfig;

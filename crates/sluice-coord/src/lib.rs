@@ -52,7 +52,7 @@ pub use registry::{
     MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
     SealedManifest,
 };
-pub use zookeeper::{Credentials, ZkCoordinator};
+pub use zookeeper::{Credentials, ZkCoordinator, ZkSecurity, ZkTls};
 
 /// One partition of a source topic: the unit of ownership and of committed offsets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -154,6 +154,14 @@ pub enum CoordError {
         /// `user NAME` or `an anonymous session`; never the password.
         identity: String,
         what: String,
+    },
+    /// The TLS settings cannot be used (not PEM, a key that does not match): a configuration
+    /// error, found before connecting.
+    #[error("ZooKeeper TLS: {problem}")]
+    Tls {
+        problem: String,
+        #[source]
+        source: Cause,
     },
     #[error("lease of {unit} is held by worker `{holder}`")]
     LeaseHeld { unit: UnitId, holder: String },

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use sluice_config::{Config, CoordinationBackend, CoordinationConfig};
 use sluice_coord::{
-    CoordError, Coordinator, Credentials, EmbeddedCoordinator, UnitId, ZkCoordinator,
+    CoordError, Coordinator, Credentials, EmbeddedCoordinator, UnitId, ZkCoordinator, ZkSecurity,
+    ZkTls,
 };
 use sluice_sink::Storage;
 use sluice_source::{KafkaSource, Source, SourceError};
@@ -228,22 +229,45 @@ pub async fn open_coordinator(
                 &config.root,
                 Duration::from_millis(config.session_timeout_ms),
                 Duration::from_millis(config.connect_timeout_ms),
-                config.auth.as_ref().map(|a| {
-                    Credentials::new(
-                        a.user.clone(),
-                        a.password.expose(),
-                        a.read_only_user.clone().zip(
-                            a.read_only_password
-                                .as_ref()
-                                .map(|p| p.expose().to_string()),
-                        ),
-                    )
-                }),
+                zk_security(config)?,
             )
             .await?,
         ),
         CoordinationBackend::Embedded => Arc::new(EmbeddedCoordinator::open(&config.embedded_dir)?),
     })
+}
+
+/// `[coordination.auth]` and `[coordination.tls]` as the ZooKeeper client takes them, the
+/// certificates read from their files.
+fn zk_security(config: &CoordinationConfig) -> Result<ZkSecurity, CoordError> {
+    let credentials = config.auth.as_ref().map(|a| {
+        Credentials::new(
+            a.user.clone(),
+            a.password.expose(),
+            a.read_only_user.clone().zip(
+                a.read_only_password
+                    .as_ref()
+                    .map(|p| p.expose().to_string()),
+            ),
+        )
+    });
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| CoordError::Tls {
+            problem: format!("cannot read {}", path.display()),
+            source: e.into(),
+        })
+    };
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => {
+            let identity = match (&t.certificate_file, &t.key_file) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            };
+            Some(ZkTls::new(read(&t.ca_file)?, identity))
+        }
+    };
+    Ok(ZkSecurity { credentials, tls })
 }
 
 /// Runs the worker until `shutdown` resolves (then leaves the fleet and drains: flushes,

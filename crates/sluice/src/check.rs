@@ -88,8 +88,13 @@ async fn check_connections(config: &Config) -> Result<()> {
         .auth
         .as_ref()
         .map_or_else(|| "anonymous".to_string(), |a| format!("as `{}`", a.user));
+    let transport = if config.coordination.tls.is_some() {
+        "TLS"
+    } else {
+        "plain TCP"
+    };
     println!(
-        "  coordination ({identity}): ok, {}",
+        "  coordination ({identity}, {transport}): ok, {}",
         if may_write {
             "read and write"
         } else {
@@ -110,5 +115,17 @@ async fn check_connections(config: &Config) -> Result<()> {
             tokio::task::spawn_blocking(move || sluice_source::partitions(&kafka, &t)).await??;
         println!("  topic {topic}: {} partitions", partitions.len());
     }
+    println!(
+        "  kafka: {}",
+        match config.kafka.security.sasl_mechanism {
+            Some(m) => format!(
+                "{} as `{}` ({})",
+                config.kafka.security.protocol.librdkafka_name(),
+                config.kafka.security.sasl_username.as_deref().unwrap_or(""),
+                m.name()
+            ),
+            None => config.kafka.security.protocol.librdkafka_name().to_string(),
+        }
+    );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `[kafka.security]` and the librdkafka properties it replaces.
+//! `[kafka.security]` and the librdkafka properties it replaces; `[coordination.tls]`.
 
 use super::*;
 
@@ -125,4 +125,23 @@ fn a_full_sasl_ssl_section_loads_and_prints_no_password() {
     );
     let debug = format!("{c:?}");
     assert!(!debug.contains("canary"), "{debug}");
+}
+
+#[test]
+fn zookeeper_tls_needs_readable_files_and_both_halves_of_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = some_file(&dir, "ca.pem");
+    let cert = some_file(&dir, "client.pem");
+    let with_tls = |section: &str| format!("{}\n[coordination.tls]\n{section}", minimal());
+    let e = err_of(&with_tls("ca_file = \"/nonexistent/zk-ca.pem\"\n"));
+    assert!(
+        e.contains("coordination.tls.ca_file") && e.contains("/nonexistent/zk-ca.pem"),
+        "{e}"
+    );
+    let e = err_of(&with_tls(&format!(
+        "ca_file = {ca:?}\ncertificate_file = {cert:?}\n"
+    )));
+    assert!(e.contains("coordination.tls.key_file"), "{e}");
+    let c = Config::from_toml_str(&with_tls(&format!("ca_file = {ca:?}\n")), "t").unwrap();
+    assert!(c.coordination.tls.is_some());
 }

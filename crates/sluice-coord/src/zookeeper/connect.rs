@@ -9,21 +9,24 @@ use zookeeper_client as zk;
 
 use super::auth::{granted, open_to_anyone, Credentials};
 use super::nodes::{again, backend};
+use super::tls::ZkSecurity;
 use super::{Access, ZkCoordinator};
 use crate::CoordError;
 
 impl ZkCoordinator {
-    /// Connects (authenticating with `credentials`, if any), creates the deployment root if it
-    /// is missing, and reads what the root's ACL grants this session. Fails within
-    /// `connect_timeout` when no server of the ensemble answers, and with
-    /// [`CoordError::NotAuthorized`] when the identity may not even read the root.
+    /// Connects (over TLS and authenticating, as `security` says), creates the deployment root
+    /// if it is missing, and reads what the root's ACL grants this session. Fails within
+    /// `connect_timeout` when no server of the ensemble answers (a failed TLS handshake looks
+    /// the same from here), and with [`CoordError::NotAuthorized`] when the identity may not
+    /// even read the root.
     pub async fn connect(
         connect: &str,
         root: &str,
         session_timeout: Duration,
         connect_timeout: Duration,
-        credentials: Option<Credentials>,
+        security: ZkSecurity,
     ) -> Result<ZkCoordinator, CoordError> {
+        let ZkSecurity { credentials, tls } = security;
         let unreachable = |source: crate::Cause| CoordError::Unreachable {
             connect: connect.to_string(),
             timeout: connect_timeout,
@@ -35,7 +38,15 @@ impl ZkCoordinator {
         if let Some(c) = &credentials {
             connector = connector.with_auth("digest", &c.auth());
         }
-        let client = match tokio::time::timeout(connect_timeout, connector.connect(connect)).await {
+        type Connecting<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<zk::Client, zk::Error>> + Send + 'a>,
+        >;
+        let connecting: Connecting<'_> = match &tls {
+            // Every server of the connect string is then reached over TLS.
+            Some(tls) => Box::pin(connector.with_tls(tls.options()?).secure_connect(connect)),
+            None => Box::pin(connector.connect(connect)),
+        };
+        let client = match tokio::time::timeout(connect_timeout, connecting).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(unreachable(e.into())),
             Err(_) => return Err(unreachable("no server answered in time".into())),

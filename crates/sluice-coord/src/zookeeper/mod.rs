@@ -37,10 +37,12 @@ mod auth;
 mod connect;
 
 pub use auth::Credentials;
+pub use tls::{ZkSecurity, ZkTls};
 mod gaps;
 mod leases;
 mod nodes;
 mod scopes;
+mod tls;
 
 use nodes::{again, backend, encode_segment, multi_size, unanswered, Patience, MAX_MULTI_BYTES};
 
