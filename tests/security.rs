@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use base64::Engine as _;
 use sluice_tests::certs::Certs;
-use sluice_tests::fleet::{deployment, spawn, tail, wait_caught_up, Worker};
+use sluice_tests::fleet::{deployment, deployment_on, spawn, tail, wait_caught_up, Worker};
 use sluice_tests::outage::wait_ready_state;
 use sluice_tests::private::PrivateZk;
 use sluice_tests::web::{endpoint, get_authorized};
-use sluice_tests::{describe, run_sluice, unique, zk_root, Prepared, Stack};
+use sluice_tests::{describe, run_sluice, unique, zk_root, Prepared, Stack, StorageKind};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -300,5 +300,78 @@ async fn zookeeper_over_tls_with_a_client_certificate_and_required_authenticatio
         printed.push_str(&w.terminate(Duration::from_secs(60)).await?);
     }
     ensure!(!printed.contains(&password), "a log shows the password");
+    d.verify().await
+}
+
+/// Every secret at once (ZooKeeper password, S3 secret key, HTTP token), a worker logging at
+/// trace level from every crate, and every way Sluice shows things: none shows a secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_shows_in_trace_logs_the_commands_or_the_http_endpoint() -> Result<()> {
+    let stack = Stack::from_env();
+    let d = deployment_on(&stack, "secrets", 2, 400, 100, |_| StorageKind::S3 {
+        prefix: unique("secrets"),
+    })
+    .await?;
+    let zk_password = unique("canary-zk");
+    let token = unique("canary-token");
+    let token_file = d.dir.path().join("token");
+    std::fs::write(&token_file, &token)?;
+    let auth = zookeeper_auth(&d, "all", "sluice", &zk_password, None)?;
+    d.edit_config(|t| {
+        t.replace(
+            "refresh_ms = 500\n",
+            &format!(
+                "refresh_ms = 500\ntoken = {{ file = {:?} }}\n",
+                token_file.display().to_string()
+            ),
+        ) + &auth
+    })?;
+    let worker = Worker::spawn(
+        &d.config,
+        "w1",
+        &[("SLUICE_LOG", "trace")],
+        &d.dir.path().join("logs"),
+    )?;
+    let addr = endpoint(&worker).await?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
+
+    let mut shown = String::new();
+    let bearer = format!("Bearer {token}");
+    for path in ["/api/state", "/metrics", "/readyz", "/"] {
+        let (status, body) = get_authorized(addr, path, Some(&bearer))?;
+        ensure!(status == 200, "{path}: {status}");
+        shown.push_str(&body);
+    }
+    let config = d.config.display().to_string();
+    for args in [
+        vec!["check", "--config", &config],
+        vec!["check", "--config", &config, "--connect"],
+        vec!["lag", "--config", &config],
+        vec!["members", "--config", &config],
+    ] {
+        let out = run_sluice(&args, &[], SETTLE).await?;
+        ensure!(out.status.success(), "sluice {args:?}: {}", describe(&out));
+        shown.push_str(&String::from_utf8_lossy(&out.stdout));
+        shown.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let log = worker.terminate(Duration::from_secs(60)).await?;
+    ensure!(
+        log.contains("TRACE"),
+        "the worker did not log at trace level"
+    );
+    shown.push_str(&log);
+    for (name, secret) in [
+        ("the ZooKeeper password", zk_password.as_str()),
+        ("the HTTP token", token.as_str()),
+        ("the S3 secret key", stack.s3_secret_key.as_str()),
+    ] {
+        if let Some(at) = shown.find(secret) {
+            let from = at.saturating_sub(300);
+            anyhow::bail!(
+                "{name} shows: ...{}...",
+                &shown[from..(at + secret.len() + 100).min(shown.len())]
+            );
+        }
+    }
     d.verify().await
 }
