@@ -102,7 +102,7 @@ args=(merges --config "$config" --events "$events" --rate "$rate" --seed "$seed"
     --brokers "$SLUICE_KAFKA" --zookeeper "$SLUICE_ZK" --sluice "$bin_dir/sluice")
 if [ "$storage" = s3 ]; then
     args+=(--s3-endpoint "$SLUICE_S3_ENDPOINT" --s3-bucket "$SLUICE_S3_BUCKET"
-        --s3-access-key "$SLUICE_S3_ACCESS_KEY" --s3-secret-key "$SLUICE_S3_SECRET_KEY")
+        --s3-access-key "$SLUICE_S3_ACCESS_KEY")
 fi
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); build: $profile; stack: $SLUICE_STACK_DIR" >&2

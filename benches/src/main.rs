@@ -115,14 +115,14 @@ enum Cmd {
         zookeeper: String,
         /// S3 endpoint: parts go to s3://BUCKET/merges-<stamp>-<run> there [default: file://
         /// under the work dir].
-        #[arg(long, requires_all = ["s3_bucket", "s3_access_key", "s3_secret_key"])]
+        /// The secret key is read from `SLUICE_S3_SECRET_KEY`, never from the command line
+        /// (which `ps` shows).
+        #[arg(long, requires_all = ["s3_bucket", "s3_access_key"])]
         s3_endpoint: Option<String>,
         #[arg(long)]
         s3_bucket: Option<String>,
         #[arg(long)]
         s3_access_key: Option<String>,
-        #[arg(long)]
-        s3_secret_key: Option<String>,
         /// The `sluice` binary [default: the one next to this program].
         #[arg(long)]
         sluice: Option<PathBuf>,
@@ -250,12 +250,15 @@ fn main() -> Result<()> {
             s3_endpoint,
             s3_bucket,
             s3_access_key,
-            s3_secret_key,
             sluice,
             query_runs,
             day,
             settle_timeout_s,
         } => {
+            let s3_secret_key = std::env::var("SLUICE_S3_SECRET_KEY").ok();
+            if s3_endpoint.is_some() && s3_secret_key.is_none() {
+                anyhow::bail!("--s3-endpoint needs the secret key in SLUICE_S3_SECRET_KEY");
+            }
             let store = match (s3_endpoint, s3_bucket, s3_access_key, s3_secret_key) {
                 (Some(endpoint), Some(bucket), Some(access_key), Some(secret_key)) => Store::S3 {
                     endpoint,
