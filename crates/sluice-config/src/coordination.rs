@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::tls_files::{client_certificate_pair, readable_files};
 use crate::{invalid, ConfigError, Secret};
 
 /// Which coordination backend holds leases, offsets and the part registry.
@@ -115,38 +116,15 @@ impl CoordinationConfig {
                 "remove `[coordination.tls]`, or set `backend = \"zookeeper\"`",
             ));
         }
-        match (&tls.certificate_file, &tls.key_file) {
-            (Some(_), None) => return Err(invalid(
-                "coordination.tls.key_file",
-                "is required with certificate_file",
-                "set it to the client certificate's private key (PEM), or remove certificate_file",
-            )),
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "coordination.tls.certificate_file",
-                    "is required with key_file",
-                    "set it to the client certificate (PEM), or remove key_file",
-                ))
-            }
-            _ => {}
-        }
-        let files = [
-            ("ca_file", Some(&tls.ca_file)),
-            ("certificate_file", tls.certificate_file.as_ref()),
-            ("key_file", tls.key_file.as_ref()),
-        ];
-        for (name, path) in files {
-            if let Some(path) = path {
-                std::fs::File::open(path).map_err(|e| {
-                    invalid(
-                        format!("coordination.tls.{name}"),
-                        format!("cannot read {}: {e}", path.display()),
-                        "give the path of a PEM file the worker's user can read",
-                    )
-                })?;
-            }
-        }
-        Ok(())
+        client_certificate_pair("coordination.tls", &tls.certificate_file, &tls.key_file)?;
+        readable_files(
+            "coordination.tls",
+            [
+                ("ca_file", Some(tls.ca_file.as_path())),
+                ("certificate_file", tls.certificate_file.as_deref()),
+                ("key_file", tls.key_file.as_deref()),
+            ],
+        )
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

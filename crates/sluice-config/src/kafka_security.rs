@@ -12,10 +12,11 @@
 //! ca_file = "/etc/sluice/kafka-ca.pem"
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::tls_files::{client_certificate_pair, readable_files};
 use crate::{invalid, ConfigError, Secret};
 
 /// The transport and authentication to the brokers (librdkafka's `security.protocol`).
@@ -253,21 +254,7 @@ impl KafkaSecurity {
     }
 
     fn validate_tls(&self) -> Result<(), ConfigError> {
-        match (&self.certificate_file, &self.key_file) {
-            (Some(_), None) => return Err(invalid(
-                field("key_file"),
-                "is required with certificate_file (mutual TLS needs both)",
-                "set it to the client certificate's private key (PEM), or remove certificate_file",
-            )),
-            (None, Some(_)) => {
-                return Err(invalid(
-                    field("certificate_file"),
-                    "is required with key_file (mutual TLS needs both)",
-                    "set it to the client certificate (PEM), or remove key_file",
-                ))
-            }
-            _ => {}
-        }
+        client_certificate_pair(SECTION, &self.certificate_file, &self.key_file)?;
         if self.key_password.is_some() && self.key_file.is_none() {
             return Err(invalid(
                 field("key_password"),
@@ -275,27 +262,13 @@ impl KafkaSecurity {
                 "remove it, or set key_file to the encrypted key it unlocks",
             ));
         }
-        for (name, path) in [
-            ("ca_file", &self.ca_file),
-            ("certificate_file", &self.certificate_file),
-            ("key_file", &self.key_file),
-        ] {
-            if let Some(path) = path {
-                readable(name, path)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A file librdkafka will read when it connects: checked now, so that a typo is a start-up
-/// error naming the field rather than a TLS failure at the first request.
-fn readable(name: &str, path: &Path) -> Result<(), ConfigError> {
-    std::fs::File::open(path).map(drop).map_err(|e| {
-        invalid(
-            field(name),
-            format!("cannot read {}: {e}", path.display()),
-            "give the path of a PEM file the worker's user can read",
+        readable_files(
+            SECTION,
+            [
+                ("ca_file", self.ca_file.as_deref()),
+                ("certificate_file", self.certificate_file.as_deref()),
+                ("key_file", self.key_file.as_deref()),
+            ],
         )
-    })
+    }
 }

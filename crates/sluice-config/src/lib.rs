@@ -25,6 +25,7 @@ mod secret;
 mod storage;
 mod table;
 mod telemetry;
+mod tls_files;
 mod view;
 mod worker;
 

@@ -332,6 +332,25 @@ impl Merger {
             tracing::warn!(?deadline, "merges still running at the shutdown deadline were stopped; their uploads are collected by the scopes' next merger");
             self.tasks.abort_all();
         }
+        // Accounted for above: not abandoned.
+        self.running.clear();
+    }
+}
+
+/// A session that ends without [`Merger::stop`] (lost, or failed) drops its merges in flight.
+/// Nothing of theirs can be committed any more (a swap needs the merge lease, which ended with
+/// the session), but say so: their turns end unlogged.
+impl Drop for Merger {
+    fn drop(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let scopes: Vec<String> = self
+            .running
+            .keys()
+            .map(|(table, value)| format!("{table}/{value}"))
+            .collect();
+        tracing::warn!(?scopes, "merges in progress abandoned with the session; nothing of theirs is committed, and their uploads are collected by the scopes' next merger");
     }
 }
 
