@@ -331,11 +331,8 @@ async fn a_frozen_merger_cannot_swap_and_rejoins() -> Result<()> {
     }) {
         println!("zombie: {line}");
     }
-    // The refusal itself is logged only if the merge task outlives the session; the failed
-    // release of the merge lease, which follows the refused swap in the same task, is logged
-    // as the turn ends. If the session loop notices the expiry first, the merge is abandoned
-    // with the session before it reaches its swap, which the worker says too. Either way the
-    // registry is checked below.
+    // Either the thawed task reaches its swap (refused; then its lease release fails), or the
+    // session loop sees the expiry first and abandons the merge. The registry is checked below.
     ensure!(
         [
             "the swap was refused",
