@@ -269,9 +269,16 @@ async fn zookeeper_over_tls_with_a_client_certificate_and_required_authenticatio
     wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
 
     // Each of these is refused: plain TCP to the TLS port, TLS without the client
-    // certificate, TLS without authentication.
+    // certificate, TLS without authentication, a CA file that is not PEM.
     let logs = d.dir.path().join("logs");
+    let not_pem = d.dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n")?;
+    let bad_ca = format!(
+        "{base}{auth}\n[coordination.tls]\nca_file = {:?}\n",
+        not_pem.display().to_string()
+    );
     let refused_configs = [
+        ("bad-ca", bad_ca),
         ("plain", format!("{base}{auth}")),
         (
             "no-certificate",
@@ -295,6 +302,8 @@ async fn zookeeper_over_tls_with_a_client_certificate_and_required_authenticatio
     for w in &mut refused {
         ensure!(w.is_running(), "a refused worker exited");
     }
+    // The unusable CA file is the operator's to fix, and said so.
+    wait_ready_state(&addrs[..1], 503, "needs an operator").await?;
     let mut printed = String::new();
     for w in refused.into_iter().chain([worker]) {
         printed.push_str(&w.terminate(Duration::from_secs(60)).await?);

@@ -139,14 +139,15 @@ async fn connect(
             }
             Err(e) => e,
         };
-        // Refused credentials do not pass by themselves: said at once, and tried again at the
-        // backoff's pace in case someone fixes the ACL or the password file meanwhile.
-        let refused = matches!(e, CoordError::NotAuthorized { .. });
+        // Refused credentials and unusable TLS files do not pass by themselves: said at once,
+        // and tried again at the backoff's pace in case someone fixes the ACL, the password
+        // file or the certificates meanwhile.
+        let refused = matches!(e, CoordError::NotAuthorized { .. } | CoordError::Tls { .. });
         let failures = health.failed(Dependency::Zookeeper, &chain(&e), refused);
         let delay = backoff.next_delay();
         let retry_in_ms = delay.as_millis() as u64;
         if refused {
-            tracing::error!(error = %chain(&e), failures, retry_in_ms, "ZooKeeper refuses this worker's identity; retrying (not ready meanwhile: nothing is consumed or committed)");
+            tracing::error!(error = %chain(&e), failures, retry_in_ms, "ZooKeeper cannot be used as configured (its identity or TLS settings); retrying (not ready meanwhile: nothing is consumed or committed)");
         } else if failures >= FAILURES_BEFORE_ERROR {
             tracing::error!(error = %chain(&e), failures, retry_in_ms, "still cannot open a coordination session; retrying (not ready meanwhile: nothing is consumed or committed)");
         } else {
