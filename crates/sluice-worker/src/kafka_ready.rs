@@ -64,7 +64,8 @@ pub(crate) async fn wait_for_kafka(
         };
         let operator = needs_operator(&e);
         let failures = health.failed(Dependency::Kafka, &chain(&e), operator);
-        let retry_in_ms = backoff.next_delay().as_millis() as u64;
+        let delay = backoff.next_delay();
+        let retry_in_ms = delay.as_millis() as u64;
         if operator {
             tracing::error!(error = %chain(&e), failures, retry_in_ms, "Kafka cannot be read as configured; not joining the fleet until it can (not ready meanwhile)");
         } else {
@@ -72,7 +73,7 @@ pub(crate) async fn wait_for_kafka(
         }
         tokio::select! {
             () = &mut *shutdown => return Ok(false),
-            () = tokio::time::sleep(Duration::from_millis(retry_in_ms)) => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
