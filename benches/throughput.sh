@@ -4,8 +4,9 @@
 # stack's), and runs `sluice-bench run`: a seeded corpus of web-analytics events; the conversion
 # path alone (NDJSON -> decode -> sort -> Parquet -> storage) on one thread and on all cores;
 # then from the broker, in the same run, a plain rdkafka consumer reading the topic (the
-# yardstick), one worker and two workers. It prints events/s, MB/s, CPU seconds per million
-# events and peak RSS for each, and writes them to target/bench/results.json.
+# yardstick), one worker, one worker replicating every part to three `file://` endpoints
+# (write quorum 2), and two workers. It prints events/s, MB/s, CPU seconds per million events
+# and peak RSS for each, and writes them to target/bench/results.json.
 #
 #   benches/throughput.sh                  # 1,000,000 events (about 180 MB of JSON)
 #   EVENTS=200000 benches/throughput.sh    # a smaller corpus

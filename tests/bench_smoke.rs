@@ -85,7 +85,7 @@ fn the_benchmark_command_runs_every_step_on_a_tiny_corpus() -> Result<()> {
         consumed > 0 && consumed <= EVENTS,
         "raw consume read {consumed}"
     );
-    for name in ["1 worker", "2 workers"] {
+    for name in ["1 worker", "1 worker, 3 endpoints", "2 workers"] {
         let f = step(name)?;
         ensure!(
             f["events"].as_u64() == Some(consumed) && f["rows"].as_u64() == Some(consumed),
@@ -104,7 +104,9 @@ fn the_benchmark_command_runs_every_step_on_a_tiny_corpus() -> Result<()> {
         );
     }
     ensure!(
-        stdout.contains("1 worker / raw consume") && stdout.contains("2 workers / 1 worker"),
+        stdout.contains("1 worker / raw consume")
+            && stdout.contains("3 endpoints / 1 endpoint")
+            && stdout.contains("2 workers / 1 worker"),
         "the report gives the ratios the targets are stated in:\n{stdout}"
     );
     Ok(())

@@ -233,7 +233,7 @@ fn main() -> Result<()> {
                 partitions,
                 storage: StorageConfig {
                     url: format!("file://{}", output.display()),
-                    options: Default::default(),
+                    ..Default::default()
                 },
             })?;
             println!("{}", serde_json::to_string(&figures)?);

@@ -72,6 +72,9 @@ pub const CONVERT_ONE: &str = "conversion, 1 thread";
 pub const RAW_CONSUME: &str = "raw consume (rdkafka)";
 pub const ONE_WORKER: &str = "1 worker";
 pub const TWO_WORKERS: &str = "2 workers";
+/// One worker writing every part to three `file://` endpoints (replication 3, write quorum 2),
+/// against [`ONE_WORKER`]'s one: the cost of replicating in Sluice.
+pub const ONE_WORKER_THREE_ENDPOINTS: &str = "1 worker, 3 endpoints";
 
 pub fn convert_all_name(threads: usize) -> String {
     format!("conversion, {threads} threads")
@@ -213,6 +216,7 @@ fn deployment_config(
     topic: &str,
     root: &str,
     data: &Path,
+    endpoints: usize,
 ) -> Result<String> {
     let text = std::fs::read_to_string(&opts.config)
         .with_context(|| format!("cannot read {}", opts.config.display()))?;
@@ -232,7 +236,21 @@ fn deployment_config(
     kafka.insert("bootstrap_servers".into(), broker.brokers.clone().into());
     doc.insert("kafka".into(), kafka.into());
     let mut storage = section(&mut doc, "storage")?;
-    storage.insert("url".into(), format!("file://{}", data.display()).into());
+    if endpoints > 1 {
+        storage.remove("url");
+        let list: Vec<toml::Value> = (1..=endpoints)
+            .map(|i| {
+                let mut e = toml::Table::new();
+                e.insert("name".into(), format!("e{i}").into());
+                let dir = data.join(format!("e{i}"));
+                e.insert("url".into(), format!("file://{}", dir.display()).into());
+                toml::Value::Table(e)
+            })
+            .collect();
+        storage.insert("endpoints".into(), list.into());
+    } else {
+        storage.insert("url".into(), format!("file://{}", data.display()).into());
+    }
     doc.insert("storage".into(), storage.into());
     // The landing tables read this run's topic; views' tables have none.
     if let Some(toml::Value::Array(tables)) = doc.get_mut("table") {
@@ -276,7 +294,7 @@ fn broker_steps(
     eprint!("{}", String::from_utf8_lossy(&produced.stdout));
 
     eprintln!("== {RAW_CONSUME}");
-    let config_for = |name: &str| -> Result<PathBuf> {
+    let config_for = |name: &str, endpoints: usize| -> Result<PathBuf> {
         let data = work_dir.join(format!("data-{name}"));
         let _ = std::fs::remove_dir_all(&data);
         let text = deployment_config(
@@ -285,12 +303,13 @@ fn broker_steps(
             &topic,
             &format!("/sluice/bench/{topic}/{name}"),
             &data,
+            endpoints,
         )?;
         let path = work_dir.join(format!("{name}.toml"));
         std::fs::write(&path, text)?;
         Ok(path)
     };
-    let consume_config = config_for("consume")?;
+    let consume_config = config_for("consume", 1)?;
     let figures = measured(
         Command::new(me)
             .arg("consume")
@@ -305,18 +324,21 @@ fn broker_steps(
         figures,
     });
 
-    for workers in [1usize, 2] {
-        let name = if workers == 1 {
-            ONE_WORKER
-        } else {
-            TWO_WORKERS
+    for (workers, endpoints) in [(1usize, 1usize), (1, 3), (2, 1)] {
+        let name = match (workers, endpoints) {
+            (1, 1) => ONE_WORKER,
+            (1, _) => ONE_WORKER_THREE_ENDPOINTS,
+            _ => TWO_WORKERS,
         };
         eprintln!("== {name}");
-        let config = config_for(&format!("workers-{workers}"))?;
+        let config = config_for(
+            &format!("workers-{workers}-endpoints-{endpoints}"),
+            endpoints,
+        )?;
         let started = Instant::now();
         let mut children = Vec::new();
         for w in 1..=workers {
-            let log = work_dir.join(format!("workers-{workers}-w{w}.log"));
+            let log = work_dir.join(format!("workers-{workers}-endpoints-{endpoints}-w{w}.log"));
             let child = spawn(
                 Command::new(&broker.sluice)
                     .arg("run")
@@ -379,6 +401,12 @@ pub fn render(results: &Results) -> String {
         s.push_str(&format!(
             "\n1 worker / raw consume: {:.2}\n",
             one / raw.max(1e-9)
+        ));
+    }
+    if let (Some(three), Some(one)) = (rate(ONE_WORKER_THREE_ENDPOINTS), rate(ONE_WORKER)) {
+        s.push_str(&format!(
+            "3 endpoints / 1 endpoint (1 worker): {:.2}\n",
+            three / one.max(1e-9)
         ));
     }
     if let (Some(two), Some(one)) = (rate(TWO_WORKERS), rate(ONE_WORKER)) {

@@ -24,6 +24,7 @@ pub mod merges;
 pub mod outage;
 pub mod per_hour;
 pub mod private;
+pub mod replicas;
 pub mod secure_kafka;
 pub mod web;
 pub mod zk_proxy;
@@ -254,9 +255,10 @@ pub fn describe(output: &Output) -> String {
 /// Everything a deployment's coordinator registered (the parts of every table of its config
 /// and the committed offsets of its topic, the one its tables read), and its storage.
 pub(crate) async fn registered(config: &Config) -> Result<(exactly_once::Committed, Objects)> {
-    let storage = Storage::open(&config.storage)?;
-    let (store, root) = storage.object_store();
-    let objects = Objects::new(store, root.clone());
+    // Read with object_store itself, not Sluice's storage layer (the first endpoint's copies
+    // where parts are replicated: `replicas::verify_every_endpoint` checks each).
+    let first = config.storage.endpoint_list().remove(0);
+    let objects = replicas::raw_objects(&first)?;
     let topic = config
         .tables
         .iter()

@@ -21,6 +21,7 @@ mod coordination;
 mod kafka;
 mod kafka_security;
 mod merge;
+mod replication;
 mod secret;
 mod storage;
 mod table;
@@ -37,6 +38,7 @@ pub use coordination::{CoordinationBackend, CoordinationConfig, ZookeeperAuth, Z
 pub use kafka::{KafkaConfig, StartFrom, KAFKA_PREFETCH_PROPERTY};
 pub use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use merge::MergeConfig;
+pub use replication::{EndpointConfig, RepairConfig, Replication};
 pub use secret::{Secret, REDACTED};
 pub use storage::{OptionValue, StorageConfig};
 pub use table::{FlushConfig, Granularity, PartitionKeyConfig, TableConfig};

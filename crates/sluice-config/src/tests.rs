@@ -2,6 +2,7 @@ use super::*;
 
 mod example;
 mod kafka_security;
+mod replication;
 
 use sluice_testkit::fixture;
 

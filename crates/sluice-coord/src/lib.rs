@@ -282,6 +282,16 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
         retired: Option<&Retired>,
     ) -> Result<(), CoordError>;
 
+    /// Replaces a live part record's `replicas` (the endpoints holding a verified copy, as the
+    /// repair found them). Returns false, changing nothing, if the part is no longer live
+    /// (merged away or sealed meanwhile). Not fenced by a lease: it records a fact about
+    /// storage, and every writer of it writes what it verified.
+    async fn set_replicas(
+        &self,
+        part: &PartRecord,
+        replicas: &[String],
+    ) -> Result<bool, CoordError>;
+
     /// The retired object sets of `table` not forgotten yet.
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError>;
 

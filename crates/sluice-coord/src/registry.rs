@@ -74,6 +74,11 @@ pub struct PartRecord {
     /// part inherits its newest input's, so merging does not make a scope look active.
     #[serde(default)]
     pub flushed_at_ms: i64,
+    /// The storage endpoints known to hold a verified copy, when parts are replicated across
+    /// several (empty with one storage URL). Copies stored after the commit are added by the
+    /// repair.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 impl PartRecord {

@@ -223,6 +223,15 @@ impl QueryEngine {
             source,
         })?;
         ctx.register_object_store(&url, storage.object_store().0);
+        // A copy is read only once it matches its part's checksum; one that does not is
+        // counted, skipped for another copy, and left for the repair.
+        storage.expect_checksums(
+            snapshot
+                .parts
+                .values()
+                .flatten()
+                .map(|p| (p.path.as_str(), p.checksum.as_str())),
+        );
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Plan("no default catalog".into()))?;

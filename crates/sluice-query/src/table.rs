@@ -343,7 +343,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-query-{}", std::process::id()));
         let storage = Storage::open(&sluice_config::StorageConfig {
             url: format!("file://{}", dir.display()),
-            options: Default::default(),
+            ..Default::default()
         })
         .unwrap();
         let record = sluice_coord::PartRecord {
@@ -365,6 +365,7 @@ mod tests {
             spans: Vec::new(),
             checksum: String::new(),
             flushed_at_ms: 1,
+            replicas: Vec::new(),
         };
         let stats = Arc::new(Mutex::new(ScanStats::default()));
         let table =

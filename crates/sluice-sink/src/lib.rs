@@ -7,6 +7,7 @@
 mod gc;
 mod manifest;
 mod parts;
+pub mod repair;
 pub mod sort;
 mod storage;
 
@@ -19,7 +20,7 @@ pub use parts::{
     build_parts, encode, part_path, path_segment, quarantine_schema, sort_and_split,
     writer_properties, EncodedPart, FlushSource, ROW_GROUP_ROWS,
 };
-pub use storage::{ObjectInfo, Storage};
+pub use storage::{EndpointCounts, ObjectInfo, QuorumShort, Storage};
 
 /// A cause that may be only a message.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -65,6 +66,18 @@ pub enum SinkError {
         #[source]
         source: Cause,
     },
+    #[error("the copy of {path} on endpoint `{endpoint}` is not what was written: {problem}")]
+    Corrupt {
+        endpoint: String,
+        path: String,
+        problem: String,
+    },
+    #[error("{path} was not stored on enough endpoints: {problem}")]
+    Quorum { path: String, problem: String },
+    #[error("part unavailable: no good copy of {path} ({problem})")]
+    Unavailable { path: String, problem: String },
+    #[error("no storage endpoint is named `{endpoint}`")]
+    UnknownEndpoint { endpoint: String },
     #[error("object storage failed at {path}")]
     Storage {
         path: String,

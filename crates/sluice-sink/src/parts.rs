@@ -131,7 +131,7 @@ pub fn build_parts(
                     value,
                     path,
                     slice.num_rows(),
-                    bytes.len(),
+                    &bytes,
                 ),
                 bytes,
             });
@@ -153,7 +153,7 @@ pub fn build_parts(
                 String::new(),
                 path,
                 batch.num_rows(),
-                bytes.len(),
+                &bytes,
             ),
             bytes,
         });
@@ -168,7 +168,7 @@ fn record(
     partition_value: String,
     path: String,
     rows: usize,
-    bytes: usize,
+    object: &[u8],
 ) -> PartRecord {
     let now = chrono::Utc::now().timestamp_millis();
     PartRecord {
@@ -177,7 +177,7 @@ fn record(
         partition_value,
         path,
         rows: rows as u64,
-        bytes: bytes as u64,
+        bytes: object.len() as u64,
         topic: source.unit.topic.clone(),
         partition: source.unit.partition,
         first_offset: source.first_offset,
@@ -188,8 +188,10 @@ fn record(
         level: 0,
         inputs: 0,
         spans: Vec::new(),
-        checksum: String::new(),
+        // Every copy is verified against it: replicas at upload, readers and the scrub later.
+        checksum: crate::sha256_hex(object),
         flushed_at_ms: now,
+        replicas: Vec::new(),
     }
 }
 

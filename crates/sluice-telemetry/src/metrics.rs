@@ -42,6 +42,20 @@
 //! | `sluice_dependency_outages_total` | counter | dependency |
 //! | `sluice_dependency_failures_total` | counter | dependency |
 //! | `sluice_dependency_unavailable_seconds_total` | counter | dependency |
+//! | `sluice_table_parts_under_replicated` | gauge | table |
+//! | `sluice_repair_backlog_copies` | gauge | |
+//! | `sluice_repair_copies_total` | counter | endpoint |
+//! | `sluice_repair_bytes_total` | counter | endpoint |
+//! | `sluice_scrub_bytes_total` | counter | |
+//! | `sluice_storage_endpoint_up` | gauge | endpoint |
+//! | `sluice_storage_checksum_failures_total` | counter | endpoint |
+//! | `sluice_storage_read_failovers_total` | counter | endpoint |
+//!
+//! The replication metrics exist only with several storage endpoints. The repair gauges
+//! (`sluice_table_parts_under_replicated`, `sluice_repair_backlog_copies`,
+//! `sluice_storage_endpoint_up`) cover the scopes this worker merges, as its last repair pass
+//! found them: sum the first two over workers; the last is 0 on every worker when an
+//! endpoint is down (take the `max`).
 //!
 //! The registry gauges (`sluice_table_scope_parts_max`, `_part_records`, `_sealed_scopes`) are
 //! fleet-wide: every worker reads them from the registry (take the `max` over workers).
@@ -112,6 +126,14 @@ pub const DEPENDENCY_UNAVAILABLE: &str = "sluice_dependency_unavailable_seconds"
 pub const DEPENDENCY_OUTAGES: &str = "sluice_dependency_outages_total";
 pub const DEPENDENCY_FAILURES: &str = "sluice_dependency_failures_total";
 pub const DEPENDENCY_UNAVAILABLE_SECONDS: &str = "sluice_dependency_unavailable_seconds_total";
+pub const TABLE_PARTS_UNDER_REPLICATED: &str = "sluice_table_parts_under_replicated";
+pub const REPAIR_BACKLOG: &str = "sluice_repair_backlog_copies";
+pub const REPAIR_COPIES: &str = "sluice_repair_copies_total";
+pub const REPAIR_BYTES: &str = "sluice_repair_bytes_total";
+pub const SCRUB_BYTES: &str = "sluice_scrub_bytes_total";
+pub const STORAGE_ENDPOINT_UP: &str = "sluice_storage_endpoint_up";
+pub const STORAGE_CHECKSUM_FAILURES: &str = "sluice_storage_checksum_failures_total";
+pub const STORAGE_READ_FAILOVERS: &str = "sluice_storage_read_failovers_total";
 
 /// Every metric name, for tests and docs.
 pub const ALL: &[&str] = &[
@@ -154,6 +176,14 @@ pub const ALL: &[&str] = &[
     DEPENDENCY_OUTAGES,
     DEPENDENCY_FAILURES,
     DEPENDENCY_UNAVAILABLE_SECONDS,
+    TABLE_PARTS_UNDER_REPLICATED,
+    REPAIR_BACKLOG,
+    REPAIR_COPIES,
+    REPAIR_BYTES,
+    SCRUB_BYTES,
+    STORAGE_ENDPOINT_UP,
+    STORAGE_CHECKSUM_FAILURES,
+    STORAGE_READ_FAILOVERS,
 ];
 
 /// Flush and commit latencies: from a few milliseconds (a small commit) to a minute (a large
@@ -343,6 +373,37 @@ fn describe_merges() {
     describe_gauge!(
         TABLE_MERGE_BACKLOG,
         "Merges the policy plans in the scopes this worker merges, not yet run"
+    );
+    describe_gauge!(
+        TABLE_PARTS_UNDER_REPLICATED,
+        "Parts (and manifests) of the scopes this worker merges with fewer good copies than the replication factor, at its last repair pass"
+    );
+    describe_gauge!(
+        REPAIR_BACKLOG,
+        "Copies the last repair pass of this worker's scopes could not store (their endpoint down, or no good copy to read)"
+    );
+    describe_counter!(REPAIR_COPIES, "Copies the repair stored on the endpoint");
+    describe_counter!(
+        REPAIR_BYTES,
+        Unit::Bytes,
+        "Bytes the repair stored on the endpoint"
+    );
+    describe_counter!(
+        SCRUB_BYTES,
+        Unit::Bytes,
+        "Bytes of copies the scrub re-read to verify their checksums"
+    );
+    describe_gauge!(
+        STORAGE_ENDPOINT_UP,
+        "1 if the endpoint answered the last repair pass's listing, else 0"
+    );
+    describe_counter!(
+        STORAGE_CHECKSUM_FAILURES,
+        "Copies read from the endpoint (by queries, merges, repair or scrub) that did not match their part's checksum"
+    );
+    describe_counter!(
+        STORAGE_READ_FAILOVERS,
+        "Reads that failed on the endpoint and went to another copy"
     );
     describe_counter!(
         RETIRED_OBJECTS_DELETED,

@@ -6,7 +6,9 @@
 //! not committed), `after_commit` (committed, buffers not yet reset), `merge_after_upload` (a
 //! merged part uploaded and verified, not swapped in), `merge_after_swap` (swapped in, replaced
 //! objects not deleted), `seal_after_manifest` (a manifest written, the scope not yet pointing
-//! at it), `retire_mid_delete` (counted per replaced object deleted after the grace period). A stopped process resumes
+//! at it), `retire_mid_delete` (counted per replaced object deleted after the grace period),
+//! `repair_after_copy` (counted per scope whose missing copies a repair pass stored, before
+//! its records name them). A stopped process resumes
 //! right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
 //!
 //! Clones share the count: flushes run as tasks of their own and hit the points of the one
@@ -26,6 +28,7 @@ pub const POINTS: &[&str] = &[
     "merge_after_swap",
     "seal_after_manifest",
     "retire_mid_delete",
+    "repair_after_copy",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,8 +91,8 @@ pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, Wo
         .iter()
         .map(|(_, d)| d.quarantine.len() as u64)
         .sum();
-    let encoded = encode(&ctx, &flush.source, flush.drained).await?;
-    upload(&ctx, &encoded.parts).await;
+    let mut encoded = encode(&ctx, &flush.source, flush.drained).await?;
+    upload(&ctx, &mut encoded.parts).await;
     ctx.failpoints.hit("after_upload");
     ctx.failpoints.hit("before_commit");
     let commit = Commit {
@@ -180,19 +180,25 @@ impl Encoded {
     }
 }
 
-/// Uploads the parts, several at a time, each retried until it is stored (see
+/// Uploads the parts, several at a time, each retried until the write quorum holds it (see
 /// [`crate::retry`]): a storage outage holds the flush here, uncommitted, for as long as it
-/// lasts. Their names are deterministic, so a retried upload rewrites the same object.
-async fn upload(ctx: &FlushContext, parts: &[EncodedPart]) {
+/// lasts. Their names are deterministic, so a retried upload rewrites the same object. With
+/// replication, each record then names the endpoints that hold its copies.
+async fn upload(ctx: &FlushContext, parts: &mut [EncodedPart]) {
     // Collected first: a stream over a borrowing closure is not `Send` enough for a task.
     let uploads: Vec<_> = parts
         .iter()
         .map(|p| put_until_stored(&ctx.health, &ctx.storage, &p.record.path, p.bytes.clone()))
         .collect();
-    futures::stream::iter(uploads)
-        .buffer_unordered(UPLOAD_CONCURRENCY)
-        .collect::<Vec<()>>()
+    let stored: Vec<Vec<String>> = futures::stream::iter(uploads)
+        .buffered(UPLOAD_CONCURRENCY)
+        .collect()
         .await;
+    if ctx.storage.is_replicated() {
+        for (part, replicas) in parts.iter_mut().zip(stored) {
+            part.record.replicas = replicas;
+        }
+    }
 }
 
 /// Commits after the unit's previous flush committed, under the unit's lease. A commit whose

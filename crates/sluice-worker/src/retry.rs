@@ -9,6 +9,7 @@
 //! the session ends or the shutdown deadline passes, the flush task doing the retrying is
 //! aborted and its events are re-read by the partition's next owner.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,19 +46,27 @@ impl Backoff {
     }
 }
 
-/// Uploads an object, retrying every failure until it is stored.
-pub(crate) async fn put_until_stored(health: &Health, storage: &Storage, path: &str, bytes: Bytes) {
+/// Uploads an object, retrying every failure until the write quorum holds it; returns the
+/// endpoints that do. Endpoints that already took it are not written again.
+pub(crate) async fn put_until_stored(
+    health: &Health,
+    storage: &Storage,
+    path: &str,
+    bytes: Bytes,
+) -> Vec<String> {
     let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+    let mut stored = BTreeSet::new();
     loop {
-        let failure = match storage.put_once(path, bytes.clone()).await {
+        let short = match storage.put_quorum(path, bytes.clone(), &mut stored).await {
             Ok(()) => {
                 health.succeeded(Dependency::Storage);
-                return;
+                return stored.into_iter().collect();
             }
-            Err(e) => e,
+            Err(short) => short,
         };
-        let operator = failure.needs_operator();
-        let failures = health.failed(Dependency::Storage, &chain(&failure), operator);
+        let operator = short.needs_operator();
+        let error = short.describe();
+        let failures = health.failed(Dependency::Storage, &error, operator);
         let delay = if operator {
             OPERATOR_RETRY
         } else {
@@ -65,9 +74,9 @@ pub(crate) async fn put_until_stored(health: &Health, storage: &Storage, path: &
         };
         let retry_in_ms = delay.as_millis() as u64;
         if operator {
-            tracing::error!(path, storage = storage.url(), key_id = storage.key_id().unwrap_or("none"), failures, retry_in_ms, error = %chain(&failure), "object storage refuses uploads: check storage.url (its bucket or directory must exist) and the credentials (storage.options, or the AWS_* environment); retrying until it accepts them, nothing is committed or lost meanwhile");
+            tracing::error!(path, storage = %storage.url(), key_id = storage.key_id().unwrap_or("none"), failures, retry_in_ms, %error, "object storage refuses uploads: check storage.url (or the endpoint's url: its bucket or directory must exist) and the credentials (storage.options or the endpoint's options, or the AWS_* environment); retrying until it accepts them, nothing is committed or lost meanwhile");
         } else {
-            tracing::warn!(path, failures, retry_in_ms, error = %chain(&failure), "upload failed; retrying (the events stay buffered and uncommitted until it succeeds; consumption pauses when the memory budget is full)");
+            tracing::warn!(path, failures, retry_in_ms, %error, "upload failed; retrying (the events stay buffered and uncommitted until the write quorum holds them; consumption pauses when the memory budget is full)");
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -77,8 +77,37 @@ fn table_lines(config: &Config) -> impl Iterator<Item = String> + '_ {
 /// Storage, then coordination, then Kafka: the first that cannot be reached ends the check
 /// with its error, after the lines of those that could.
 async fn check_connections(config: &Config) -> Result<()> {
-    Storage::open(&config.storage)?;
-    println!("  storage {}: ok", config.storage.url);
+    let storage = Storage::open(&config.storage)?;
+    let mut unreachable = Vec::new();
+    for (name, url, answer) in storage.probe().await {
+        let what = if storage.is_replicated() {
+            format!("storage endpoint {name} ({url})")
+        } else {
+            format!("storage {url}")
+        };
+        match answer {
+            Ok(()) => println!("  {what}: ok"),
+            Err(e) => {
+                println!("  {what}: {:#}", anyhow::Error::new(e));
+                unreachable.push(name);
+            }
+        }
+    }
+    if !unreachable.is_empty() {
+        anyhow::bail!(
+            "storage cannot be reached ({}): check the url, the bucket or directory, and the credentials",
+            unreachable.join(", ")
+        );
+    }
+    if storage.is_replicated() {
+        let r = storage.replication();
+        println!(
+            "  replication: each part on {} of {} endpoints, committed at {} copies",
+            r.factor,
+            storage.endpoint_names().len(),
+            r.quorum
+        );
+    }
     let coord = open_coordinator(&config.coordination).await?;
     coord.list_units().await?;
     let (may_write, open) = (coord.may_write(), coord.open_to_anyone());

@@ -36,20 +36,31 @@ pub async fn gc(args: GcArgs) -> Result<()> {
     let storage = Storage::open(&config.storage)?;
     let coord = open_coordinator(&config.coordination).await?;
     let mut result = Ok(());
-    for t in &config.tables {
-        let report = collect_table_garbage(
-            &storage,
-            &*coord,
-            &t.name,
-            GcScope::OlderThan(Duration::from_millis(args.min_age_ms)),
-        )
-        .await
-        .with_context(|| format!("collecting garbage of table {}", t.name));
-        match report {
-            Ok(report) => println!("{}", summary(&t.name, &report, args.min_age_ms)),
-            Err(e) => {
-                result = Err(e);
-                break;
+    // With replication each endpoint is collected on its own: one that was down when a merge
+    // deleted what it replaced still holds those copies, and they are collected here.
+    let endpoints = storage.each_endpoint();
+    'endpoints: for (endpoint, name) in endpoints.iter().zip(storage.endpoint_names()) {
+        for t in &config.tables {
+            let report = collect_table_garbage(
+                endpoint,
+                &*coord,
+                &t.name,
+                GcScope::OlderThan(Duration::from_millis(args.min_age_ms)),
+            )
+            .await
+            .with_context(|| format!("collecting garbage of table {} on endpoint {name}", t.name));
+            match report {
+                Ok(report) if storage.is_replicated() => {
+                    println!(
+                        "endpoint {name}: {}",
+                        summary(&t.name, &report, args.min_age_ms)
+                    )
+                }
+                Ok(report) => println!("{}", summary(&t.name, &report, args.min_age_ms)),
+                Err(e) => {
+                    result = Err(e);
+                    break 'endpoints;
+                }
             }
         }
     }

@@ -131,7 +131,10 @@ async fn list(
         if args.json {
             print_json_lines(parts.iter().map(|&(p, sealed)| json_line(p, sealed)))?;
         } else {
-            print_out(&render_table(t, &parts))?;
+            let copies = storage
+                .is_replicated()
+                .then(|| storage.replication().factor);
+            print_out(&render_table(t, &parts, copies))?;
         }
     }
     Ok(())
@@ -141,7 +144,12 @@ async fn list(
 /// storage (the store's own key, which escapes some characters of partition values).
 fn location(storage: &Storage, rel: &str) -> String {
     let key = storage.object_path(rel).to_string();
-    let url = storage.url();
+    // Replicated: the first endpoint of the part's placement.
+    let url = storage
+        .placement_urls(rel)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
     if let Some(dir) = url.strip_prefix("file://") {
         return format!("{}/{key}", dir.trim_end_matches('/'));
     }
@@ -206,8 +214,23 @@ fn offsets_cell(p: &PartRecord) -> String {
     }
 }
 
-/// A table's totals (the line the tests and scripts read), then one line per part.
-fn render_table(table: &str, parts: &[(&PartRecord, bool)]) -> String {
+/// The endpoints a part's record says hold a verified copy, and how many are missing to the
+/// replication factor.
+fn copies_cell(p: &PartRecord, factor: usize) -> String {
+    let mut cell = if p.replicas.is_empty() {
+        "?".to_string()
+    } else {
+        p.replicas.join(",")
+    };
+    if p.replicas.len() < factor {
+        cell.push_str(&format!(" ({} missing)", factor - p.replicas.len()));
+    }
+    cell
+}
+
+/// A table's totals (the line the tests and scripts read), then one line per part; with
+/// `copies` (the replication factor, when parts are replicated), the endpoints holding each.
+fn render_table(table: &str, parts: &[(&PartRecord, bool)], copies: Option<usize>) -> String {
     let (rows, q): (u64, u64) = parts.iter().fold((0, 0), |(r, q), (p, _)| match p.kind {
         PartKind::Data => (r + p.rows, q),
         PartKind::Quarantine => (r, q + p.rows),
@@ -218,13 +241,17 @@ fn render_table(table: &str, parts: &[(&PartRecord, bool)]) -> String {
         "table {table}: {} parts, {rows} rows, {q} quarantined ({merged} merged, {sealed} sealed)\n",
         parts.len()
     );
+    let copies_header = if copies.is_some() { "copies  " } else { "" };
     out.push_str(&format!(
-        "  {:<11} {:<13} {:>5} {:>6} {:>9} {:>10} {:>23} {:>6} {:<6}  path\n",
+        "  {:<11} {:<13} {:>5} {:>6} {:>9} {:>10} {:>23} {:>6} {:<6}  {copies_header}path\n",
         "kind", "partition", "level", "inputs", "rows", "bytes", "offsets", "epoch", "sealed"
     ));
     for (p, sealed) in parts {
+        let copies_cell = copies.map_or(String::new(), |factor| {
+            format!("{}  ", copies_cell(p, factor))
+        });
         out.push_str(&format!(
-            "  {:<11} {:<13} {:>5} {:>6} {:>9} {:>10} {:>23} {:>6} {:<6}  {}\n",
+            "  {:<11} {:<13} {:>5} {:>6} {:>9} {:>10} {:>23} {:>6} {:<6}  {copies_cell}{}\n",
             p.kind.to_string(),
             if p.partition_value.is_empty() {
                 "-"
@@ -295,7 +322,7 @@ mod tests {
         let (a, b, c) = (flushed(1, 20), merged(2, &[0, 1, 1, 2]), merged(1, &[3]));
         let mut parts = vec![(&a, false), (&b, true), (&c, false)];
         parts.sort_by(|x, y| listing_order(x).cmp(&listing_order(y)));
-        let text = render_table("t", &parts);
+        let text = render_table("t", &parts, None);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],

@@ -96,5 +96,23 @@ pub async fn query(args: QueryArgs) -> Result<()> {
             eprintln!("  read {p}");
         }
     }
+    report_corrupt_copies(&storage);
     Ok(())
+}
+
+/// Copies skipped because their bytes did not match their part's checksum: the answer came
+/// from good copies, and the workers' repair rewrites these (their scrub finds them too).
+fn report_corrupt_copies(storage: &Storage) {
+    let corrupt = storage.take_corrupt();
+    if corrupt.is_empty() {
+        return;
+    }
+    eprintln!(
+        "{} corrupt {} skipped (read from other copies; the workers' repair rewrites them):",
+        corrupt.len(),
+        if corrupt.len() == 1 { "copy" } else { "copies" }
+    );
+    for (path, endpoint) in corrupt {
+        eprintln!("  {path} on endpoint {endpoint}");
+    }
 }

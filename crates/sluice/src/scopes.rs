@@ -291,6 +291,7 @@ mod tests {
             spans: Vec::new(),
             checksum: String::new(),
             flushed_at_ms,
+            replicas: Vec::new(),
         }
     }
 

@@ -378,6 +378,14 @@ impl Coordinator for EmbeddedCoordinator {
         self.change_registry(|r| r.seal(session, lease, parts, manifest, retired))
     }
 
+    async fn set_replicas(
+        &self,
+        part: &PartRecord,
+        replicas: &[String],
+    ) -> Result<bool, CoordError> {
+        self.change_registry(|r| Ok(r.set_replicas(part, replicas)))
+    }
+
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
         Ok(self.lock()?.registry.list_retired(table))
     }
@@ -518,6 +526,7 @@ mod tests {
             spans: Vec::new(),
             checksum: String::new(),
             flushed_at_ms: 0,
+            replicas: Vec::new(),
         }
     }
 

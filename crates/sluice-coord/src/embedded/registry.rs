@@ -301,6 +301,20 @@ impl Registry {
         Ok(())
     }
 
+    pub(super) fn set_replicas(&mut self, part: &PartRecord, replicas: &[String]) -> bool {
+        let record = self
+            .scopes
+            .get_mut(&key(&part.table, &part.partition_value))
+            .and_then(|s| s.records.get_mut(&part.name()));
+        match record {
+            Some(r) => {
+                r.replicas = replicas.to_vec();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(super) fn list_retired(&self, table: &str) -> Vec<Retired> {
         self.retired
             .values()

@@ -300,6 +300,14 @@ impl Coordinator for ZkCoordinator {
         self.seal_of(lease, parts, manifest, retired).await
     }
 
+    async fn set_replicas(
+        &self,
+        part: &PartRecord,
+        replicas: &[String],
+    ) -> Result<bool, CoordError> {
+        self.set_replicas_of(part, replicas).await
+    }
+
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
         self.list_retired_of(table).await
     }

@@ -131,6 +131,53 @@ impl ZkCoordinator {
         })
     }
 
+    /// Rewrites a part record's `replicas` at the version read, so a concurrent writer is not
+    /// overwritten (the read is repeated). A record gone meanwhile is not recreated.
+    pub(super) async fn set_replicas_of(
+        &self,
+        part: &PartRecord,
+        replicas: &[String],
+    ) -> Result<bool, CoordError> {
+        let client = self.client()?;
+        let path = format!(
+            "{}/{}",
+            self.scope_dir(&part.table, &part.partition_value),
+            encode_segment(&part.name())
+        );
+        for _ in 0..READ_ATTEMPTS {
+            let (data, stat) = match again(|| client.get_data(&path)).await {
+                Ok(found) => found,
+                Err(zk::Error::NoNode) => return Ok(false),
+                Err(e) => return Err(backend(&path, e)),
+            };
+            let mut record: PartRecord =
+                serde_json::from_slice(&data).map_err(|e| CoordError::Corrupt {
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            if record.replicas == replicas {
+                return Ok(true);
+            }
+            record.replicas = replicas.to_vec();
+            let bytes = serde_json::to_vec(&record).map_err(|e| CoordError::Corrupt {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            match client.set_data(&path, &bytes, Some(stat.version)).await {
+                Ok(_) => return Ok(true),
+                Err(zk::Error::NoNode) => return Ok(false),
+                // Changed since the read, or the reply was lost: read again and compare.
+                Err(zk::Error::BadVersion) => continue,
+                Err(e) if super::nodes::unanswered(&e) => continue,
+                Err(e) => return Err(backend(&path, e)),
+            }
+        }
+        Err(CoordError::Backend {
+            path,
+            source: format!("the record changed during each of {READ_ATTEMPTS} updates").into(),
+        })
+    }
+
     /// Every part record under a scope's znode, in name order.
     async fn read_records(client: &zk::Client, dir: &str) -> Result<Vec<PartRecord>, CoordError> {
         let mut names = Self::list(client, dir).await?;

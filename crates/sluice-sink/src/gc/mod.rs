@@ -54,6 +54,7 @@ mod tests;
 
 use names::{classify, ObjectKind};
 pub use names::{parse_merged_name, parse_part_name, MergedName, PartName};
+pub(crate) use objects::percent_decode;
 use objects::{segment_values, Listed, Objects};
 pub use scope::collect_merge_orphans;
 

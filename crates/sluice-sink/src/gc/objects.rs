@@ -108,7 +108,7 @@ pub(super) fn storage_err(path: &str, source: object_store::Error) -> SinkError 
 }
 
 /// `%XX` escapes decoded (the store's key encoding, and [`path_segment`]'s); anything else kept.
-pub(super) fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -220,7 +220,7 @@ async fn a_pass_deletes_only_what_no_lease_can_register() {
     ));
     let storage = Storage::open(&sluice_config::StorageConfig {
         url: format!("file://{}", dir.display()),
-        options: Default::default(),
+        ..Default::default()
     })
     .unwrap();
     let coord = EmbeddedCoordinator::in_memory();

@@ -44,6 +44,7 @@ pub fn sample_part(table: &str, unit: &UnitId, first: i64, last: i64, tag: &str)
         spans: Vec::new(),
         checksum: String::new(),
         flushed_at_ms: 0,
+        replicas: Vec::new(),
     }
 }
 
@@ -74,6 +75,7 @@ where
     scopes::stale_merge_lease_cannot_swap(open().await?, open().await?).await?;
     scopes::inputs_merged_already_are_refused(open().await?).await?;
     scopes::seal_moves_records_into_a_manifest(open().await?).await?;
+    scopes::replicas_are_recorded_on_live_parts_only(open().await?).await?;
     retention_gaps_are_kept_per_topic_and_count_once(open().await?, open().await?).await?;
     Ok(())
 }

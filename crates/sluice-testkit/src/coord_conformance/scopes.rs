@@ -364,3 +364,49 @@ pub(super) async fn seal_moves_records_into_a_manifest(c: Box<dyn Coordinator>) 
     }
     c.close().await.or_fail(CASE)
 }
+
+/// The repair records the endpoints holding a live part's copies; a part merged away is not
+/// brought back by it.
+pub(super) async fn replicas_are_recorded_on_live_parts_only(c: Box<dyn Coordinator>) -> Outcome {
+    const CASE: &str = "replicas_are_recorded_on_live_parts_only";
+    let table = unique("tbl_replicas");
+    let (_, parts) = three_flushes(CASE, &*c, &table).await?;
+    let value = parts[0].partition_value.clone();
+    let all = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    if !c.set_replicas(&parts[2], &all).await.or_fail(CASE)? {
+        return Err(fail(CASE, "a live part's replicas were not recorded"));
+    }
+    // Setting the same set again changes nothing and still answers true.
+    if !c.set_replicas(&parts[2], &all).await.or_fail(CASE)? {
+        return Err(fail(CASE, "setting the same replicas again answered false"));
+    }
+    let lease = c
+        .acquire_merge_lease(&table, &value, "merger")
+        .await
+        .or_fail(CASE)?;
+    let output = merged(&parts[..2], &lease, "r");
+    c.swap(
+        &lease,
+        &parts[..2],
+        &output,
+        &retired_of(&parts[..2], &output),
+    )
+    .await
+    .or_fail(CASE)?;
+    if c.set_replicas(&parts[0], &all).await.or_fail(CASE)? {
+        return Err(fail(CASE, "a merged-away part's replicas were recorded"));
+    }
+    let after = c.read_scope(&table, &value).await.or_fail(CASE)?;
+    let replicas: Vec<(String, Vec<String>)> = after
+        .parts
+        .iter()
+        .map(|p| (p.name(), p.replicas.clone()))
+        .collect();
+    let expected = vec![(output.name(), Vec::new()), (parts[2].name(), all)];
+    let mut sorted = expected.clone();
+    sorted.sort();
+    if replicas != sorted {
+        return Err(fail(CASE, format!("the scope lists {replicas:?}")));
+    }
+    c.close().await.or_fail(CASE)
+}

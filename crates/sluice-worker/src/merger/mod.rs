@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_config::{Config, MergeConfig, TableConfig};
+use sluice_config::{Config, MergeConfig, RepairConfig, TableConfig};
 use sluice_coord::{assignment, Coordinator, Member, ScopeSummary};
 use sluice_sink::Storage;
 use sluice_telemetry::metrics as m;
@@ -20,6 +20,7 @@ use crate::budget::Charge;
 use crate::ingest::Ingest;
 use crate::{Failpoints, WorkerError};
 
+mod repair;
 mod retire;
 mod scope;
 
@@ -32,6 +33,7 @@ pub(crate) struct MergeCtx {
     pub(crate) storage: Storage,
     pub(crate) failpoints: Failpoints,
     pub(crate) merge: MergeConfig,
+    pub(crate) repair: RepairConfig,
     pub(crate) worker_id: String,
     /// Set when the worker stops: turns end after the merge in progress.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
@@ -48,6 +50,7 @@ enum Done {
         table: String,
         outcome: Result<usize, String>,
     },
+    Repaired(repair::PassOutcome),
 }
 
 type Key = (String, String);
@@ -74,6 +77,12 @@ pub(crate) struct Merger {
     blocked: BTreeSet<String>,
     /// Merges planned in this worker's scopes, by scope, as their last turns left them.
     backlog: HashMap<Key, usize>,
+    /// Replication: whether a repair pass runs, when the next is due, where each scope's
+    /// scrub goes on, and what the last pass found.
+    repairing: bool,
+    next_repair: Instant,
+    scrub_cursors: HashMap<Key, usize>,
+    repaired: Option<repair::PassOutcome>,
 }
 
 impl Merger {
@@ -91,6 +100,7 @@ impl Merger {
                 storage,
                 failpoints,
                 merge: config.merge.clone(),
+                repair: config.storage.repair.clone(),
                 worker_id: worker_id.to_string(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -110,6 +120,10 @@ impl Merger {
             scopes: BTreeMap::new(),
             blocked: BTreeSet::new(),
             backlog: HashMap::new(),
+            repairing: false,
+            next_repair: Instant::now(),
+            scrub_cursors: HashMap::new(),
+            repaired: None,
         }
     }
 
@@ -137,9 +151,13 @@ impl Merger {
         }
         let changed = self.update_blocked();
         self.report();
+        self.report_replication();
         if self.ctx.merge.enabled {
             self.start_turns(members, ingest);
             self.start_retiring(members);
+        }
+        if self.ctx.storage.is_replicated() {
+            self.start_repair(members);
         }
         Ok(changed)
     }
@@ -177,6 +195,35 @@ impl Merger {
                 .map(|(_, n)| n)
                 .sum();
             metrics::gauge!(m::TABLE_MERGE_BACKLOG, &labels).set(backlog as f64);
+        }
+    }
+
+    /// The replication gauges, as the last repair pass left them, and the storage's read
+    /// counters.
+    fn report_replication(&self) {
+        let storage = &self.ctx.storage;
+        if !storage.is_replicated() {
+            return;
+        }
+        for counts in storage.stats() {
+            let labels = [("endpoint", counts.endpoint.clone())];
+            metrics::counter!(m::STORAGE_CHECKSUM_FAILURES, &labels)
+                .absolute(counts.checksum_failures);
+            metrics::counter!(m::STORAGE_READ_FAILOVERS, &labels).absolute(counts.read_failovers);
+        }
+        let Some(last) = &self.repaired else { return };
+        for (table, n) in &last.under_replicated {
+            metrics::gauge!(m::TABLE_PARTS_UNDER_REPLICATED, "table" => table.clone())
+                .set(*n as f64);
+        }
+        metrics::gauge!(m::REPAIR_BACKLOG).set(last.backlog as f64);
+        for name in storage.endpoint_names() {
+            let up = if last.unreachable.contains(&name) {
+                0.0
+            } else {
+                1.0
+            };
+            metrics::gauge!(m::STORAGE_ENDPOINT_UP, "endpoint" => name).set(up);
         }
     }
 
@@ -257,6 +304,32 @@ impl Merger {
         }
     }
 
+    /// Starts a repair pass over the scopes this worker merges, if one is due and none runs.
+    fn start_repair(&mut self, members: &[Member]) {
+        if self.repairing || Instant::now() < self.next_repair {
+            return;
+        }
+        self.next_repair = Instant::now() + Duration::from_millis(self.ctx.repair.interval_ms);
+        let scopes: Vec<Key> = self
+            .scopes
+            .iter()
+            .flat_map(|(t, scopes)| {
+                scopes
+                    .iter()
+                    .map(move |s| (t.clone(), s.partition_value.clone()))
+            })
+            .filter(|(t, v)| self.owns(members, t, v))
+            .collect();
+        let ctx = Arc::clone(&self.ctx);
+        let tables = self.tables.keys().cloned().collect();
+        let cursors = std::mem::take(&mut self.scrub_cursors);
+        let corrupt = self.ctx.storage.take_corrupt().into_iter().collect();
+        self.tasks.spawn(async move {
+            Done::Repaired(repair::pass(ctx, tables, scopes, cursors, corrupt).await)
+        });
+        self.repairing = true;
+    }
+
     /// Resolves with the next finished task; pending while none runs.
     pub(crate) async fn next_finished(&mut self) -> Result<DoneTask, JoinError> {
         match self.tasks.join_next().await {
@@ -305,6 +378,15 @@ impl Merger {
                 if let Err(why) = outcome {
                     tracing::warn!(table = %table, error = %why, "cannot delete replaced objects yet; trying again at the next check");
                 }
+            }
+            Done::Repaired(mut outcome) => {
+                self.repairing = false;
+                self.scrub_cursors = std::mem::take(&mut outcome.cursors);
+                if !outcome.unreachable.is_empty() || outcome.backlog > 0 {
+                    tracing::warn!(unreachable = ?outcome.unreachable, missing_copies = outcome.backlog, under_replicated = ?outcome.under_replicated, "parts are under-replicated; the repair stores their copies once the endpoints answer");
+                }
+                self.repaired = Some(outcome);
+                self.report_replication();
             }
         }
         Ok(())

@@ -174,6 +174,12 @@ async fn merge_one(
             rows: p.rows,
         })
         .collect();
+    // Every input copy read is checked against its record before its rows are merged.
+    ctx.storage.expect_checksums(
+        inputs
+            .iter()
+            .map(|p| (p.path.as_str(), p.checksum.as_str())),
+    );
     let limits = MergeLimits {
         batch_rows: BATCH_ROWS,
     };
@@ -213,6 +219,7 @@ async fn merge_one(
             .map(PartRecord::flushed_at)
             .max()
             .unwrap_or(now),
+        replicas: replicas_written(&ctx.storage, &path),
     };
     swap(ctx, lease, &inputs, &record).await?;
     ctx.failpoints.hit("merge_after_swap");
@@ -224,6 +231,16 @@ async fn merge_one(
     metrics::histogram!(m::MERGE_DURATION).record(started.elapsed().as_secs_f64());
     tracing::info!(table = %table.name, value = %lease.partition_value, level = plan.level, inputs = inputs.len(), rows = record.rows, bytes = record.bytes, reason = ?plan.reason, took_ms = started.elapsed().as_millis() as u64, path = %record.path, "merged");
     Ok(())
+}
+
+/// The endpoints that took a merged part's upload, when parts are replicated.
+fn replicas_written(storage: &sluice_sink::Storage, path: &str) -> Vec<String> {
+    let written = storage.take_written(path);
+    if storage.is_replicated() {
+        written
+    } else {
+        Vec::new()
+    }
 }
 
 /// The fenced swap; a lost reply is resolved by reading the scope back.
