@@ -115,8 +115,26 @@ async fn stop_all(workers: Vec<Worker>) -> Result<Vec<String>> {
 async fn three_endpoints_hold_every_part_exactly_once() -> Result<()> {
     let (endpoints, d) = replicated("repl_e2e", 4_000, 250).await?;
     let workers = vec![spawn(&d, "w1")?, spawn(&d, "w2")?];
+    let addr = endpoints_of(&workers).await?[0];
     wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
     wait_fully_replicated(&endpoints, &d).await?;
+    // A copy that missed the straggler wait (a slow server) is stored and recorded by the
+    // repair: the records catch up with the disks.
+    wait_records_name_all(&d).await?;
+    // The dashboard's data shows the replication as the last repair pass found it.
+    wait_until(
+        SETTLE,
+        Duration::from_millis(200),
+        "/api/state showing three endpoints up and nothing under-replicated",
+        || {
+            let state = get(addr, "/api/state").map(|(_, body)| body);
+            let shown = matches!(&state, Ok(body)
+                if body.contains(r#""endpoints":[["a",true],["b",true],["c",true]]"#)
+                    && body.contains(r#""under_replicated":0"#));
+            async move { Ok(shown) }
+        },
+    )
+    .await?;
     stop_all(workers).await?;
     let parts = live_parts(&d).await?;
     ensure!(parts.len() >= 8, "only {} parts", parts.len());
@@ -173,6 +191,20 @@ async fn an_endpoint_down_mid_ingest_is_repaired_when_it_returns() -> Result<()>
     wait_caught_up(&d.config, &d.topic, &d.ends(), SETTLE).await?;
     wait_ready_state(&addrs, 200, "holding every assigned partition").await?;
     ensure_running(&mut workers)?;
+    // Every worker's dashboard data names c down, whichever scopes it repairs.
+    wait_until(
+        SETTLE,
+        Duration::from_millis(200),
+        "every worker's /api/state showing endpoint c down",
+        || {
+            let states: Vec<_> = addrs.iter().map(|a| get(*a, "/api/state")).collect();
+            let down = states
+                .iter()
+                .all(|s| matches!(s, Ok((_, body)) if body.contains(r#"["c",false]"#)));
+            async move { Ok(down) }
+        },
+    )
+    .await?;
     // Queries read around the dead endpoint.
     let expected = d
         .events

@@ -6,7 +6,7 @@
 //! | `/healthz` | 200 while the process serves requests (liveness) |
 //! | `/readyz` | 200 when the worker holds its session and every partition assigned to it and no dependency is unavailable, else 503; the body says which (an outage first, naming the service and for how long) |
 //! | `/` | the live dashboard (HTML and JavaScript compiled into the binary; no other request leaves the page) |
-//! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history, and the latest [`PartsReport`] (the fullest scopes of every table against the merge limits) |
+//! | `/api/state` | the JSON the dashboard draws: the latest [`FleetReport`] and its history, and the latest [`PartsReport`] (the fullest scopes of every table against the merge limits), and with replicated storage the last repair pass's [`ReplicationState`] |
 //!
 //! With `telemetry.token` set, the dashboard and `/api/*` (and, if configured, the rest) answer
 //! 401 without it (`crate::auth`).
@@ -77,6 +77,21 @@ pub struct Sample {
     pub quarantined_rows: u64,
 }
 
+/// Replicated storage as this worker's last repair pass found it (the scopes it merges), for
+/// the dashboard.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicationState {
+    pub replication_factor: usize,
+    pub write_quorum: usize,
+    /// Each endpoint, and whether the pass could list it.
+    pub endpoints: Vec<(String, bool)>,
+    /// Parts (and manifests) with fewer good copies than the factor.
+    pub under_replicated: usize,
+    /// Copies the pass could not store.
+    pub missing_copies: usize,
+    pub checked_at_ms: i64,
+}
+
 /// Telemetry state shared by the worker, the sampler and the HTTP handlers.
 pub struct Telemetry {
     worker_id: String,
@@ -100,6 +115,8 @@ pub struct Telemetry {
     bound: std::sync::OnceLock<SocketAddr>,
     /// The dependencies' outages, reported by the worker's retries.
     health: Arc<Health>,
+    /// With several storage endpoints: what the last repair pass found.
+    replication: Mutex<Option<ReplicationState>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -140,6 +157,7 @@ impl Telemetry {
             oldest: Mutex::new(OldestBuffered::new()),
             bound: std::sync::OnceLock::new(),
             health,
+            replication: Mutex::new(None),
         }))
     }
 
@@ -181,6 +199,11 @@ impl Telemetry {
     /// refreshes need not fetch them from Kafka.
     pub fn set_oldest_buffered(&self, oldest: OldestBuffered) {
         *lock(&self.oldest) = oldest;
+    }
+
+    /// What the worker's last repair pass found (replicated storage only).
+    pub fn set_replication(&self, state: ReplicationState) {
+        *lock(&self.replication) = Some(state);
     }
 
     /// The latest report, if a refresh has succeeded.
@@ -324,6 +347,7 @@ impl Telemetry {
             "last_error": lock(&self.last_error).clone(),
             "parts": self.latest_parts(),
             "parts_error": lock(&self.parts_error).clone(),
+            "replication": lock(&self.replication).clone(),
             "history": lock(&self.history).iter().collect::<Vec<_>>(),
         })
     }

@@ -27,7 +27,7 @@ pub mod parts;
 pub mod process;
 
 pub use health::{Dependency, Health, Outage};
-pub use http::{serve, Readiness, Telemetry};
+pub use http::{serve, Readiness, ReplicationState, Telemetry};
 pub use lag::{fleet_report, FleetReport, OldestBuffered, TopicLag, UnitLag};
 pub use parts::{parts_report, PartsReport, ScopeParts, TableParts};
 

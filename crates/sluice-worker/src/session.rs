@@ -97,6 +97,7 @@ impl<'a> Session<'a> {
             services.storage.clone(),
             options.failpoints.clone(),
             &options.worker_id,
+            telemetry.clone(),
         );
         let ctx = FlushContext {
             coord: Arc::clone(&coord),

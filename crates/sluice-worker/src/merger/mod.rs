@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sluice_config::{Config, MergeConfig, RepairConfig, TableConfig};
 use sluice_coord::{assignment, Coordinator, Member, ScopeSummary};
 use sluice_sink::Storage;
-use sluice_telemetry::metrics as m;
+use sluice_telemetry::{metrics as m, ReplicationState, Telemetry};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::budget::Charge;
@@ -83,6 +83,8 @@ pub(crate) struct Merger {
     next_repair: Instant,
     scrub_cursors: HashMap<Key, usize>,
     repaired: Option<repair::PassOutcome>,
+    /// The dashboard, told what each repair pass found.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Merger {
@@ -92,6 +94,7 @@ impl Merger {
         storage: Storage,
         failpoints: Failpoints,
         worker_id: &str,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> Merger {
         let check_every = Duration::from_millis(config.merge.check_interval_ms);
         Merger {
@@ -124,6 +127,7 @@ impl Merger {
             next_repair: Instant::now(),
             scrub_cursors: HashMap::new(),
             repaired: None,
+            telemetry,
         }
     }
 
@@ -225,6 +229,29 @@ impl Merger {
             };
             metrics::gauge!(m::STORAGE_ENDPOINT_UP, "endpoint" => name).set(up);
         }
+    }
+
+    /// Hands what a repair pass found to the dashboard.
+    fn show_replication(&self, outcome: &repair::PassOutcome) {
+        let Some(telemetry) = &self.telemetry else {
+            return;
+        };
+        let storage = &self.ctx.storage;
+        telemetry.set_replication(ReplicationState {
+            replication_factor: storage.replication().factor,
+            write_quorum: storage.replication().quorum,
+            endpoints: storage
+                .endpoint_names()
+                .into_iter()
+                .map(|n| {
+                    let up = !outcome.unreachable.contains(&n);
+                    (n, up)
+                })
+                .collect(),
+            under_replicated: outcome.under_replicated.values().sum(),
+            missing_copies: outcome.backlog,
+            checked_at_ms: crate::now_ms(),
+        });
     }
 
     /// Whether this worker merges the scope: the same rendezvous hashing as partitions.
@@ -385,6 +412,7 @@ impl Merger {
                 if !outcome.unreachable.is_empty() || outcome.backlog > 0 {
                     tracing::warn!(unreachable = ?outcome.unreachable, missing_copies = outcome.backlog, under_replicated = ?outcome.under_replicated, "parts are under-replicated; the repair stores their copies once the endpoints answer");
                 }
+                self.show_replication(&outcome);
                 self.repaired = Some(outcome);
                 self.report_replication();
             }

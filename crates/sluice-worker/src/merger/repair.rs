@@ -47,6 +47,14 @@ pub(crate) async fn pass(
     let config = &ctx.repair;
     let copy = Throttle::new(config.bandwidth_bytes_per_s);
     let scrub_rate = Throttle::new(config.scrub_bytes_per_s);
+    // Every endpoint is asked, whether or not this worker's scopes have objects on it: the
+    // up gauge and the dashboard mean the endpoint, not the scopes.
+    for (name, _, answer) in ctx.storage.probe().await {
+        if let Err(e) = answer {
+            tracing::warn!(endpoint = %name, error = %chain(&e), "a storage endpoint does not answer; its copies are repaired once it does");
+            outcome.unreachable.insert(name);
+        }
+    }
     let mut read = Vec::new();
     for key in scopes {
         // A stopping worker does not hold its shutdown for the rest of the pass.
