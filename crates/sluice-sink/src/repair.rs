@@ -65,8 +65,6 @@ impl Throttle {
 /// What a repair pass found and did.
 #[derive(Debug, Default)]
 pub struct RepairReport {
-    /// Objects examined.
-    pub objects: usize,
     /// Endpoints that could not be listed: their copies count as missing.
     pub unreachable: BTreeSet<String>,
     /// Copies stored, by endpoint, and their bytes.
@@ -93,10 +91,7 @@ pub async fn repair(
     corrupt: &BTreeSet<(String, String)>,
     throttle: &Throttle,
 ) -> RepairReport {
-    let mut report = RepairReport {
-        objects: wanted.len(),
-        ..RepairReport::default()
-    };
+    let mut report = RepairReport::default();
     let listings = list_endpoints(storage, wanted, &mut report.unreachable).await;
     let factor = storage.replication().factor;
     // Collected first: a stream over a borrowing closure is not `Send` enough for a task.

@@ -239,25 +239,11 @@ impl Storage {
         rel: &str,
         checksum: &str,
     ) -> Result<(Bytes, String), SinkError> {
-        let mut problems = Vec::new();
         let location = self.object_path(rel);
-        for i in self.inner.read_order(location.as_ref()) {
-            let endpoint = &self.inner.endpoints[i];
-            match endpoint.get(&location).await {
-                Ok(bytes) if checksum.is_empty() || sha256_hex(&bytes) == checksum => {
-                    return Ok((bytes, endpoint.name.clone()))
-                }
-                Ok(_) => {
-                    self.inner.found_corrupt(location.as_ref(), i);
-                    problems.push(format!("{}: checksum mismatch", endpoint.name));
-                }
-                Err(e) => {
-                    self.inner.failed_over(i, rel, &e);
-                    problems.push(format!("{}: {}", endpoint.name, crate::chain_text(&e)));
-                }
-            }
+        match self.inner.first_good(&location, checksum).await {
+            Ok((bytes, i)) => Ok((bytes, self.inner.endpoints[i].name.clone())),
+            Err(problems) => Err(self.inner.unavailable(rel, problems)),
         }
-        Err(self.inner.unavailable(rel, problems))
     }
 
     /// Deletes an object on every endpoint. Missing objects are fine. With several endpoints
@@ -478,6 +464,35 @@ impl Inner {
 
     fn lock_expected(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Option<usize>)>> {
         lock(&self.expected)
+    }
+
+    /// Reads copies of `location` whole, in `order`, until one's SHA-256 is `checksum` (any
+    /// copy if `checksum` is empty); returns it and its endpoint, or what each endpoint
+    /// answered. A mismatching copy is counted and left for the repair.
+    async fn first_good(
+        &self,
+        location: &Path,
+        checksum: &str,
+    ) -> Result<(Bytes, usize), Vec<String>> {
+        let rel = location.as_ref();
+        let mut problems = Vec::new();
+        for i in self.read_order(rel) {
+            let endpoint = &self.endpoints[i];
+            match endpoint.get(location).await {
+                Ok(bytes) if checksum.is_empty() || sha256_hex(&bytes) == checksum => {
+                    return Ok((bytes, i))
+                }
+                Ok(_) => {
+                    self.found_corrupt(rel, i);
+                    problems.push(format!("{}: checksum mismatch", endpoint.name));
+                }
+                Err(e) => {
+                    self.failed_over(i, rel, &e);
+                    problems.push(format!("{}: {}", endpoint.name, crate::chain_text(&e)));
+                }
+            }
+        }
+        Err(problems)
     }
 
     fn failed_over(&self, i: usize, rel: &str, e: &SinkError) {

@@ -17,7 +17,6 @@ use object_store::{
 };
 
 use super::{lock, Inner};
-use crate::sha256_hex;
 
 const STORE: &str = "sluice-replicated";
 
@@ -37,10 +36,11 @@ impl ReplicatedStore {
         }
     }
 
-    /// The endpoints to read `rel` from, in order: a copy verified against the registered
-    /// checksum first (verifying one now if none was), or the read order when no checksum is
-    /// registered.
-    async fn read_order(&self, rel: &str) -> object_store::Result<Vec<usize>> {
+    /// The endpoints to read `location` from, in order: a copy verified against the
+    /// registered checksum first (verifying one now if none was), or the read order when no
+    /// checksum is registered.
+    async fn read_order(&self, location: &Path) -> object_store::Result<Vec<usize>> {
+        let rel = location.as_ref();
         let mut order = self.inner.read_order(rel);
         let expected = self.inner.lock_expected().get(rel).cloned();
         let Some((checksum, verified)) = expected else {
@@ -48,45 +48,26 @@ impl ReplicatedStore {
         };
         let good = match verified {
             Some(i) => i,
-            None => self.verify(rel, &checksum, &order).await?,
+            None => {
+                let (_, i) =
+                    self.inner
+                        .first_good(location, &checksum)
+                        .await
+                        .map_err(|problems| {
+                            Self::generic(format!(
+                                "part unavailable: no good copy of {rel} ({})",
+                                problems.join("; ")
+                            ))
+                        })?;
+                if let Some(entry) = self.inner.lock_expected().get_mut(rel) {
+                    entry.1 = Some(i);
+                }
+                i
+            }
         };
         order.retain(|&i| i != good);
         order.insert(0, good);
         Ok(order)
-    }
-
-    /// Reads copies whole until one matches `checksum`; remembers and returns its endpoint.
-    async fn verify(
-        &self,
-        rel: &str,
-        checksum: &str,
-        order: &[usize],
-    ) -> object_store::Result<usize> {
-        let mut problems = Vec::new();
-        let location = Path::from(rel);
-        for &i in order {
-            let endpoint = &self.inner.endpoints[i];
-            match endpoint.get(&location).await {
-                Ok(bytes) if sha256_hex(&bytes) == checksum => {
-                    if let Some(entry) = self.inner.lock_expected().get_mut(rel) {
-                        entry.1 = Some(i);
-                    }
-                    return Ok(i);
-                }
-                Ok(_) => {
-                    self.inner.found_corrupt(rel, i);
-                    problems.push(format!("{}: checksum mismatch", endpoint.name));
-                }
-                Err(e) => {
-                    self.inner.failed_over(i, rel, &e);
-                    problems.push(format!("{}: {}", endpoint.name, crate::chain_text(&e)));
-                }
-            }
-        }
-        Err(Self::generic(format!(
-            "part unavailable: no good copy of {rel} ({})",
-            problems.join("; ")
-        )))
     }
 }
 
@@ -100,7 +81,7 @@ impl ReplicatedStore {
     {
         let rel = location.as_ref();
         let mut last = None;
-        for i in self.read_order(rel).await? {
+        for i in self.read_order(location).await? {
             let endpoint = &self.inner.endpoints[i];
             match request(Arc::clone(&endpoint.store), endpoint.locate(location)).await {
                 Ok(answer) => return Ok(answer),
