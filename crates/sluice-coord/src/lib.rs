@@ -22,6 +22,10 @@
 //!   leases'); ingest commits only add records and never conflict with them.
 //!   [`Coordinator::read_scope`] reads a scope consistently: never both a swap's inputs and its
 //!   output, never neither.
+//! * A **backfill** claims partitions that have no committed offset yet
+//!   ([`Coordinator::claim_backfill`]); no lease of them is given until its
+//!   [`Coordinator::hand_off`], which registers its staged parts and sets the partitions' offsets
+//!   atomically under the backfill's own lease, so a zombie backfill cannot hand off.
 //! * A lease ends by [`Coordinator::release_lease`], by [`Coordinator::close`], or when the
 //!   holder's session ends (ZooKeeper session expiry; process exit for the embedded backend).
 //! * A **member** is a worker registered with [`Coordinator::join`]. At most one live member per
@@ -41,11 +45,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod assignment;
+mod backfill;
 mod embedded;
 pub mod gaps;
 mod registry;
 mod zookeeper;
 
+pub use backfill::{BackfillLease, BackfillPlan, BackfillState, BackfillStatus, StagedFile};
 pub use embedded::EmbeddedCoordinator;
 pub use gaps::{Gap, PartitionGaps, RetentionGaps};
 pub use registry::{
@@ -163,6 +169,16 @@ pub enum CoordError {
         #[source]
         source: Cause,
     },
+    #[error("{unit} is claimed by backfill `{backfill}` until its handoff; no worker consumes it before (see `sluice backfill status`)")]
+    HandoffPending { unit: UnitId, backfill: String },
+    #[error("{unit} already has a committed offset ({next_offset}): the stream has started there, and a backfill hands over only partitions nothing was committed for")]
+    AlreadyCommitted { unit: UnitId, next_offset: i64 },
+    #[error("backfill `{id}` is run by `{holder}`; wait for it, or for its session to expire if that process is gone")]
+    BackfillHeld { id: String, holder: String },
+    #[error("the lease of backfill `{id}` (epoch {epoch}) was lost to a newer one; this process must not change the backfill")]
+    BackfillLeaseLost { id: String, epoch: u64 },
+    #[error("no backfill `{id}` is recorded")]
+    NoBackfill { id: String },
     #[error("lease of {unit} is held by worker `{holder}`")]
     LeaseHeld { unit: UnitId, holder: String },
     #[error("lease of {unit} (epoch {epoch}) was lost to a newer owner; this worker must stop consuming it")]
@@ -291,6 +307,50 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
         part: &PartRecord,
         replicas: &[String],
     ) -> Result<bool, CoordError>;
+
+    /// Claims the partitions of a backfill: records `plan`, and from then on
+    /// [`Self::acquire_lease`] of each planned partition fails with
+    /// [`CoordError::HandoffPending`] until the handoff. Only if none of them has a committed
+    /// offset ([`CoordError::AlreadyCommitted`]), a lease holder ([`CoordError::LeaseHeld`]) or
+    /// another backfill's claim ([`CoordError::HandoffPending`]); nothing changes otherwise.
+    /// Claiming the same plan again changes nothing (a resume); another plan under the same id
+    /// is a [`CoordError::Conflict`].
+    async fn claim_backfill(&self, plan: &BackfillPlan) -> Result<(), CoordError>;
+
+    /// Takes the lease of a claimed backfill for `holder`, with an epoch larger than every
+    /// earlier one; [`CoordError::BackfillHeld`] if another live one exists. One this session
+    /// holds already is returned as it is.
+    async fn acquire_backfill_lease(
+        &self,
+        id: &str,
+        holder: &str,
+    ) -> Result<BackfillLease, CoordError>;
+
+    /// Gives a backfill lease up; releasing one that was already lost is not an error.
+    async fn release_backfill_lease(&self, lease: &BackfillLease) -> Result<(), CoordError>;
+
+    /// Records the parts made from one file, iff `lease` is current
+    /// ([`CoordError::BackfillLeaseLost`] otherwise). They stay invisible to readers until the
+    /// handoff. A file staged already keeps what it has (conversion is deterministic).
+    async fn stage_backfill_file(
+        &self,
+        lease: &BackfillLease,
+        file: &StagedFile,
+    ) -> Result<(), CoordError>;
+
+    /// A backfill's state, staged files and lease holder; `None` if none has that id.
+    async fn read_backfill(&self, id: &str) -> Result<Option<BackfillStatus>, CoordError>;
+
+    /// Every recorded backfill, running or handed off.
+    async fn list_backfills(&self) -> Result<Vec<BackfillStatus>, CoordError>;
+
+    /// The handoff, atomically and iff `lease` is current and every file of the plan is staged:
+    /// registers every staged part, sets each planned partition's committed offset to the
+    /// plan's, releases the partitions to the workers, and records the time. If a partition was
+    /// committed meanwhile nothing changes ([`CoordError::AlreadyCommitted`], or a
+    /// [`CoordError::Conflict`] when it raced the handoff). A backfill already handed off is
+    /// not an error. [`CoordError::Ambiguous`]: read the backfill to learn the outcome.
+    async fn hand_off(&self, lease: &BackfillLease) -> Result<(), CoordError>;
 
     /// The retired object sets of `table` not forgotten yet.
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError>;

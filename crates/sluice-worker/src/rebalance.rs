@@ -17,6 +17,8 @@ use crate::session::Session;
 use crate::unit::OwnedUnit;
 use crate::{kafka_ready, now_ms, WorkerError};
 
+/// How often a partition a backfill claims is tried again, waiting for its handoff.
+const HANDOFF_RECHECK: Duration = Duration::from_secs(2);
 /// How long a takeover garbage collection that failed waits before it is tried again.
 const GC_RETRY: Duration = Duration::from_secs(5);
 
@@ -32,6 +34,8 @@ pub(crate) struct Fleet {
     /// Units assigned to this worker whose lease another worker still holds, since when, and
     /// whether that was reported.
     pub(crate) waiting: HashMap<UnitId, (Instant, bool)>,
+    /// Units assigned to this worker that a backfill claims until its handoff.
+    pub(crate) claimed: BTreeSet<UnitId>,
 }
 
 impl Fleet {
@@ -48,6 +52,7 @@ impl Fleet {
             members: Vec::new(),
             universe: BTreeSet::new(),
             waiting: HashMap::new(),
+            claimed: BTreeSet::new(),
         }
     }
 
@@ -256,9 +261,23 @@ impl Session<'_> {
                         unit
                     }) as UnitSignal);
                 }
+                Err(CoordError::HandoffPending { backfill, .. }) => {
+                    if self.fleet.claimed.insert(unit.clone()) {
+                        tracing::info!(unit = %unit, backfill = %backfill, "the partition is claimed by a backfill; consuming it once the backfill hands it over");
+                    }
+                    // The handoff deletes the claim without a watch to tell: look again soon.
+                    let unit = unit.clone();
+                    signals.push(Box::pin(async move {
+                        tokio::time::sleep(HANDOFF_RECHECK).await;
+                        unit
+                    }) as UnitSignal);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+        self.fleet
+            .claimed
+            .retain(|u| desired.contains(u) && !acquired.iter().any(|l| l.unit == *u));
         Ok((acquired, signals))
     }
 

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod backfill;
 mod check;
 mod common;
 mod gc;
@@ -68,6 +69,9 @@ enum Command {
     /// crashed flushes, merges and seals. Never a live or sealed part, nor one a merge replaced
     /// that is still in its grace period.
     Gc(gc::GcArgs),
+    /// Backfills from snapshots: check a snapshot against the table and the topic before
+    /// loading it, and show recorded backfills.
+    Backfill(backfill::BackfillArgs),
     /// Produce seeded sample events (sequence-numbered web-analytics JSON, 130-200 bytes each) to
     /// a topic, or write them to an NDJSON file.
     Produce(produce::ProduceArgs),
@@ -133,6 +137,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Offsets(args) => offsets::offsets(args).await,
         Command::Members(args) => members::members(args).await,
         Command::Lag(args) => lag::lag(args).await,
+        Command::Backfill(args) => backfill::backfill(args).await,
         Command::Query(args) => query::query(args).await,
         Command::Gc(args) => gc::gc(args).await,
         Command::Produce(args) => produce::produce(args).await,

@@ -16,13 +16,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Commit, CoordError, Coordinator, Gap, Lease, Member, MergeLease, PartRecord, RetentionGaps,
-    Retired, ScopeListing, ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
+    BackfillLease, BackfillPlan, BackfillStatus, Commit, CoordError, Coordinator, Gap, Lease,
+    Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
+    SealedManifest, Signal, StagedFile, UnitId, UnitState,
 };
 
 const STATE_FILE: &str = "coordinator.json";
 const LOCK_FILE: &str = "coordinator.lock";
 
+mod backfills;
 mod registry;
 
 use registry::{PersistedRegistry, Registry};
@@ -35,6 +37,8 @@ struct Persisted {
     gaps: BTreeMap<String, RetentionGaps>,
     #[serde(default, flatten)]
     registry: PersistedRegistry,
+    #[serde(default)]
+    backfills: BTreeMap<String, backfills::Entry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,7 +48,7 @@ struct PersistedUnit {
     next_offset: Option<i64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct UnitEntry {
     epoch: u64,
     next_offset: Option<i64>,
@@ -56,6 +60,7 @@ struct Shared {
     units: HashMap<UnitId, UnitEntry>,
     gaps: BTreeMap<String, RetentionGaps>,
     registry: Registry,
+    backfills: BTreeMap<String, backfills::Entry>,
     /// Live members by id, with the session that registered each.
     members: BTreeMap<String, (u64, Member)>,
     dir: Option<PathBuf>,
@@ -91,6 +96,7 @@ impl EmbeddedCoordinator {
             units: HashMap::new(),
             gaps: BTreeMap::new(),
             registry: Registry::default(),
+            backfills: BTreeMap::new(),
             members: BTreeMap::new(),
             dir: None,
             _lock: None,
@@ -131,6 +137,7 @@ impl EmbeddedCoordinator {
             units,
             gaps: persisted.gaps,
             registry: Registry::from_persisted(persisted.registry),
+            backfills: persisted.backfills,
             members: BTreeMap::new(),
             dir: Some(dir.to_path_buf()),
             _lock: Some(lock),
@@ -204,6 +211,7 @@ impl Shared {
         }
         self.members.retain(|_, (s, _)| *s != session);
         self.registry.end_session(session);
+        self.end_backfill_leases(session);
         self.changed();
     }
 
@@ -227,6 +235,7 @@ impl Shared {
             units,
             gaps: self.gaps.clone(),
             registry: self.registry.to_persisted(),
+            backfills: self.backfills.clone(),
         };
         let bytes = serde_json::to_vec(&state).expect("state serializes");
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
@@ -244,6 +253,12 @@ impl Shared {
 impl Coordinator for EmbeddedCoordinator {
     async fn acquire_lease(&self, unit: &UnitId, worker_id: &str) -> Result<Lease, CoordError> {
         let mut shared = self.lock()?;
+        if let Some(backfill) = shared.handoff_owner(unit) {
+            return Err(CoordError::HandoffPending {
+                unit: unit.clone(),
+                backfill,
+            });
+        }
         let entry = shared.units.entry(unit.clone()).or_default();
         if let Some((session, holder)) = &entry.holder {
             // Already this session's: returned as it is, as the ZooKeeper backend does.
@@ -384,6 +399,42 @@ impl Coordinator for EmbeddedCoordinator {
         replicas: &[String],
     ) -> Result<bool, CoordError> {
         self.change_registry(|r| Ok(r.set_replicas(part, replicas)))
+    }
+
+    async fn claim_backfill(&self, plan: &BackfillPlan) -> Result<(), CoordError> {
+        self.claim_backfill_in(plan)
+    }
+
+    async fn acquire_backfill_lease(
+        &self,
+        id: &str,
+        holder: &str,
+    ) -> Result<BackfillLease, CoordError> {
+        self.acquire_backfill_lease_in(id, holder)
+    }
+
+    async fn release_backfill_lease(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.release_backfill_lease_in(lease)
+    }
+
+    async fn stage_backfill_file(
+        &self,
+        lease: &BackfillLease,
+        file: &StagedFile,
+    ) -> Result<(), CoordError> {
+        self.stage_backfill_file_in(lease, file)
+    }
+
+    async fn read_backfill(&self, id: &str) -> Result<Option<BackfillStatus>, CoordError> {
+        self.read_backfill_in(id)
+    }
+
+    async fn list_backfills(&self) -> Result<Vec<BackfillStatus>, CoordError> {
+        self.list_backfills_in()
+    }
+
+    async fn hand_off(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.hand_off_in(lease)
     }
 
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {

@@ -31,6 +31,14 @@ impl ZkCoordinator {
         let lease_path = format!("{dir}/lease");
         self.create_if_missing(&client, &epoch_path, b"0").await?;
         self.create_if_missing(&client, &offset_path, b"").await?;
+        // A claim made after this read is still safe: the handoff sets the offset only where
+        // none was committed, so a commit of this lease's makes the backfill's handoff refuse.
+        if let Some(backfill) = self.handoff_owner(&client, unit).await? {
+            return Err(CoordError::HandoffPending {
+                unit: unit.clone(),
+                backfill,
+            });
+        }
 
         let mut patience = Patience::new();
         let (epoch, token) = loop {
@@ -250,7 +258,7 @@ impl ZkCoordinator {
 }
 
 /// How an attempt to take a lease ended.
-enum Taken {
+pub(super) enum Taken {
     /// Taken by this attempt: the multi-op's results.
     Now(Vec<zk::MultiWriteResult>),
     /// The lease node is this session's: taken by an earlier attempt whose reply was lost.
@@ -263,7 +271,7 @@ enum Taken {
 
 /// Sends a lease's multi-op (the ephemeral lease node created first, then a set-data at the
 /// version read) and says how it ended.
-async fn take(
+pub(super) async fn take(
     client: &zk::Client,
     lease_path: &str,
     mut multi: zk::MultiWriter<'_>,

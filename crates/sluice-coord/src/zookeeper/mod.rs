@@ -8,6 +8,8 @@
 //! R/units/<topic>/<partition>/lease    ephemeral;  data = {"worker": .., "epoch": ..}
 //! R/tables/<table>/parts/<partition value>/<part name>    data = PartRecord JSON
 //! R/tables/<table>/...                 scopes, merge leases, retired objects: see `scopes.rs`
+//! R/units/<topic>/<partition>/handoff  persistent; data = backfill id, while one claims it
+//! R/backfills/<id>/...                 a backfill's state and staged parts: see `backfills.rs`
 //! R/members/<worker id>                ephemeral;  data = Member JSON
 //! ```
 //!
@@ -29,16 +31,19 @@ use async_trait::async_trait;
 use zookeeper_client as zk;
 
 use crate::{
-    Commit, CoordError, Coordinator, Gap, Lease, Member, MergeLease, PartRecord, RetentionGaps,
-    Retired, ScopeListing, ScopeSummary, SealedManifest, Signal, UnitId, UnitState,
+    BackfillLease, BackfillPlan, BackfillStatus, Commit, CoordError, Coordinator, Gap, Lease,
+    Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
+    SealedManifest, Signal, StagedFile, UnitId, UnitState,
 };
 
 mod auth;
+mod backfills;
 mod connect;
 
 pub use auth::Credentials;
 pub use tls::{ZkSecurity, ZkTls};
 mod gaps;
+mod handoff;
 mod leases;
 mod nodes;
 mod scopes;
@@ -306,6 +311,42 @@ impl Coordinator for ZkCoordinator {
         replicas: &[String],
     ) -> Result<bool, CoordError> {
         self.set_replicas_of(part, replicas).await
+    }
+
+    async fn claim_backfill(&self, plan: &BackfillPlan) -> Result<(), CoordError> {
+        self.claim_backfill_of(plan).await
+    }
+
+    async fn acquire_backfill_lease(
+        &self,
+        id: &str,
+        holder: &str,
+    ) -> Result<BackfillLease, CoordError> {
+        self.acquire_backfill_lease_of(id, holder).await
+    }
+
+    async fn release_backfill_lease(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.release_backfill_lease_of(lease).await
+    }
+
+    async fn stage_backfill_file(
+        &self,
+        lease: &BackfillLease,
+        file: &StagedFile,
+    ) -> Result<(), CoordError> {
+        self.stage_backfill_file_of(lease, file).await
+    }
+
+    async fn read_backfill(&self, id: &str) -> Result<Option<BackfillStatus>, CoordError> {
+        self.read_backfill_of(id).await
+    }
+
+    async fn list_backfills(&self) -> Result<Vec<BackfillStatus>, CoordError> {
+        self.list_backfills_of().await
+    }
+
+    async fn hand_off(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.hand_off_of(lease).await
     }
 
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {

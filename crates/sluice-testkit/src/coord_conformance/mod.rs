@@ -13,6 +13,7 @@ use sluice_coord::{
 
 use crate::{fail, unique, ConformanceFailure, OrFail};
 
+mod backfills;
 mod scopes;
 
 /// How long a watch may take to fire after the change it watches.
@@ -77,6 +78,9 @@ where
     scopes::seal_moves_records_into_a_manifest(open().await?).await?;
     scopes::replicas_are_recorded_on_live_parts_only(open().await?).await?;
     retention_gaps_are_kept_per_topic_and_count_once(open().await?, open().await?).await?;
+    backfills::a_backfill_claims_partitions_until_its_handoff(open().await?, open().await?).await?;
+    backfills::a_zombie_backfill_cannot_stage_or_hand_off(open().await?, open().await?).await?;
+    backfills::a_committed_partition_cannot_be_claimed(open().await?).await?;
     Ok(())
 }
 

@@ -1,0 +1,87 @@
+//! What the registry keeps of a backfill: its plan (the table, and per partition of the topic
+//! the offset the stream takes over from), the parts it staged file by file, and whether it
+//! handed the partitions over.
+//!
+//! A backfill's parts stay invisible until the handoff: the handoff is one atomic change that
+//! registers them, sets every partition's committed offset to the plan's (only where none was
+//! committed meanwhile) and releases the partitions to the workers. Until it happens, no worker
+//! takes a lease on those partitions, so the stream cannot read what the snapshot holds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Gap, PartRecord};
+
+/// What a backfill will hand over, fixed when it is claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillPlan {
+    /// Names the backfill: letters, digits, `-`, `_` and `.`.
+    pub id: String,
+    pub table: String,
+    pub topic: String,
+    /// Per partition of `topic`, the offset the stream starts from after the handoff: the
+    /// offset the snapshot is consistent with.
+    pub offsets: BTreeMap<i32, i64>,
+    /// SHA-256 of the snapshot's manifest: resuming under the same id with another snapshot is
+    /// refused.
+    pub snapshot_sha256: String,
+    /// How many files the snapshot has.
+    pub files: u32,
+    /// Offsets the topic no longer held when the backfill was planned, which the user accepted
+    /// to lose (neither the snapshot nor the stream has them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_gaps: Vec<(i32, Gap)>,
+    pub created_at_ms: i64,
+}
+
+/// A backfill as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillState {
+    pub plan: BackfillPlan,
+    /// Bumped by every [`crate::Coordinator::acquire_backfill_lease`].
+    pub epoch: u64,
+    /// When the handoff committed; `None` while the backfill runs.
+    #[serde(default)]
+    pub handed_off_at_ms: Option<i64>,
+}
+
+/// The parts made from one file of the snapshot, staged (registered nowhere a reader looks)
+/// until the handoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFile {
+    /// The file's position in the snapshot's manifest.
+    pub index: u32,
+    pub parts: Vec<PartRecord>,
+    pub rows: u64,
+    pub quarantined: u64,
+    pub bytes_read: u64,
+}
+
+/// A backfill with what it staged so far and who runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillStatus {
+    pub state: BackfillState,
+    /// The process holding the backfill lease, if one does.
+    pub holder: Option<String>,
+    /// By file index.
+    pub staged: BTreeMap<u32, StagedFile>,
+}
+
+/// Proof that this process runs the backfill, valid until another takes the backfill lease
+/// (after this one's session ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillLease {
+    pub id: String,
+    pub holder: String,
+    pub epoch: u64,
+    /// Backend-specific fencing token (the ZooKeeper backfill znode's version).
+    pub(crate) token: i64,
+}
+
+/// Wall-clock milliseconds, for the handoff's time.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

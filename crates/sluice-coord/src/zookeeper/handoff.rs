@@ -1,0 +1,145 @@
+//! A backfill's handoff to the stream in ZooKeeper: one multi-op (see `backfills.rs`).
+
+use zookeeper_client as zk;
+
+use super::nodes::{backend, encode_segment, multi_size, unanswered, MAX_MULTI_BYTES};
+use super::ZkCoordinator;
+use crate::{BackfillLease, CoordError, UnitId};
+
+/// What the handoff multi-op's operations are, in order, to name the one that failed.
+enum Op {
+    State,
+    Offset(UnitId),
+    Marker(UnitId),
+    Part(String),
+    Staged(String),
+}
+
+impl ZkCoordinator {
+    pub(super) async fn hand_off_of(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let at = format!("backfill {}", lease.id);
+        let status =
+            self.read_backfill_of(&lease.id)
+                .await?
+                .ok_or_else(|| CoordError::NoBackfill {
+                    id: lease.id.clone(),
+                })?;
+        let mut state = status.state;
+        if state.epoch != lease.epoch {
+            return Err(CoordError::BackfillLeaseLost {
+                id: lease.id.clone(),
+                epoch: lease.epoch,
+            });
+        }
+        if state.handed_off_at_ms.is_some() {
+            return Ok(());
+        }
+        let plan = state.plan.clone();
+        if status.staged.len() != plan.files as usize {
+            return Err(CoordError::Conflict {
+                at,
+                what: format!(
+                    "{} of the snapshot's {} files are staged; the handoff waits for all",
+                    status.staged.len(),
+                    plan.files
+                ),
+                source: None,
+            });
+        }
+        let versions = self.empty_offsets(&client, &plan).await?;
+        let path = self.backfill_path(&lease.id);
+        state.handed_off_at_ms = Some(crate::backfill::now_ms());
+        let state_bytes = serde_json::to_vec(&state).expect("backfill state serializes");
+
+        let mut ops: Vec<(Op, String, Vec<u8>)> = vec![(Op::State, path.clone(), state_bytes)];
+        for (&p, &next) in &plan.offsets {
+            let unit = UnitId::new(plan.topic.clone(), p);
+            let dir = self.unit_dir(&unit);
+            ops.push((
+                Op::Offset(unit.clone()),
+                format!("{dir}/offset"),
+                next.to_string().into_bytes(),
+            ));
+            ops.push((
+                Op::Marker(unit.clone()),
+                self.handoff_path(&unit),
+                Vec::new(),
+            ));
+        }
+        for file in status.staged.values() {
+            for part in &file.parts {
+                let scope = self.scope_dir(&part.table, &part.partition_value);
+                self.ensure_dir(&client, &scope).await?;
+                let data = serde_json::to_vec(part).expect("part record serializes");
+                let node = format!("{scope}/{}", encode_segment(&part.name()));
+                ops.push((Op::Part(part.path.clone()), node, data));
+            }
+            let node = format!("{path}/files/{}", file.index);
+            ops.push((Op::Staged(node.clone()), node, Vec::new()));
+        }
+        let size = multi_size(ops.iter().map(|(_, p, d)| (p.as_str(), d.len())));
+        if size > MAX_MULTI_BYTES {
+            return Err(CoordError::TooLarge {
+                what: format!("the handoff of backfill {}", lease.id),
+                bytes: size,
+                limit: MAX_MULTI_BYTES,
+            });
+        }
+
+        let mut multi = client.new_multi_writer();
+        for (op, node, data) in &ops {
+            let added = match op {
+                Op::State => multi.add_set_data(node, data, Some(lease.token as i32)),
+                Op::Offset(unit) => multi.add_set_data(node, data, Some(versions[&unit.partition])),
+                Op::Marker(_) | Op::Staged(_) => multi.add_delete(node, None),
+                Op::Part(_) => multi.add_create(node, data, &self.persistent()),
+            };
+            added.map_err(|e| backend(node, e))?;
+        }
+        match multi.commit().await {
+            Ok(_) => Ok(()),
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                Err(match &ops[index].0 {
+                    Op::State => CoordError::BackfillLeaseLost {
+                        id: lease.id.clone(),
+                        epoch: lease.epoch,
+                    },
+                    // Committed since it was read: the next handoff reads and names it.
+                    Op::Offset(unit) => CoordError::Conflict {
+                        at: unit.to_string(),
+                        what: "the partition's committed offset changed during the handoff".into(),
+                        source: Some(source.into()),
+                    },
+                    Op::Marker(unit) => CoordError::Conflict {
+                        at: unit.to_string(),
+                        what: "the partition's handoff claim is gone".into(),
+                        source: Some(source.into()),
+                    },
+                    Op::Part(p) => CoordError::Conflict {
+                        at,
+                        what: format!("cannot register part {p}"),
+                        source: Some(source.into()),
+                    },
+                    Op::Staged(n) => CoordError::Conflict {
+                        at,
+                        what: format!("staged file {n} is gone"),
+                        source: Some(source.into()),
+                    },
+                })
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) => match source {
+                zk::Error::SessionExpired | zk::Error::ClientClosed => {
+                    Err(CoordError::SessionEnded {
+                        source: source.into(),
+                    })
+                }
+                other if unanswered(&other) => Err(CoordError::Ambiguous {
+                    at,
+                    source: other.into(),
+                }),
+                other => Err(backend(&path, other)),
+            },
+        }
+    }
+}

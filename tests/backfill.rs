@@ -1,0 +1,180 @@
+//! Backfill handoffs against the real services: a claimed partition is left alone by the
+//! workers until the backfill hands it over, and the stream then starts exactly at the
+//! snapshot's offset.
+//!
+//! The backfill process's side is driven here through the coordinator, as `sluice backfill`
+//! will drive it; the check reads the parts back with `parquet` and `object_store`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use sluice_coord::BackfillPlan;
+use sluice_tests::fleet::{deployment, spawn, wait_caught_up};
+use sluice_tests::{committed, describe, run_sluice, verify_exactly_once, wait_until};
+
+const PARTITIONS: i32 = 4;
+const SETTLE: Duration = Duration::from_secs(60);
+/// What the worker logs for each partition it finds claimed.
+const CLAIMED: &str = "the partition is claimed by a backfill";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_leave_claimed_partitions_alone_and_start_at_the_handoff_offset() -> Result<()> {
+    let d = deployment("handoff", PARTITIONS, 800, 50).await?;
+    let ends = d.ends();
+    // The snapshot stands for each partition's first half: the stream must start after it.
+    let offsets: BTreeMap<i32, i64> = ends.iter().map(|(&p, &end)| (p, end / 2)).collect();
+    let plan = BackfillPlan {
+        id: "handoff-test".into(),
+        table: "events".into(),
+        topic: d.topic.clone(),
+        offsets: offsets.clone(),
+        snapshot_sha256: "00".repeat(32),
+        files: 0,
+        accepted_gaps: Vec::new(),
+        created_at_ms: 0,
+    };
+    let coord = d.coordinator().await?;
+    coord.claim_backfill(&plan).await?;
+
+    let worker = spawn(&d, "w1")?;
+    wait_until(
+        SETTLE,
+        Duration::from_millis(100),
+        "the worker to find the claims",
+        || {
+            let seen = worker.log_text().matches(CLAIMED).count();
+            async move { Ok(seen >= PARTITIONS as usize) }
+        },
+    )
+    .await?;
+    let before = committed(&d.config, "events").await?;
+    ensure!(
+        before.offsets.values().all(Option::is_none) && before.parts.is_empty(),
+        "the worker committed claimed partitions: offsets {:?}, {} parts",
+        before.offsets,
+        before.parts.len()
+    );
+
+    let lease = coord
+        .acquire_backfill_lease(&plan.id, "test-backfill")
+        .await?;
+    coord.hand_off(&lease).await?;
+    coord.release_backfill_lease(&lease).await?;
+    wait_caught_up(&d.config, &d.topic, &ends, SETTLE).await?;
+    let log = worker.terminate(SETTLE).await?;
+    let status = d.sluice(&["backfill", "status"]).await?;
+    let shown = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        shown.contains("handoff-test") && shown.contains("handed off"),
+        "backfill status shows:\n{shown}"
+    );
+    let done = coord.read_backfill(&plan.id).await?;
+    coord.close().await?;
+    ensure!(
+        done.is_some_and(|b| b.state.handed_off_at_ms.is_some()),
+        "the backfill is not recorded as handed off"
+    );
+
+    // Exactly the events at or after the handoff offsets, every column of every row; one from
+    // before would be a row "never produced" to the checker.
+    let located: HashMap<(i32, i64), u64> = d
+        .located
+        .iter()
+        .filter(|((p, o), _)| *o >= offsets[p])
+        .map(|(&at, &seq)| (at, seq))
+        .collect();
+    let streamed: Vec<_> = d
+        .events
+        .iter()
+        .filter(|e| located.values().any(|&s| s == e.seq))
+        .cloned()
+        .collect();
+    ensure!(
+        !streamed.is_empty() && streamed.len() < d.events.len(),
+        "the split left {} of {} events to the stream",
+        streamed.len(),
+        d.events.len()
+    );
+    verify_exactly_once(&d.config, &streamed, &located).await?;
+    println!(
+        "the worker waited on {} claimed partitions, then streamed {} of {} events from the handoff offsets {offsets:?}",
+        log.matches(CLAIMED).count(),
+        streamed.len(),
+        d.events.len()
+    );
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `sluice backfill check` verifies a snapshot against its manifest, the topic and the
+/// registry: it passes a good one, and refuses a file that changed and a partition the stream
+/// has committed, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_check_refuses_a_changed_file_and_a_committed_partition() -> Result<()> {
+    let d = deployment("bf-check", 2, 200, 50).await?;
+    let file = d.dir.path().join("events-0.ndjson");
+    std::fs::write(&file, "{\"seq\": 1}\n")?;
+    let manifest = d.dir.path().join("snapshot.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"table": "events", "offsets": {{"0": 10, "1": 10}}, "files": [{{"path": "events-0.ndjson", "format": "ndjson", "sha256": "{}"}}]}}"#,
+            sha256_hex(b"{\"seq\": 1}\n")
+        ),
+    )?;
+    let snapshot = manifest.to_str().expect("temp paths are UTF-8");
+    let check = || async {
+        run_sluice(
+            &[
+                "backfill",
+                "check",
+                "--snapshot",
+                snapshot,
+                "--config",
+                d.config_arg(),
+            ],
+            &[],
+            SETTLE,
+        )
+        .await
+    };
+    let ok = check().await?;
+    let text = String::from_utf8_lossy(&ok.stdout);
+    ensure!(
+        ok.status.success()
+            && text.contains("every SHA-256 matches")
+            && text.contains("partition 1: the stream starts at 10"),
+        "a good snapshot: {}",
+        describe(&ok)
+    );
+
+    std::fs::write(&file, "{\"seq\": 2}\n")?;
+    let changed = check().await?;
+    let said = String::from_utf8_lossy(&changed.stderr);
+    ensure!(
+        !changed.status.success()
+            && said.contains("the manifest says")
+            && said.contains("events-0.ndjson"),
+        "a changed file: {}",
+        describe(&changed)
+    );
+
+    std::fs::write(&file, "{\"seq\": 1}\n")?;
+    d.run_to_end().await?;
+    let streamed = check().await?;
+    let said = String::from_utf8_lossy(&streamed.stdout);
+    ensure!(
+        !streamed.status.success() && said.contains("already has a committed offset"),
+        "a committed partition: {}",
+        describe(&streamed)
+    );
+    Ok(())
+}
