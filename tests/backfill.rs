@@ -1,9 +1,10 @@
 //! Backfill handoffs against the real services: a claimed partition is left alone by the
 //! workers until the backfill hands it over, and the stream then starts exactly at the
-//! snapshot's offset.
+//! snapshot's offset; and `sluice backfill check` (and `run`) refusing snapshots that do not fit.
 //!
-//! The backfill process's side is driven here through the coordinator, as `sluice backfill`
-//! will drive it; the check reads the parts back with `parquet` and `object_store`.
+//! The backfill's side of the handoff is driven here through the coordinator, to hold the
+//! claim while a worker runs (`backfill_runs.rs` runs `sluice backfill run` itself); the check
+//! reads the parts back with `parquet` and `object_store`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -116,7 +117,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// `sluice backfill check` verifies a snapshot against its manifest, the topic and the
 /// registry: it passes a good one, and refuses a file that changed and a partition the stream
-/// has committed, saying why.
+/// has committed, saying why; `sluice backfill run` refuses the latter too, recording nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn backfill_check_refuses_a_changed_file_and_a_committed_partition() -> Result<()> {
     let d = deployment("bf-check", 2, 200, 50).await?;
@@ -175,6 +176,27 @@ async fn backfill_check_refuses_a_changed_file_and_a_committed_partition() -> Re
         !streamed.status.success() && said.contains("already has a committed offset"),
         "a committed partition: {}",
         describe(&streamed)
+    );
+    let args = [
+        "backfill",
+        "run",
+        "--snapshot",
+        snapshot,
+        "--config",
+        d.config_arg(),
+    ];
+    let refused = run_sluice(&args, &[], SETTLE).await?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && said.contains("already has a committed offset"),
+        "a run over a committed partition: {}",
+        describe(&refused)
+    );
+    let status = d.sluice(&["backfill", "status"]).await?;
+    ensure!(
+        String::from_utf8_lossy(&status.stdout).contains("no backfills recorded"),
+        "a refused run left a backfill: {}",
+        describe(&status)
     );
     Ok(())
 }

@@ -85,15 +85,25 @@ impl Worker {
     /// Starts `sluice run --config <config> --worker-id <id>`, logging to `<log_dir>/<id>.log`
     /// (appended to, so a restarted id keeps one log).
     pub fn spawn(config: &Path, id: &str, env: &[(&str, &str)], log_dir: &Path) -> Result<Worker> {
+        let config = config.to_str().context("temp paths are UTF-8")?;
+        let args = ["run", "--config", config, "--worker-id", id];
+        Worker::spawn_args(&args, id, env, log_dir)
+    }
+
+    /// Starts `sluice <args>` as process `id`, logging to `<log_dir>/<id>.log` (appended to).
+    pub fn spawn_args(
+        args: &[&str],
+        id: &str,
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Result<Worker> {
         let log = log_dir.join(format!("{id}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
         let mut cmd = tokio::process::Command::new(sluice_bin());
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .args(["--worker-id", id])
+        cmd.args(args)
             .env("SLUICE_LOG", "info,rdkafka=warn,zookeeper_client=warn")
             .stdout(file.try_clone()?)
             .stderr(file)

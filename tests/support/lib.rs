@@ -26,6 +26,7 @@ pub mod per_hour;
 pub mod private;
 pub mod replicas;
 pub mod secure_kafka;
+pub mod snapshot;
 pub mod web;
 pub mod zk_proxy;
 
@@ -297,7 +298,33 @@ pub async fn verify_exactly_once(
     located: &HashMap<(i32, i64), u64>,
 ) -> Result<()> {
     let (c, objects) = registered(&load_config(config_path)?).await?;
-    exactly_once::verify(&c, &objects, Produced { events, located }).await
+    exactly_once::verify(
+        &c,
+        &objects,
+        Produced {
+            events,
+            located,
+            backfilled: None,
+        },
+    )
+    .await
+}
+
+/// [`verify_exactly_once`] after a backfill: `backfilled` says which snapshot file line each
+/// backfilled event was on, which is where its quarantine row, if any, says it came from.
+pub async fn verify_backfilled(
+    config_path: &Path,
+    events: &[Event],
+    located: &HashMap<(i32, i64), u64>,
+    backfilled: &HashMap<(String, i64), u64>,
+) -> Result<()> {
+    let (c, objects) = registered(&load_config(config_path)?).await?;
+    let produced = Produced {
+        events,
+        located,
+        backfilled: Some(backfilled),
+    };
+    exactly_once::verify(&c, &objects, produced).await
 }
 
 /// A ZooKeeper session of its own on the stack's server, to read znodes directly.
@@ -486,6 +513,7 @@ impl Prepared {
         Produced {
             events: &self.events,
             located: &self.located,
+            backfilled: None,
         }
     }
 

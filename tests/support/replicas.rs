@@ -142,6 +142,7 @@ pub async fn verify_every_endpoint(d: &Prepared) -> Result<()> {
                 Produced {
                     events: &d.events,
                     located: &d.located,
+                    backfilled: None,
                 },
             )
             .await

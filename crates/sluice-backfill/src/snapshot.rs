@@ -125,6 +125,22 @@ impl Snapshot {
         self.dir.join(&file.path)
     }
 
+    /// Each file's size in bytes, in manifest order.
+    pub fn sizes(&self) -> Result<Vec<u64>, BackfillError> {
+        self.files
+            .iter()
+            .map(|f| {
+                let location = self.location(f);
+                std::fs::metadata(&location)
+                    .map(|m| m.len())
+                    .map_err(|source| BackfillError::ReadFile {
+                        path: location.display().to_string(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+
     /// Reads every file whole and checks its SHA-256 against the manifest; returns the bytes
     /// read. Blocking: call it off the async runtime.
     pub fn verify_files(&self) -> Result<u64, BackfillError> {

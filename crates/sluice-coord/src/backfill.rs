@@ -44,6 +44,10 @@ pub struct BackfillState {
     /// When the handoff committed; `None` while the backfill runs.
     #[serde(default)]
     pub handed_off_at_ms: Option<i64>,
+    /// When it was cancelled: it can no longer hand off, and is forgotten once its objects are
+    /// deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at_ms: Option<i64>,
 }
 
 /// The parts made from one file of the snapshot, staged (registered nowhere a reader looks)

@@ -352,6 +352,16 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// not an error. [`CoordError::Ambiguous`]: read the backfill to learn the outcome.
     async fn hand_off(&self, lease: &BackfillLease) -> Result<(), CoordError>;
 
+    /// Marks a backfill that was not handed off as cancelled, iff `lease` is current: it can
+    /// no longer hand off ([`CoordError::Conflict`]). Cancelling twice is not an error; a
+    /// backfill handed off cannot be cancelled.
+    async fn cancel_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError>;
+
+    /// Forgets a cancelled backfill, iff `lease` is current: its claims end (the partitions go
+    /// back to the workers, still with no committed offset), and its staged files and state are
+    /// deleted. Delete its objects first: nothing records them afterwards.
+    async fn forget_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError>;
+
     /// The retired object sets of `table` not forgotten yet.
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError>;
 

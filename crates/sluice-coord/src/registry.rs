@@ -37,7 +37,8 @@ pub struct OffsetSpan {
 /// What the registry knows of one committed part. Small: the rows live in object storage.
 ///
 /// A part written by a flush comes from one source partition (`topic`, `partition`, the
-/// offsets, the unit's `lease_epoch`) and has level 0. A merged part combines parts of several
+/// offsets, the unit's `lease_epoch`) and has level 0. A part a backfill wrote has level 0 too,
+/// `partition` -1, and `spans`: the offsets of each partition the snapshot stands for. A merged part combines parts of several
 /// partitions: its `topic` is empty, `partition` and the offsets are -1, `spans` say where its
 /// rows came from, and `lease_epoch` is the epoch of the merge lease it was made under.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +65,8 @@ pub struct PartRecord {
     /// How many parts the merge that made it replaced (0 for a flushed part).
     #[serde(default)]
     pub inputs: u32,
-    /// For a merged part: per source partition, the range of offsets its rows came from.
+    /// For a merged or backfilled part: per source partition, the range of offsets its rows
+    /// came from (for a backfill, what its snapshot stands for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spans: Vec<OffsetSpan>,
     /// SHA-256 of the object, lowercase hex (empty where it was not computed: flushed parts).
@@ -98,9 +100,14 @@ impl PartRecord {
         self.level > 0
     }
 
-    /// Where its rows came from: the flush's one range, or a merged part's spans.
+    /// Whether a backfill made it: rows from a snapshot's files, which stand for `spans`.
+    pub fn is_backfilled(&self) -> bool {
+        !self.is_merged() && !self.spans.is_empty()
+    }
+
+    /// Where its rows came from: the flush's one range, or a merged or backfilled part's spans.
     pub fn source_spans(&self) -> Vec<OffsetSpan> {
-        if self.is_merged() {
+        if self.is_merged() || self.is_backfilled() {
             return self.spans.clone();
         }
         vec![OffsetSpan {

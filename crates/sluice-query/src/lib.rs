@@ -169,16 +169,19 @@ impl Snapshot {
     }
 }
 
-/// The parts of `scopes` a snapshot reads: the flushed records the offsets read first cover,
-/// and every merged record and sealed part.
+/// The parts of `scopes` a snapshot reads: the flushed and backfilled records the offsets read
+/// first cover (a backfill's parts and offsets are registered together at its handoff), and
+/// every merged record and sealed part.
 fn kept_parts(offsets: &HashMap<(String, i32), i64>, scopes: Vec<ScopeParts>) -> Vec<PartRecord> {
     let mut kept = Vec::new();
     for scope in scopes {
         let live = scope.listing.parts.into_iter().filter(|p| {
             p.is_merged()
-                || offsets
-                    .get(&(p.topic.clone(), p.partition))
-                    .is_some_and(|&next| p.last_offset < next)
+                || p.source_spans().iter().all(|s| {
+                    offsets
+                        .get(&(s.topic.clone(), s.partition))
+                        .is_some_and(|&next| s.last_offset < next)
+                })
         });
         kept.extend(live);
         kept.extend(scope.sealed);

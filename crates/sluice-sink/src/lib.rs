@@ -4,6 +4,7 @@
 //!
 //! Encoding is CPU work: callers run [`build_parts`] on a blocking thread.
 
+mod backfill_parts;
 mod gc;
 mod manifest;
 mod parts;
@@ -11,6 +12,9 @@ pub mod repair;
 pub mod sort;
 mod storage;
 
+pub use backfill_parts::{
+    backfill_file_name, build_backfill_parts, parse_backfill_name, BackfillSource,
+};
 pub use gc::{
     collect_merge_orphans, collect_table_garbage, parse_merged_name, parse_part_name, GcReport,
     GcScope, MergedName, PartName,

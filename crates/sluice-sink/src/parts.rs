@@ -424,7 +424,7 @@ fn column_encodings(
     builder
 }
 
-fn quarantine_batch(
+pub(crate) fn quarantine_batch(
     unit: &UnitId,
     rows: &[QuarantineRow],
 ) -> Result<RecordBatch, arrow::error::ArrowError> {

@@ -8,7 +8,10 @@
 //! objects not deleted), `seal_after_manifest` (a manifest written, the scope not yet pointing
 //! at it), `retire_mid_delete` (counted per replaced object deleted after the grace period),
 //! `repair_after_copy` (counted per scope whose missing copies a repair pass stored, before
-//! its records name them). A stopped process resumes
+//! its records name them); and in `sluice backfill run`: `backfill_after_upload` (counted per
+//! chunk whose parts are uploaded, its file not staged), `backfill_after_file` (counted per
+//! file staged) and `backfill_before_handoff` (every file staged, not handed off). A stopped
+//! process resumes
 //! right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
 //!
 //! Clones share the count: flushes run as tasks of their own and hit the points of the one
@@ -29,6 +32,9 @@ pub const POINTS: &[&str] = &[
     "seal_after_manifest",
     "retire_mid_delete",
     "repair_after_copy",
+    "backfill_after_upload",
+    "backfill_after_file",
+    "backfill_before_handoff",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -64,6 +64,7 @@ mod unit;
 mod written;
 
 pub use failpoint::Failpoints;
+pub use retry::put_until_stored;
 pub use sluice_telemetry::{Health, Telemetry};
 
 #[derive(Debug, thiserror::Error)]

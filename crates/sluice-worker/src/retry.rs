@@ -48,7 +48,7 @@ impl Backoff {
 
 /// Uploads an object, retrying every failure until the write quorum holds it; returns the
 /// endpoints that do. Endpoints that already took it are not written again.
-pub(crate) async fn put_until_stored(
+pub async fn put_until_stored(
     health: &Health,
     storage: &Storage,
     path: &str,

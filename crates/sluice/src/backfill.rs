@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use sluice_backfill::{plan, Snapshot};
+use sluice_backfill::{parquet_columns, plan, FileFormat, Report, Run, Snapshot};
+use sluice_config::Config;
 use sluice_coord::{BackfillStatus, CoordError, Coordinator, UnitId};
 use sluice_worker::open_coordinator;
+use sluice_worker::Failpoints;
 
 use crate::common::{load, now_ms, print_json_lines};
 
@@ -18,10 +21,20 @@ pub struct BackfillArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum BackfillCommand {
+    /// Load a snapshot into its table and hand the topic's partitions over to the stream: the
+    /// events go through the stream's decode, quarantine, views, sort and Parquet, invisible
+    /// until one atomic handoff registers them and sets every partition's committed offset to
+    /// the snapshot's. Workers leave the partitions alone meanwhile. Run the same command again
+    /// to resume after a crash or Ctrl-C: files already staged are not read again.
+    Run(RunArgs),
     /// Check a snapshot without loading it: the manifest, every file's SHA-256, the table,
     /// and each partition's offset against what the topic holds and what was committed. Reads
     /// the files whole; claims and writes nothing.
     Check(CheckArgs),
+    /// Cancel a backfill that was not handed off: it can no longer hand off, its objects are
+    /// deleted, and its partitions go back to the workers (with nothing committed, so they
+    /// start where `kafka.start_from` says). Run it again if it stopped half-way.
+    Cancel(CancelArgs),
     /// Show the recorded backfills: running (and by whom), waiting for a resume, or handed
     /// over to the stream, with their files staged and each partition's handoff offset.
     Status(StatusArgs),
@@ -46,6 +59,25 @@ struct CheckArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    snapshot: CheckArgs,
+    /// Files converted at once. Default: the number of cores.
+    #[arg(long)]
+    parallel_files: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CancelArgs {
+    /// The configuration file: its ZooKeeper, storage and tables.
+    #[arg(short, long, env = "SLUICE_CONFIG")]
+    config: PathBuf,
+    /// The backfill to cancel, as `sluice backfill status` lists it.
+    #[arg(long)]
+    id: String,
+}
+
+#[derive(clap::Args, Debug)]
 struct StatusArgs {
     /// The configuration file: its ZooKeeper.
     #[arg(short, long, env = "SLUICE_CONFIG")]
@@ -58,17 +90,32 @@ struct StatusArgs {
 pub async fn backfill(args: BackfillArgs) -> Result<()> {
     match args.command {
         BackfillCommand::Check(a) => check(a).await,
+        BackfillCommand::Run(a) => run(a).await,
+        BackfillCommand::Cancel(a) => cancel(a).await,
         BackfillCommand::Status(a) => status(a).await,
     }
 }
 
-async fn check(args: CheckArgs) -> Result<()> {
-    let config = load(&args.config)?;
+/// Loads the snapshot and checks every file: its SHA-256, and a Parquet file's columns.
+async fn verified(config: &Config, args: &CheckArgs) -> Result<(Snapshot, String)> {
     let snapshot = Snapshot::load(&args.snapshot)?;
     let verifying = snapshot.clone();
-    let bytes = tokio::task::spawn_blocking(move || verifying.verify_files())
-        .await
-        .context("verifying the snapshot's files")??;
+    let table = config.table(&snapshot.table).cloned();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let bytes = verifying.verify_files()?;
+        if let Some(table) = table {
+            for f in verifying
+                .files
+                .iter()
+                .filter(|f| f.format == FileFormat::Parquet)
+            {
+                parquet_columns(&table, &verifying.location(f))?;
+            }
+        }
+        Ok::<_, sluice_backfill::BackfillError>(bytes)
+    })
+    .await
+    .context("verifying the snapshot's files")??;
     println!(
         "snapshot {}: {} files, {bytes} bytes, every SHA-256 matches",
         args.snapshot.display(),
@@ -76,7 +123,108 @@ async fn check(args: CheckArgs) -> Result<()> {
     );
     let id = args
         .id
+        .clone()
         .unwrap_or_else(|| format!("{}-{}", snapshot.table, &snapshot.sha256[..12]));
+    Ok((snapshot, id))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let config = Arc::new(load(&args.snapshot.config)?);
+    let (snapshot, id) = verified(&config, &args.snapshot).await?;
+    let coord = open_coordinator(&config.coordination).await?;
+    let outcome = run_with(&config, snapshot, &id, &args, Arc::clone(&coord)).await;
+    coord.close().await?;
+    let report = outcome?;
+    if report.already_handed_off {
+        println!("backfill `{id}` was handed over to the stream already; nothing to do");
+        return Ok(());
+    }
+    let secs = report.elapsed.as_secs_f64().max(1e-3);
+    println!(
+        "backfill `{id}` handed over: {} rows, {} quarantined, {} parts ({:.1} MB); this run converted {} files ({} were staged by an earlier run), {:.1} MB in {secs:.1} s: {:.1} MB/s{}",
+        report.rows,
+        report.quarantined,
+        report.parts,
+        report.part_bytes as f64 / 1e6,
+        report.files_converted,
+        report.files_resumed,
+        report.bytes_read as f64 / 1e6,
+        report.bytes_read as f64 / 1e6 / secs,
+        if report.swept > 0 {
+            format!("; {} objects an earlier run left unstaged deleted", report.swept)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+async fn run_with(
+    config: &Arc<Config>,
+    snapshot: Snapshot,
+    id: &str,
+    args: &RunArgs,
+    coord: Arc<dyn Coordinator>,
+) -> Result<Report> {
+    // A resume hands over what was claimed, whatever the topic's retention did since.
+    let plan = match coord.read_backfill(id).await? {
+        Some(b) if b.state.plan.snapshot_sha256 != snapshot.sha256 => anyhow::bail!(
+            "backfill `{id}` was started with another snapshot manifest (SHA-256 {}); resume it with that manifest, or give this snapshot another --id",
+            b.state.plan.snapshot_sha256
+        ),
+        Some(b) => b.state.plan,
+        None => {
+            let topic = config
+                .table(&snapshot.table)
+                .and_then(|t| t.topic.clone())
+                .unwrap_or_default();
+            let retained = retained(config, &topic).await?;
+            plan(&snapshot, config, id, &retained, args.snapshot.accept_gap, now_ms())?
+        }
+    };
+    let views = sluice_transform::Views::compile(config).await?;
+    let run = Run {
+        config: Arc::clone(config),
+        snapshot,
+        plan,
+        coord,
+        storage: sluice_sink::Storage::open(&config.storage)?,
+        views: (!views.is_empty()).then(|| Arc::new(views)),
+        failpoints: Failpoints::parse(std::env::var("SLUICE_FAILPOINT").ok().as_deref())?,
+        holder: format!(
+            "backfill@{}:{}",
+            sluice_worker::hostname(),
+            std::process::id()
+        ),
+        parallel_files: args
+            .parallel_files
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    Ok(run.run().await?)
+}
+
+async fn cancel(args: CancelArgs) -> Result<()> {
+    let config = load(&args.config)?;
+    let coord = open_coordinator(&config.coordination).await?;
+    let storage = sluice_sink::Storage::open(&config.storage)?;
+    let holder = format!(
+        "cancel@{}:{}",
+        sluice_worker::hostname(),
+        std::process::id()
+    );
+    let outcome = sluice_backfill::cancel(&config, &*coord, &storage, &args.id, &holder).await;
+    coord.close().await?;
+    let deleted = outcome?;
+    println!(
+        "backfill `{}` cancelled: {deleted} objects deleted, its partitions given back to the workers",
+        args.id
+    );
+    Ok(())
+}
+
+async fn check(args: CheckArgs) -> Result<()> {
+    let config = load(&args.config)?;
+    let (snapshot, id) = verified(&config, &args).await?;
     let topic = config
         .table(&snapshot.table)
         .and_then(|t| t.topic.clone())
@@ -229,6 +377,7 @@ async fn status(args: StatusArgs) -> Result<()> {
 fn state_of(b: &BackfillStatus) -> String {
     match (&b.state.handed_off_at_ms, &b.holder) {
         (Some(_), _) => "handed off".to_string(),
+        (None, _) if b.state.cancelled_at_ms.is_some() => "cancelling".to_string(),
         (None, Some(h)) => format!("running ({h})"),
         (None, None) => "stopped; resumable".to_string(),
     }

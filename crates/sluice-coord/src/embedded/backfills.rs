@@ -93,6 +93,7 @@ impl EmbeddedCoordinator {
                 plan: plan.clone(),
                 epoch: 0,
                 handed_off_at_ms: None,
+                cancelled_at_ms: None,
             },
             staged: BTreeMap::new(),
             holder: None,
@@ -185,6 +186,16 @@ impl EmbeddedCoordinator {
         if e.state.handed_off_at_ms.is_some() {
             return Ok(());
         }
+        if e.state.cancelled_at_ms.is_some() {
+            return Err(CoordError::Conflict {
+                at: format!("backfill {}", lease.id),
+                what: format!(
+                    "it was cancelled; `sluice backfill cancel --id {}` finishes cancelling it",
+                    lease.id
+                ),
+                source: None,
+            });
+        }
         let plan = e.state.plan.clone();
         if e.staged.len() != plan.files as usize {
             return Err(CoordError::Conflict {
@@ -222,6 +233,50 @@ impl EmbeddedCoordinator {
         });
         if let Err(err) = applied.and_then(|()| shared.persist()) {
             (shared.registry, shared.units, shared.backfills) = before;
+            return Err(err);
+        }
+        shared.changed();
+        Ok(())
+    }
+
+    pub(super) fn cancel_backfill_in(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        let e = shared.current(self.session, lease)?;
+        if e.state.handed_off_at_ms.is_some() {
+            return Err(CoordError::Conflict {
+                at: format!("backfill {}", lease.id),
+                what: "it was handed over to the stream already; its parts are the table's now"
+                    .into(),
+                source: None,
+            });
+        }
+        if e.state.cancelled_at_ms.is_none() {
+            e.state.cancelled_at_ms = Some(crate::backfill::now_ms());
+            if let Err(err) = shared.persist() {
+                if let Ok(e) = shared.current(self.session, lease) {
+                    e.state.cancelled_at_ms = None;
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn forget_backfill_in(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        let mut shared = self.lock()?;
+        let e = shared.current(self.session, lease)?;
+        if e.state.cancelled_at_ms.is_none() {
+            return Err(CoordError::Conflict {
+                at: format!("backfill {}", lease.id),
+                what: "only a cancelled backfill is forgotten".into(),
+                source: None,
+            });
+        }
+        let removed = shared.backfills.remove(&lease.id);
+        if let Err(err) = shared.persist() {
+            if let Some(e) = removed {
+                shared.backfills.insert(lease.id.clone(), e);
+            }
             return Err(err);
         }
         shared.changed();

@@ -437,6 +437,14 @@ impl Coordinator for EmbeddedCoordinator {
         self.hand_off_in(lease)
     }
 
+    async fn cancel_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.cancel_backfill_in(lease)
+    }
+
+    async fn forget_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.forget_backfill_in(lease)
+    }
+
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
         Ok(self.lock()?.registry.list_retired(table))
     }

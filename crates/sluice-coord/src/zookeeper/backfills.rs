@@ -55,7 +55,7 @@ impl ZkCoordinator {
         }
     }
 
-    async fn read_state(
+    pub(super) async fn read_state(
         client: &zk::Client,
         path: &str,
     ) -> Result<Option<(BackfillState, i32)>, CoordError> {
@@ -135,6 +135,7 @@ impl ZkCoordinator {
                 plan: plan.clone(),
                 epoch: 0,
                 handed_off_at_ms: None,
+                cancelled_at_ms: None,
             };
             let data = serde_json::to_vec(&state).expect("backfill state serializes");
             let files = format!("{path}/files");

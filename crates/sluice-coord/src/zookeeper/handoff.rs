@@ -1,10 +1,11 @@
-//! A backfill's handoff to the stream in ZooKeeper: one multi-op (see `backfills.rs`).
+//! How a backfill ends in ZooKeeper: its handoff to the stream, one multi-op (see
+//! `backfills.rs`); or its cancellation, marked first and forgotten once its objects are gone.
 
 use zookeeper_client as zk;
 
 use super::nodes::{backend, encode_segment, multi_size, unanswered, MAX_MULTI_BYTES};
 use super::ZkCoordinator;
-use crate::{BackfillLease, CoordError, UnitId};
+use crate::{BackfillLease, BackfillState, CoordError, UnitId};
 
 /// What the handoff multi-op's operations are, in order, to name the one that failed.
 enum Op {
@@ -34,6 +35,9 @@ impl ZkCoordinator {
         }
         if state.handed_off_at_ms.is_some() {
             return Ok(());
+        }
+        if state.cancelled_at_ms.is_some() {
+            return Err(cancelled(&lease.id));
         }
         let plan = state.plan.clone();
         if status.staged.len() != plan.files as usize {
@@ -141,5 +145,125 @@ impl ZkCoordinator {
                 other => Err(backend(&path, other)),
             },
         }
+    }
+
+    /// The backfill's state and its znode's version, iff `lease` is its current lease.
+    async fn leased_state(
+        &self,
+        client: &zk::Client,
+        lease: &BackfillLease,
+    ) -> Result<(BackfillState, i32), CoordError> {
+        let path = self.backfill_path(&lease.id);
+        let lost = || CoordError::BackfillLeaseLost {
+            id: lease.id.clone(),
+            epoch: lease.epoch,
+        };
+        let (state, version) = Self::read_state(client, &path).await?.ok_or_else(lost)?;
+        if state.epoch != lease.epoch {
+            return Err(lost());
+        }
+        Ok((state, version))
+    }
+
+    pub(super) async fn cancel_backfill_of(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let path = self.backfill_path(&lease.id);
+        let (mut state, version) = self.leased_state(&client, lease).await?;
+        if state.handed_off_at_ms.is_some() {
+            return Err(CoordError::Conflict {
+                at: format!("backfill {}", lease.id),
+                what: "it was handed over to the stream already; its parts are the table's now"
+                    .into(),
+                source: None,
+            });
+        }
+        if state.cancelled_at_ms.is_some() {
+            return Ok(());
+        }
+        state.cancelled_at_ms = Some(crate::backfill::now_ms());
+        let data = serde_json::to_vec(&state).expect("backfill state serializes");
+        match client.set_data(&path, &data, Some(version)).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::BadVersion) => Err(CoordError::BackfillLeaseLost {
+                id: lease.id.clone(),
+                epoch: lease.epoch,
+            }),
+            Err(e) if unanswered(&e) => Err(CoordError::Ambiguous {
+                at: format!("backfill {}", lease.id),
+                source: e.into(),
+            }),
+            Err(e) => Err(backend(&path, e)),
+        }
+    }
+
+    pub(super) async fn forget_backfill_of(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        let client = self.client()?;
+        let path = self.backfill_path(&lease.id);
+        let (state, version) = self.leased_state(&client, lease).await?;
+        if state.cancelled_at_ms.is_none() {
+            return Err(CoordError::Conflict {
+                at: format!("backfill {}", lease.id),
+                what: "only a cancelled backfill is forgotten".into(),
+                source: None,
+            });
+        }
+        let files = format!("{path}/files");
+        let mut deletes: Vec<String> = Self::list(&client, &files)
+            .await?
+            .into_iter()
+            .map(|n| format!("{files}/{n}"))
+            .collect();
+        deletes.push(files);
+        deletes.push(format!("{path}/lease"));
+        for &p in state.plan.offsets.keys() {
+            deletes.push(self.handoff_path(&UnitId::new(state.plan.topic.clone(), p)));
+        }
+        let mut multi = client.new_multi_writer();
+        // The version check first: a newer lease (an epoch bump) changed it.
+        multi
+            .add_check_version(&path, version)
+            .map_err(|e| backend(&path, e))?;
+        for node in &deletes {
+            multi.add_delete(node, None).map_err(|e| backend(node, e))?;
+        }
+        multi
+            .add_delete(&path, None)
+            .map_err(|e| backend(&path, e))?;
+        match multi.commit().await {
+            Ok(_) => Ok(()),
+            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => {
+                Err(CoordError::BackfillLeaseLost {
+                    id: lease.id.clone(),
+                    epoch: lease.epoch,
+                })
+            }
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                Err(CoordError::Conflict {
+                    at: format!("backfill {}", lease.id),
+                    what: format!(
+                        "cannot delete {}",
+                        deletes.get(index - 1).map_or(path.as_str(), String::as_str)
+                    ),
+                    source: Some(source.into()),
+                })
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) if unanswered(&source) => {
+                Err(CoordError::Ambiguous {
+                    at: format!("backfill {}", lease.id),
+                    source: source.into(),
+                })
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) => Err(backend(&path, source)),
+        }
+    }
+}
+
+fn cancelled(id: &str) -> CoordError {
+    CoordError::Conflict {
+        at: format!("backfill {id}"),
+        what: format!(
+            "it was cancelled; `sluice backfill cancel --id {id}` finishes cancelling it"
+        ),
+        source: None,
     }
 }

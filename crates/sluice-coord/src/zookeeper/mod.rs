@@ -349,6 +349,14 @@ impl Coordinator for ZkCoordinator {
         self.hand_off_of(lease).await
     }
 
+    async fn cancel_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.cancel_backfill_of(lease).await
+    }
+
+    async fn forget_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError> {
+        self.forget_backfill_of(lease).await
+    }
+
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {
         self.list_retired_of(table).await
     }

@@ -208,3 +208,52 @@ pub(super) async fn a_committed_partition_cannot_be_claimed(c: Box<dyn Coordinat
     }
     c.close().await.or_fail(CASE)
 }
+
+pub(super) async fn a_cancelled_backfill_gives_its_partitions_back(
+    a: Box<dyn Coordinator>,
+    b: Box<dyn Coordinator>,
+) -> Outcome {
+    const CASE: &str = "a_cancelled_backfill_gives_its_partitions_back";
+    let topic = unique("cancelled-backfill");
+    let table = unique("tbl_backfill");
+    let unit = UnitId::new(&topic, 0);
+    let p = plan(&unique("bf"), &topic, &[(0, 9)], 1);
+    a.claim_backfill(&p).await.or_fail(CASE)?;
+    let lease = a.acquire_backfill_lease(&p.id, "bf").await.or_fail(CASE)?;
+    a.stage_backfill_file(&lease, &staged(0, &table, &unit, "c"))
+        .await
+        .or_fail(CASE)?;
+    if a.forget_backfill(&lease).await.is_ok() {
+        return Err(fail(CASE, "a backfill not cancelled was forgotten"));
+    }
+    a.cancel_backfill(&lease).await.or_fail(CASE)?;
+    a.cancel_backfill(&lease).await.or_fail(CASE)?;
+    if a.hand_off(&lease).await.is_ok() {
+        return Err(fail(CASE, "a cancelled backfill handed off"));
+    }
+    if !matches!(
+        b.acquire_lease(&unit, "worker").await,
+        Err(CoordError::HandoffPending { .. })
+    ) {
+        return Err(fail(
+            CASE,
+            "a cancelled backfill's claim ended before it was forgotten",
+        ));
+    }
+    a.forget_backfill(&lease).await.or_fail(CASE)?;
+    if b.read_backfill(&p.id).await.or_fail(CASE)?.is_some() {
+        return Err(fail(CASE, "a forgotten backfill is still recorded"));
+    }
+    let parts = b.list_parts(&table).await.or_fail(CASE)?.len();
+    let offset = b.committed_offset(&unit).await.or_fail(CASE)?;
+    if parts != 0 || offset.is_some() {
+        return Err(fail(
+            CASE,
+            format!("after forgetting: {parts} parts, offset {offset:?}"),
+        ));
+    }
+    let worker = b.acquire_lease(&unit, "worker").await.or_fail(CASE)?;
+    b.release_lease(&worker).await.or_fail(CASE)?;
+    a.close().await.or_fail(CASE)?;
+    b.close().await.or_fail(CASE)
+}

@@ -81,6 +81,7 @@ where
     backfills::a_backfill_claims_partitions_until_its_handoff(open().await?, open().await?).await?;
     backfills::a_zombie_backfill_cannot_stage_or_hand_off(open().await?, open().await?).await?;
     backfills::a_committed_partition_cannot_be_claimed(open().await?).await?;
+    backfills::a_cancelled_backfill_gives_its_partitions_back(open().await?, open().await?).await?;
     Ok(())
 }
 

@@ -40,6 +40,9 @@ pub const EVENTS_TABLE: &str = "events";
 pub struct Produced<'a> {
     pub events: &'a [Event],
     pub located: &'a HashMap<(i32, i64), u64>,
+    /// For events a backfill loaded from snapshot files: (file as the manifest names it, line
+    /// number from 1) -> seq, which is where a backfill's quarantine rows say they came from.
+    pub backfilled: Option<&'a HashMap<(String, i64), u64>>,
 }
 
 impl Produced<'_> {
@@ -178,8 +181,11 @@ async fn check_part(objects: &Objects, table: &str, part: &PartRecord) -> Result
             for i in 0..b.num_rows() {
                 // A chained view's failures have no offset: their input was another view's row.
                 let at = (!offset.is_null(i)).then(|| offset.value(i));
+                // A backfill's quarantine rows name the snapshot file and line instead; the
+                // events' check matches them to what the test wrote there.
+                let from_file = registry::is_backfill(part) && partition.value(i) == -1;
                 ensure!(
-                    registry::covers(part, topic.value(i), partition.value(i), at),
+                    from_file || registry::covers(part, topic.value(i), partition.value(i), at),
                     "quarantine part {} (spans {:?}) holds a row of {}/{} offset {at:?}",
                     part.path,
                     registry::spans(part),
@@ -350,14 +356,31 @@ fn check_quarantined_events(
             .context("raw column")?
             .as_binary::<i32>();
         let view = b.column_by_name("view_name").context("view_name column")?;
+        let topic = b
+            .column_by_name("topic")
+            .context("topic column")?
+            .as_string::<i32>();
         for i in 0..b.num_rows() {
             let at = (partition.value(i), offset.value(i));
-            let seq = *produced.located.get(&at).with_context(|| {
-                format!(
-                    "quarantine row at {}/{} matches no produced event",
-                    at.0, at.1
-                )
-            })?;
+            let seq = if at.0 == -1 {
+                let line = (topic.value(i).to_string(), at.1);
+                *produced
+                    .backfilled
+                    .and_then(|b| b.get(&line))
+                    .with_context(|| {
+                        format!(
+                            "quarantine row from snapshot file {} line {} matches no backfilled event",
+                            line.0, line.1
+                        )
+                    })?
+            } else {
+                *produced.located.get(&at).with_context(|| {
+                    format!(
+                        "quarantine row at {}/{} matches no produced event",
+                        at.0, at.1
+                    )
+                })?
+            };
             let event = by_seq[&seq];
             ensure!(
                 matches!(event.expect, Expect::Quarantine(r) if r == reason.value(i)),

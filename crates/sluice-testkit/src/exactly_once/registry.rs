@@ -100,7 +100,7 @@ pub(super) fn sha256_hex(bytes: &[u8]) -> String {
 /// (topic, partition, first, last) of the offsets a part's rows came from: its flush's range,
 /// or a merged part's spans.
 pub(super) fn spans(part: &PartRecord) -> Vec<(String, i32, i64, i64)> {
-    if part.level == 0 {
+    if part.level == 0 && !is_backfill(part) {
         return vec![(
             part.topic.clone(),
             part.partition,
@@ -112,6 +112,12 @@ pub(super) fn spans(part: &PartRecord) -> Vec<(String, i32, i64, i64)> {
         .iter()
         .map(|s| (s.topic.clone(), s.partition, s.first_offset, s.last_offset))
         .collect()
+}
+
+/// Whether a backfill made the part: level 0, from no one partition, with the spans its
+/// snapshot stands for.
+pub(super) fn is_backfill(part: &PartRecord) -> bool {
+    part.level == 0 && part.partition == -1 && !part.spans.is_empty()
 }
 
 /// Whether a row read from `topic`/`partition` (at `offset`, if it has one) is one the part
@@ -149,7 +155,29 @@ pub(super) fn check_name(table: &str, part: &PartRecord) -> Result<()> {
         "part {} is not under {dir}",
         part.path
     );
-    if part.level == 0 {
+    if is_backfill(part) {
+        // bf.<id>.f<file>.c<chunk>.e<backfill lease epoch>.v<version>.parquet
+        let suffix = format!(
+            ".e{}.v{}.parquet",
+            part.lease_epoch, part.definition_version
+        );
+        let middle = file
+            .strip_prefix("bf.")
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .unwrap_or_default();
+        let mut fields = middle.rsplitn(3, '.');
+        let numbered = |f: Option<&str>, tag: char| {
+            f.and_then(|f| f.strip_prefix(tag))
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        };
+        ensure!(
+            numbered(fields.next(), 'c')
+                && numbered(fields.next(), 'f')
+                && fields.next().is_some_and(|id| !id.is_empty()),
+            "backfilled part {} is not named bf.<id>.f<file>.c<chunk>{suffix}",
+            part.path
+        );
+    } else if part.level == 0 {
         let want = format!(
             "{}-{}-{:020}-{:020}-e{}-v{}.parquet",
             part.topic,

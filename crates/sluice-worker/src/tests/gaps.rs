@@ -73,6 +73,7 @@ async fn a_retention_gap_is_recorded_exactly_and_everything_else_ingested_once()
         Produced {
             events: &events,
             located: &located,
+            backfilled: None,
         },
     )
     .await?;

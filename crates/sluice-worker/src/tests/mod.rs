@@ -192,6 +192,7 @@ url = "file://{data}"
         Produced {
             events: &self.events,
             located: &self.located,
+            backfilled: None,
         }
     }
 

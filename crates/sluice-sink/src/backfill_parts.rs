@@ -1,0 +1,188 @@
+//! A backfill's parts: encoded like a flush's (sorted, split by partition value, the same
+//! Parquet), named after the backfill, the file and the chunk they came from.
+//!
+//! `<table>/data/<value>/bf.<id>.f<file>.c<chunk>.e<epoch>.v<version>.parquet`, and under
+//! `<table>/quarantine/` for events that did not decode. The name is deterministic, so a
+//! resumed backfill rewrites the same object; the backfill lease's epoch in it keeps a zombie's
+//! late upload from overwriting another run's. No flushed or merged part's name parses as one
+//! (they have no `.` before `.parquet`).
+//!
+//! The record's `spans` are the offsets the snapshot stands for (each partition from 0 to the
+//! offset the stream takes over at, exclusive), and its `partition` is -1: the rows came from
+//! files, not from one partition.
+
+use arrow::record_batch::RecordBatch;
+use sluice_config::TableConfig;
+use sluice_coord::{OffsetSpan, PartKind, PartRecord, UnitId};
+use sluice_decode::QuarantineRow;
+
+use crate::parts::{
+    encode, path_segment, quarantine_batch, sort_and_split, EncodedPart, FlushSource,
+};
+use crate::SinkError;
+
+/// Where a chunk of a backfill came from.
+#[derive(Debug, Clone)]
+pub struct BackfillSource {
+    pub id: String,
+    /// The backfill lease's epoch the parts are written under.
+    pub epoch: u64,
+    pub file_index: u32,
+    pub chunk: u32,
+    /// The file as the manifest names it: the `topic` of its quarantine rows, whose `offset`
+    /// is the line number (NDJSON) or the row number (Parquet), counted from 1.
+    pub file: String,
+    pub first_line: i64,
+    pub last_line: i64,
+    /// The offsets the snapshot stands for.
+    pub spans: Vec<OffsetSpan>,
+    /// The topic the table reads.
+    pub topic: String,
+}
+
+/// A backfill part's file name (see the module docs).
+pub fn backfill_file_name(source: &BackfillSource, version: u32) -> String {
+    format!(
+        "bf.{}.f{}.c{}.e{}.v{version}.parquet",
+        source.id, source.file_index, source.chunk, source.epoch
+    )
+}
+
+/// The backfill id and lease epoch in a backfill part's path, if it is one.
+pub fn parse_backfill_name(path: &str) -> Option<(String, u64)> {
+    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let rest = name.strip_prefix("bf.")?;
+    let mut fields = rest.rsplitn(5, '.');
+    let version = fields.next()?.strip_prefix('v')?;
+    let epoch = fields.next()?.strip_prefix('e')?;
+    let chunk = fields.next()?.strip_prefix('c')?;
+    let file = fields.next()?.strip_prefix('f')?;
+    let id = fields.next()?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if id.is_empty() || ![version, epoch, chunk, file].into_iter().all(digits) {
+        return None;
+    }
+    Some((id.to_string(), epoch.parse().ok()?))
+}
+
+/// Builds the parts of one chunk of a backfill for one table, as [`crate::build_parts`] does
+/// for a flush. CPU-bound: run it on a blocking thread.
+pub fn build_backfill_parts(
+    table: &TableConfig,
+    source: &BackfillSource,
+    batch: &RecordBatch,
+    quarantine: &[QuarantineRow],
+) -> Result<Vec<EncodedPart>, SinkError> {
+    // What the encoder records in each part's metadata, and the quarantine rows' origin.
+    let flush = FlushSource {
+        unit: UnitId::new(source.file.clone(), -1),
+        first_offset: source.first_line,
+        last_offset: source.last_line,
+        lease_epoch: source.epoch,
+    };
+    let file = backfill_file_name(source, table.version);
+    let mut out = Vec::new();
+    if batch.num_rows() > 0 {
+        for (value, slice) in sort_and_split(table, &flush, batch)? {
+            let path = format!("{}/data/{}/{file}", table.name, path_segment(&value));
+            let bytes = encode(table, &flush, &value, &slice, &path, true)?;
+            let record = record(
+                table,
+                source,
+                PartKind::Data,
+                value,
+                path,
+                slice.num_rows(),
+                &bytes,
+            );
+            out.push(EncodedPart { record, bytes });
+        }
+    }
+    if !quarantine.is_empty() {
+        let batch = quarantine_batch(&flush.unit, quarantine).map_err(|e| SinkError::Encode {
+            table: table.name.clone(),
+            path: "quarantine".into(),
+            source: e.into(),
+        })?;
+        let path = format!("{}/quarantine/{file}", table.name);
+        let bytes = encode(table, &flush, "", &batch, &path, false)?;
+        let record = record(
+            table,
+            source,
+            PartKind::Quarantine,
+            String::new(),
+            path,
+            batch.num_rows(),
+            &bytes,
+        );
+        out.push(EncodedPart { record, bytes });
+    }
+    Ok(out)
+}
+
+fn record(
+    table: &TableConfig,
+    source: &BackfillSource,
+    kind: PartKind,
+    partition_value: String,
+    path: String,
+    rows: usize,
+    object: &[u8],
+) -> PartRecord {
+    let now = chrono::Utc::now().timestamp_millis();
+    PartRecord {
+        table: table.name.clone(),
+        kind,
+        partition_value,
+        path,
+        rows: rows as u64,
+        bytes: object.len() as u64,
+        topic: source.topic.clone(),
+        partition: -1,
+        first_offset: -1,
+        last_offset: -1,
+        definition_version: table.version,
+        lease_epoch: source.epoch,
+        created_at_ms: now,
+        spans: source.spans.clone(),
+        checksum: crate::sha256_hex(object),
+        flushed_at_ms: now,
+        ..PartRecord::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backfill_names_parse_back_and_no_flushed_or_merged_name_does() {
+        let source = BackfillSource {
+            id: "events-2026.11".into(),
+            epoch: 3,
+            file_index: 12,
+            chunk: 4,
+            file: "a.ndjson".into(),
+            first_line: 1,
+            last_line: 9,
+            spans: Vec::new(),
+            topic: "t".into(),
+        };
+        let name = backfill_file_name(&source, 2);
+        assert_eq!(name, "bf.events-2026.11.f12.c4.e3.v2.parquet");
+        assert_eq!(
+            parse_backfill_name(&format!("events/data/2026-11-20/{name}")),
+            Some(("events-2026.11".to_string(), 3))
+        );
+        for other in [
+            "events/data/x/topic-1-00000000000000000001-00000000000000000009-e1-v1.parquet",
+            "events/data/x/m1-0123456789abcdef-e2-v1.parquet",
+            "events/data/x/bf..f1.c1.e1.v1.parquet",
+            "events/data/x/bf.id.f1.c.e1.v1.parquet",
+        ] {
+            assert_eq!(parse_backfill_name(other), None, "{other}");
+        }
+        assert_eq!(crate::parse_part_name(&name), None);
+        assert_eq!(crate::parse_merged_name(&name), None);
+    }
+}
