@@ -277,7 +277,7 @@ async fn a_cancelled_backfill_leaves_nothing_and_the_stream_takes_everything() -
     let id = status["id"].as_str().unwrap_or_default().to_string();
     // Its state says running until the killed process's session expires; the cancel waits.
     ensure!(
-        status["files_staged"] == 1 && status["handed_off_at_ms"].is_null(),
+        status["files_done"] == 1 && status["handed_off_at_ms"].is_null(),
         "after the kill: {status}"
     );
     let cancelled = d.sluice(&["backfill", "cancel", "--id", &id]).await?;

@@ -107,3 +107,22 @@ pub enum BackfillError {
         missing: i64,
     },
 }
+
+impl BackfillError {
+    /// Whether running the backfill again may well succeed: ZooKeeper or storage failed (a
+    /// session that expired in an outage, a lost reply, an unreachable server), not a refusal.
+    pub fn is_transient(&self) -> bool {
+        use sluice_coord::CoordError as C;
+        match self {
+            BackfillError::Coordination { source, .. } => matches!(
+                **source,
+                C::SessionEnded { .. }
+                    | C::Unreachable { .. }
+                    | C::Backend { .. }
+                    | C::Ambiguous { .. }
+            ),
+            BackfillError::Storage { .. } => true,
+            _ => false,
+        }
+    }
+}

@@ -20,6 +20,8 @@ pub struct Progress {
     rows: AtomicU64,
     /// Bytes already done when this run started (files staged by an earlier run).
     resumed_bytes: u64,
+    /// Whether the bar is drawn (stderr is a terminal); otherwise each file is logged.
+    drawn: bool,
 }
 
 impl Progress {
@@ -32,12 +34,18 @@ impl Progress {
             bytes_done: AtomicU64::new(resumed_bytes),
             rows: AtomicU64::new(0),
             resumed_bytes,
+            drawn: std::io::stderr().is_terminal(),
         }
     }
 
     pub fn add(&self, bytes: u64, rows: u64) {
         self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
         self.rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Whether the bar shows progress, so that a log line per file would only garble it.
+    pub fn drawn(&self) -> bool {
+        self.drawn
     }
 
     pub fn file_done(&self) {
@@ -80,7 +88,7 @@ impl Progress {
     ) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            if !std::io::stderr().is_terminal() {
+            if !me.drawn {
                 let _ = stop.await;
                 return;
             }

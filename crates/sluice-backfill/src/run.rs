@@ -244,7 +244,9 @@ impl Run {
             .await
             .map_err(coord_err("staging a file's parts"))?;
         progress.file_done();
-        tracing::info!(backfill = %self.plan.id, file = %label, index, rows = file.rows, quarantined = file.quarantined, parts = file.parts.len(), secs = started.elapsed().as_secs_f64(), "staged a file");
+        if !progress.drawn() {
+            tracing::info!(backfill = %self.plan.id, file = %label, index, rows = file.rows, quarantined = file.quarantined, parts = file.parts.len(), secs = started.elapsed().as_secs_f64(), "staged a file");
+        }
         self.failpoints.hit("backfill_after_file");
         Ok(file)
     }

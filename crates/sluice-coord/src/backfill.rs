@@ -44,6 +44,14 @@ pub struct BackfillState {
     /// When the handoff committed; `None` while the backfill runs.
     #[serde(default)]
     pub handed_off_at_ms: Option<i64>,
+    /// What the handoff registered, over every file: rows of the table, events quarantined,
+    /// parts (views' included). Zero until then: the staged files say it meanwhile.
+    #[serde(default)]
+    pub rows: u64,
+    #[serde(default)]
+    pub quarantined: u64,
+    #[serde(default)]
+    pub parts: u64,
     /// When it was cancelled: it can no longer hand off, and is forgotten once its objects are
     /// deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +68,18 @@ pub struct StagedFile {
     pub rows: u64,
     pub quarantined: u64,
     pub bytes_read: u64,
+}
+
+impl BackfillState {
+    /// Records the handoff's time and what the staged files hold.
+    pub(crate) fn handed_off<'a>(&mut self, files: impl IntoIterator<Item = &'a StagedFile>) {
+        self.handed_off_at_ms = Some(now_ms());
+        for f in files {
+            self.rows += f.rows;
+            self.quarantined += f.quarantined;
+            self.parts += f.parts.len() as u64;
+        }
+    }
 }
 
 /// A backfill with what it staged so far and who runs it.

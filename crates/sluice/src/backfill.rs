@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_backfill::{parquet_columns, plan, FileFormat, Report, Run, Snapshot};
@@ -128,13 +129,31 @@ async fn verified(config: &Config, args: &CheckArgs) -> Result<(Snapshot, String
     Ok((snapshot, id))
 }
 
+/// The longest wait before a backfill stopped by an outage resumes.
+const RESUME_MAX_WAIT: Duration = Duration::from_secs(30);
+
 async fn run(args: RunArgs) -> Result<()> {
     let config = Arc::new(load(&args.snapshot.config)?);
     let (snapshot, id) = verified(&config, &args.snapshot).await?;
-    let coord = open_coordinator(&config.coordination).await?;
-    let outcome = run_with(&config, snapshot, &id, &args, Arc::clone(&coord)).await;
-    coord.close().await?;
-    let report = outcome?;
+    let views = sluice_transform::Views::compile(&config).await?;
+    let fixed = Fixed {
+        views: (!views.is_empty()).then(|| Arc::new(views)),
+        storage: sluice_sink::Storage::open(&config.storage)?,
+        failpoints: Failpoints::parse(std::env::var("SLUICE_FAILPOINT").ok().as_deref())?,
+    };
+    // A backfill resumes where it stopped, so an outage of ZooKeeper or storage is waited out
+    // by running it again, as a worker rejoins.
+    let mut wait = Duration::from_secs(1);
+    let report = loop {
+        match attempt(&config, &snapshot, &id, &args, &fixed).await {
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(backfill = %id, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "the backfill stopped on an outage; resuming it once ZooKeeper and storage answer (nothing of it is visible meanwhile)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RESUME_MAX_WAIT);
+            }
+            other => break other?,
+        }
+    };
     if report.already_handed_off {
         println!("backfill `{id}` was handed over to the stream already; nothing to do");
         return Ok(());
@@ -159,11 +178,51 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_with(
+/// What every attempt of a run shares.
+struct Fixed {
+    views: Option<Arc<sluice_transform::Views>>,
+    storage: sluice_sink::Storage,
+    failpoints: Failpoints,
+}
+
+/// Whether an attempt stopped on an outage (ZooKeeper or storage), not a refusal.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<sluice_backfill::BackfillError>()
+            .is_some_and(sluice_backfill::BackfillError::is_transient)
+            || cause.downcast_ref::<CoordError>().is_some_and(|c| {
+                matches!(
+                    c,
+                    CoordError::SessionEnded { .. }
+                        | CoordError::Unreachable { .. }
+                        | CoordError::Backend { .. }
+                        | CoordError::Ambiguous { .. }
+                )
+            })
+    })
+}
+
+/// One attempt: a session of its own, the plan (the recorded one on a resume), the run.
+async fn attempt(
     config: &Arc<Config>,
-    snapshot: Snapshot,
+    snapshot: &Snapshot,
     id: &str,
     args: &RunArgs,
+    fixed: &Fixed,
+) -> Result<Report> {
+    let coord = open_coordinator(&config.coordination).await?;
+    let outcome = plan_and_run(config, snapshot, id, args, fixed, Arc::clone(&coord)).await;
+    let _ = coord.close().await;
+    outcome
+}
+
+async fn plan_and_run(
+    config: &Arc<Config>,
+    snapshot: &Snapshot,
+    id: &str,
+    args: &RunArgs,
+    fixed: &Fixed,
     coord: Arc<dyn Coordinator>,
 ) -> Result<Report> {
     // A resume hands over what was claimed, whatever the topic's retention did since.
@@ -179,18 +238,17 @@ async fn run_with(
                 .and_then(|t| t.topic.clone())
                 .unwrap_or_default();
             let retained = retained(config, &topic).await?;
-            plan(&snapshot, config, id, &retained, args.snapshot.accept_gap, now_ms())?
+            plan(snapshot, config, id, &retained, args.snapshot.accept_gap, now_ms())?
         }
     };
-    let views = sluice_transform::Views::compile(config).await?;
     let run = Run {
         config: Arc::clone(config),
-        snapshot,
+        snapshot: snapshot.clone(),
         plan,
         coord,
-        storage: sluice_sink::Storage::open(&config.storage)?,
-        views: (!views.is_empty()).then(|| Arc::new(views)),
-        failpoints: Failpoints::parse(std::env::var("SLUICE_FAILPOINT").ok().as_deref())?,
+        storage: fixed.storage.clone(),
+        views: fixed.views.clone(),
+        failpoints: fixed.failpoints.clone(),
         holder: format!(
             "backfill@{}:{}",
             sluice_worker::hostname(),
@@ -338,8 +396,8 @@ async fn status(args: StatusArgs) -> Result<()> {
                 "state": state_of(b),
                 "holder": b.holder,
                 "files": b.state.plan.files,
-                "files_staged": b.staged.len(),
-                "rows_staged": b.staged.values().map(|f| f.rows).sum::<u64>(),
+                "files_done": files_done(b),
+                "rows": rows_of(b),
                 "offsets": b.state.plan.offsets,
                 "accepted_gaps": b.state.plan.accepted_gaps,
                 "handed_off_at_ms": b.state.handed_off_at_ms,
@@ -352,7 +410,7 @@ async fn status(args: StatusArgs) -> Result<()> {
     }
     println!(
         "{:<32} {:<16} {:<24} {:>11} {:>12}  handoff offsets",
-        "backfill", "table", "state", "files", "rows staged"
+        "backfill", "table", "state", "files", "rows"
     );
     for b in &backfills {
         let plan = &b.state.plan;
@@ -366,12 +424,30 @@ async fn status(args: StatusArgs) -> Result<()> {
             plan.id,
             plan.table,
             state_of(b),
-            format!("{}/{}", b.staged.len(), plan.files),
-            b.staged.values().map(|f| f.rows).sum::<u64>(),
+            format!("{}/{}", files_done(b), plan.files),
+            rows_of(b),
             offsets.join(" ")
         );
     }
     Ok(())
+}
+
+/// Files staged, or all of them once handed off (the handoff deletes the staged records).
+fn files_done(b: &BackfillStatus) -> u64 {
+    if b.state.handed_off_at_ms.is_some() {
+        u64::from(b.state.plan.files)
+    } else {
+        b.staged.len() as u64
+    }
+}
+
+/// Rows of the table staged so far, or registered by the handoff.
+fn rows_of(b: &BackfillStatus) -> u64 {
+    if b.state.handed_off_at_ms.is_some() {
+        b.state.rows
+    } else {
+        b.staged.values().map(|f| f.rows).sum()
+    }
 }
 
 fn state_of(b: &BackfillStatus) -> String {

@@ -94,6 +94,9 @@ impl EmbeddedCoordinator {
                 epoch: 0,
                 handed_off_at_ms: None,
                 cancelled_at_ms: None,
+                rows: 0,
+                quarantined: 0,
+                parts: 0,
             },
             staged: BTreeMap::new(),
             holder: None,
@@ -227,8 +230,8 @@ impl EmbeddedCoordinator {
                 shared.units.entry(unit).or_default().next_offset = Some(next);
             }
             if let Some(e) = shared.backfills.get_mut(&plan.id) {
-                e.staged.clear();
-                e.state.handed_off_at_ms = Some(crate::backfill::now_ms());
+                let staged = std::mem::take(&mut e.staged);
+                e.state.handed_off(staged.values());
             }
         });
         if let Err(err) = applied.and_then(|()| shared.persist()) {

@@ -136,6 +136,9 @@ impl ZkCoordinator {
                 epoch: 0,
                 handed_off_at_ms: None,
                 cancelled_at_ms: None,
+                rows: 0,
+                quarantined: 0,
+                parts: 0,
             };
             let data = serde_json::to_vec(&state).expect("backfill state serializes");
             let files = format!("{path}/files");

@@ -53,7 +53,7 @@ impl ZkCoordinator {
         }
         let versions = self.empty_offsets(&client, &plan).await?;
         let path = self.backfill_path(&lease.id);
-        state.handed_off_at_ms = Some(crate::backfill::now_ms());
+        state.handed_off(status.staged.values());
         let state_bytes = serde_json::to_vec(&state).expect("backfill state serializes");
 
         let mut ops: Vec<(Op, String, Vec<u8>)> = vec![(Op::State, path.clone(), state_bytes)];

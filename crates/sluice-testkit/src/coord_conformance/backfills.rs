@@ -113,10 +113,19 @@ pub(super) async fn a_backfill_claims_partitions_until_its_handoff(
         ));
     }
     let done = b.read_backfill(&p.id).await.or_fail(CASE)?;
-    if done.is_none_or(|d| d.state.handed_off_at_ms.is_none() || !d.staged.is_empty()) {
+    let recorded = done.map(|d| {
+        let s = d.state;
+        (
+            s.handed_off_at_ms.is_some(),
+            d.staged.len(),
+            s.rows,
+            s.parts,
+        )
+    });
+    if recorded != Some((true, 0, 10, 2)) {
         return Err(fail(
             CASE,
-            "the handoff is not recorded, or staged files remain",
+            format!("after the handoff (handed off, staged files, rows, parts): {recorded:?}"),
         ));
     }
     let worker = b.acquire_lease(&u0, "worker").await.or_fail(CASE)?;
