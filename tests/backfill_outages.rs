@@ -15,7 +15,8 @@ const LIMIT: Duration = Duration::from_secs(180);
 /// How long ZooKeeper stays down: past the 4 s session timeout of the test config.
 const OUTAGE: Duration = Duration::from_secs(8);
 
-/// `sluice backfill run` as process `id`, logging under the deployment's `logs/`.
+/// `sluice backfill run` as process `id`, one file at a time, logging under the deployment's
+/// `logs/`.
 fn spawn_backfill(
     d: &Prepared,
     s: &SnapshotFiles,
@@ -24,17 +25,7 @@ fn spawn_backfill(
 ) -> Result<Worker> {
     let logs = d.dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
-    let args = [
-        "backfill",
-        "run",
-        "--snapshot",
-        s.manifest_arg(),
-        "--config",
-        d.config_arg(),
-        "--parallel-files",
-        "1",
-    ];
-    Worker::spawn_args(&args, id, env, &logs)
+    Worker::spawn_args(&s.run_args(d, &["--parallel-files", "1"]), id, env, &logs)
 }
 
 /// Waits until the running process's log says `what`.
@@ -74,16 +65,7 @@ async fn a_storage_outage_during_a_backfill_is_waited_out() -> Result<()> {
     // Frozen after its first upload; storage goes before the next one.
     let point = [("SLUICE_FAILPOINT", "backfill_after_upload:1:stop")];
     let mut p = spawn_backfill(&d, &s, "backfill", &point)?;
-    wait_until(
-        LIMIT,
-        Duration::from_millis(50),
-        "the backfill to stop itself",
-        || {
-            let stopped = p.is_stopped();
-            async move { Ok(stopped) }
-        },
-    )
-    .await?;
+    p.wait_stopped(LIMIT).await?;
     // A plain file where the `file://` storage directory was: nothing can be written under it.
     let (data, aside) = (d.dir.path().join("data"), d.dir.path().join("data-aside"));
     std::fs::rename(&data, &aside)?;
@@ -127,16 +109,7 @@ async fn zookeeper_down_longer_than_the_session_during_a_backfill_is_waited_out(
         "backfill",
         &[("SLUICE_FAILPOINT", "backfill_after_file:1:stop")],
     )?;
-    wait_until(
-        LIMIT,
-        Duration::from_millis(50),
-        "the backfill to stop itself",
-        || {
-            let stopped = p.is_stopped();
-            async move { Ok(stopped) }
-        },
-    )
-    .await?;
+    p.wait_stopped(LIMIT).await?;
     let stopped = std::time::Instant::now();
     zk.stop().await?;
     p.signal("CONT")?;

@@ -7,7 +7,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use sluice_coord::{assignment, Member, UnitId};
 
 use crate::{load_config, prepare_on, sluice_bin, wait_until, Prepared, Stack, StorageKind};
@@ -53,23 +53,16 @@ pub fn spawn(d: &Prepared, id: &str) -> Result<Worker> {
 /// Starts a worker of the deployment armed with `failpoint` (`<point>:<n>:stop`), and waits
 /// until it has stopped itself there.
 pub async fn spawn_frozen(d: &Prepared, id: &str, failpoint: &str) -> Result<Worker> {
-    let worker = Worker::spawn(
+    let mut worker = Worker::spawn(
         &d.config,
         id,
         &[("SLUICE_FAILPOINT", failpoint)],
         &d.dir.path().join("logs"),
     )?;
-    wait_until(
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        &format!("{id} to stop itself at {failpoint}"),
-        || {
-            let stopped = worker.is_stopped();
-            async move { Ok(stopped) }
-        },
-    )
-    .await
-    .with_context(|| tail(&worker.log_text(), 4000))?;
+    worker
+        .wait_stopped(Duration::from_secs(60))
+        .await
+        .with_context(|| format!("{id} at {failpoint}"))?;
     Ok(worker)
 }
 
@@ -151,6 +144,27 @@ impl Worker {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the process has stopped itself (a failpoint's `stop`), at most `limit`;
+    /// fails at once if it exits instead.
+    pub async fn wait_stopped(&mut self, limit: Duration) -> Result<()> {
+        let id = self.id.clone();
+        wait_until(
+            limit,
+            Duration::from_millis(50),
+            &format!("{id} to stop itself"),
+            || {
+                let (stopped, running, log) =
+                    (self.is_stopped(), self.is_running(), self.log_text());
+                let id = self.id.clone();
+                async move {
+                    ensure!(running, "{id} exited instead:\n{}", tail(&log, 4000));
+                    Ok(stopped)
+                }
+            },
+        )
+        .await
     }
 
     /// Whether the process has not exited (a stopped one counts as running).

@@ -38,6 +38,20 @@ impl SnapshotFiles {
     pub fn manifest_arg(&self) -> &str {
         self.manifest.to_str().expect("temp paths are UTF-8")
     }
+
+    /// `backfill run` of this snapshot into deployment `d`, then `more`: `sluice`'s arguments.
+    pub fn run_args<'a>(&'a self, d: &'a Prepared, more: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "backfill",
+            "run",
+            "--snapshot",
+            self.manifest_arg(),
+            "--config",
+            d.config_arg(),
+        ];
+        args.extend(more);
+        args
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Gap, PartRecord};
+use crate::{CoordError, Gap, PartRecord};
 
 /// What a backfill will hand over, fixed when it is claimed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +71,19 @@ pub struct StagedFile {
 }
 
 impl BackfillState {
+    /// A backfill as its claim records it.
+    pub(crate) fn claimed(plan: &BackfillPlan) -> BackfillState {
+        BackfillState {
+            plan: plan.clone(),
+            epoch: 0,
+            handed_off_at_ms: None,
+            cancelled_at_ms: None,
+            rows: 0,
+            quarantined: 0,
+            parts: 0,
+        }
+    }
+
     /// Records the handoff's time and what the staged files hold.
     pub(crate) fn handed_off<'a>(&mut self, files: impl IntoIterator<Item = &'a StagedFile>) {
         self.handed_off_at_ms = Some(now_ms());
@@ -108,4 +121,66 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a claim finds under an id already claimed: the same plan is a resume.
+pub(crate) fn reclaim(recorded: &BackfillPlan, plan: &BackfillPlan) -> Result<(), CoordError> {
+    if recorded == plan {
+        return Ok(());
+    }
+    Err(refused(
+        &plan.id,
+        "a backfill of another plan (snapshot, table or offsets) has this id; resume it with its own snapshot or choose another id".into(),
+    ))
+}
+
+/// Why a handoff cannot happen yet, or at all, if it cannot.
+pub(crate) fn check_handoff(state: &BackfillState, staged: usize) -> Result<(), CoordError> {
+    let id = &state.plan.id;
+    if state.cancelled_at_ms.is_some() {
+        return Err(refused(
+            id,
+            format!("it was cancelled; `sluice backfill cancel --id {id}` finishes cancelling it"),
+        ));
+    }
+    if staged != state.plan.files as usize {
+        return Err(refused(
+            id,
+            format!(
+                "{staged} of the snapshot's {} files are staged; the handoff waits for all",
+                state.plan.files
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a backfill cannot be cancelled: it was handed off already.
+pub(crate) fn check_cancel(state: &BackfillState) -> Result<(), CoordError> {
+    if state.handed_off_at_ms.is_some() {
+        return Err(refused(
+            &state.plan.id,
+            "it was handed over to the stream already; its parts are the table's now".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a backfill cannot be forgotten: it was not cancelled.
+pub(crate) fn check_forget(state: &BackfillState) -> Result<(), CoordError> {
+    if state.cancelled_at_ms.is_none() {
+        return Err(refused(
+            &state.plan.id,
+            "only a cancelled backfill is forgotten".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn refused(id: &str, what: String) -> CoordError {
+    CoordError::Conflict {
+        at: format!("backfill {id}"),
+        what,
+        source: None,
+    }
 }

@@ -17,7 +17,7 @@ use sluice_coord::{OffsetSpan, PartKind, PartRecord, UnitId};
 use sluice_decode::QuarantineRow;
 
 use crate::parts::{
-    encode, path_segment, quarantine_batch, sort_and_split, EncodedPart, FlushSource,
+    encode, path_segment, quarantine_batch, record, sort_and_split, EncodedPart, FlushSource,
 };
 use crate::SinkError;
 
@@ -86,15 +86,9 @@ pub fn build_backfill_parts(
         for (value, slice) in sort_and_split(table, &flush, batch)? {
             let path = format!("{}/data/{}/{file}", table.name, path_segment(&value));
             let bytes = encode(table, &flush, &value, &slice, &path, true)?;
-            let record = record(
-                table,
-                source,
-                PartKind::Data,
-                value,
-                path,
-                slice.num_rows(),
-                &bytes,
-            );
+            let rows = slice.num_rows();
+            let flushed = record(table, &flush, PartKind::Data, value, path, rows, &bytes);
+            let record = backfilled(flushed, source);
             out.push(EncodedPart { record, bytes });
         }
     }
@@ -106,48 +100,31 @@ pub fn build_backfill_parts(
         })?;
         let path = format!("{}/quarantine/{file}", table.name);
         let bytes = encode(table, &flush, "", &batch, &path, false)?;
-        let record = record(
+        let rows = batch.num_rows();
+        let flushed = record(
             table,
-            source,
+            &flush,
             PartKind::Quarantine,
             String::new(),
             path,
-            batch.num_rows(),
+            rows,
             &bytes,
         );
+        let record = backfilled(flushed, source);
         out.push(EncodedPart { record, bytes });
     }
     Ok(out)
 }
 
-fn record(
-    table: &TableConfig,
-    source: &BackfillSource,
-    kind: PartKind,
-    partition_value: String,
-    path: String,
-    rows: usize,
-    object: &[u8],
-) -> PartRecord {
-    let now = chrono::Utc::now().timestamp_millis();
+/// A flush's record of the part made a backfill's: the table's topic, no one partition or
+/// offset range, the snapshot's spans.
+fn backfilled(flushed: PartRecord, source: &BackfillSource) -> PartRecord {
     PartRecord {
-        table: table.name.clone(),
-        kind,
-        partition_value,
-        path,
-        rows: rows as u64,
-        bytes: object.len() as u64,
         topic: source.topic.clone(),
-        partition: -1,
         first_offset: -1,
         last_offset: -1,
-        definition_version: table.version,
-        lease_epoch: source.epoch,
-        created_at_ms: now,
         spans: source.spans.clone(),
-        checksum: crate::sha256_hex(object),
-        flushed_at_ms: now,
-        ..PartRecord::default()
+        ..flushed
     }
 }
 

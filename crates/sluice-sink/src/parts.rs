@@ -161,7 +161,7 @@ pub fn build_parts(
     Ok(out)
 }
 
-fn record(
+pub(crate) fn record(
     table: &TableConfig,
     source: &FlushSource,
     kind: PartKind,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{EmbeddedCoordinator, Shared};
+use crate::backfill;
 use crate::{
     BackfillLease, BackfillPlan, BackfillState, BackfillStatus, CoordError, StagedFile, UnitId,
 };
@@ -65,15 +66,7 @@ impl EmbeddedCoordinator {
     pub(super) fn claim_backfill_in(&self, plan: &BackfillPlan) -> Result<(), CoordError> {
         let mut shared = self.lock()?;
         if let Some(e) = shared.backfills.get(&plan.id) {
-            return if e.state.plan == *plan {
-                Ok(())
-            } else {
-                Err(CoordError::Conflict {
-                    at: format!("backfill {}", plan.id),
-                    what: "a backfill of another plan (snapshot, table or offsets) has this id; resume it with its own snapshot or choose another id".into(),
-                    source: None,
-                })
-            };
+            return backfill::reclaim(&e.state.plan, plan);
         }
         for &p in plan.offsets.keys() {
             let unit = UnitId::new(plan.topic.clone(), p);
@@ -89,15 +82,7 @@ impl EmbeddedCoordinator {
             }
         }
         let entry = Entry {
-            state: BackfillState {
-                plan: plan.clone(),
-                epoch: 0,
-                handed_off_at_ms: None,
-                cancelled_at_ms: None,
-                rows: 0,
-                quarantined: 0,
-                parts: 0,
-            },
+            state: BackfillState::claimed(plan),
             staged: BTreeMap::new(),
             holder: None,
         };
@@ -189,28 +174,8 @@ impl EmbeddedCoordinator {
         if e.state.handed_off_at_ms.is_some() {
             return Ok(());
         }
-        if e.state.cancelled_at_ms.is_some() {
-            return Err(CoordError::Conflict {
-                at: format!("backfill {}", lease.id),
-                what: format!(
-                    "it was cancelled; `sluice backfill cancel --id {}` finishes cancelling it",
-                    lease.id
-                ),
-                source: None,
-            });
-        }
+        backfill::check_handoff(&e.state, e.staged.len())?;
         let plan = e.state.plan.clone();
-        if e.staged.len() != plan.files as usize {
-            return Err(CoordError::Conflict {
-                at: format!("backfill {}", plan.id),
-                what: format!(
-                    "{} of the snapshot's {} files are staged; the handoff waits for all",
-                    e.staged.len(),
-                    plan.files
-                ),
-                source: None,
-            });
-        }
         let parts: Vec<_> = e.staged.values().flat_map(|f| f.parts.clone()).collect();
         for &p in plan.offsets.keys() {
             let unit = UnitId::new(plan.topic.clone(), p);
@@ -245,14 +210,7 @@ impl EmbeddedCoordinator {
     pub(super) fn cancel_backfill_in(&self, lease: &BackfillLease) -> Result<(), CoordError> {
         let mut shared = self.lock()?;
         let e = shared.current(self.session, lease)?;
-        if e.state.handed_off_at_ms.is_some() {
-            return Err(CoordError::Conflict {
-                at: format!("backfill {}", lease.id),
-                what: "it was handed over to the stream already; its parts are the table's now"
-                    .into(),
-                source: None,
-            });
-        }
+        backfill::check_cancel(&e.state)?;
         if e.state.cancelled_at_ms.is_none() {
             e.state.cancelled_at_ms = Some(crate::backfill::now_ms());
             if let Err(err) = shared.persist() {
@@ -268,13 +226,7 @@ impl EmbeddedCoordinator {
     pub(super) fn forget_backfill_in(&self, lease: &BackfillLease) -> Result<(), CoordError> {
         let mut shared = self.lock()?;
         let e = shared.current(self.session, lease)?;
-        if e.state.cancelled_at_ms.is_none() {
-            return Err(CoordError::Conflict {
-                at: format!("backfill {}", lease.id),
-                what: "only a cancelled backfill is forgotten".into(),
-                source: None,
-            });
-        }
+        backfill::check_forget(&e.state)?;
         let removed = shared.backfills.remove(&lease.id);
         if let Err(err) = shared.persist() {
             if let Some(e) = removed {

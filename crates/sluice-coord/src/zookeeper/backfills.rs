@@ -99,15 +99,7 @@ impl ZkCoordinator {
         let mut patience = Patience::new();
         loop {
             if let Some((state, _)) = Self::read_state(&client, &path).await? {
-                return if state.plan == *plan {
-                    Ok(())
-                } else {
-                    Err(CoordError::Conflict {
-                        at: format!("backfill {}", plan.id),
-                        what: "a backfill of another plan (snapshot, table or offsets) has this id; resume it with its own snapshot or choose another id".into(),
-                        source: None,
-                    })
-                };
+                return crate::backfill::reclaim(&state.plan, plan);
             }
             for &p in plan.offsets.keys() {
                 let unit = UnitId::new(plan.topic.clone(), p);
@@ -131,15 +123,7 @@ impl ZkCoordinator {
                 }
             }
             let versions = self.empty_offsets(&client, plan).await?;
-            let state = BackfillState {
-                plan: plan.clone(),
-                epoch: 0,
-                handed_off_at_ms: None,
-                cancelled_at_ms: None,
-                rows: 0,
-                quarantined: 0,
-                parts: 0,
-            };
+            let state = BackfillState::claimed(plan);
             let data = serde_json::to_vec(&state).expect("backfill state serializes");
             let files = format!("{path}/files");
             let mut multi = client.new_multi_writer();

@@ -36,21 +36,8 @@ impl ZkCoordinator {
         if state.handed_off_at_ms.is_some() {
             return Ok(());
         }
-        if state.cancelled_at_ms.is_some() {
-            return Err(cancelled(&lease.id));
-        }
+        crate::backfill::check_handoff(&state, status.staged.len())?;
         let plan = state.plan.clone();
-        if status.staged.len() != plan.files as usize {
-            return Err(CoordError::Conflict {
-                at,
-                what: format!(
-                    "{} of the snapshot's {} files are staged; the handoff waits for all",
-                    status.staged.len(),
-                    plan.files
-                ),
-                source: None,
-            });
-        }
         let versions = self.empty_offsets(&client, &plan).await?;
         let path = self.backfill_path(&lease.id);
         state.handed_off(status.staged.values());
@@ -169,14 +156,7 @@ impl ZkCoordinator {
         let client = self.client()?;
         let path = self.backfill_path(&lease.id);
         let (mut state, version) = self.leased_state(&client, lease).await?;
-        if state.handed_off_at_ms.is_some() {
-            return Err(CoordError::Conflict {
-                at: format!("backfill {}", lease.id),
-                what: "it was handed over to the stream already; its parts are the table's now"
-                    .into(),
-                source: None,
-            });
-        }
+        crate::backfill::check_cancel(&state)?;
         if state.cancelled_at_ms.is_some() {
             return Ok(());
         }
@@ -200,13 +180,7 @@ impl ZkCoordinator {
         let client = self.client()?;
         let path = self.backfill_path(&lease.id);
         let (state, version) = self.leased_state(&client, lease).await?;
-        if state.cancelled_at_ms.is_none() {
-            return Err(CoordError::Conflict {
-                at: format!("backfill {}", lease.id),
-                what: "only a cancelled backfill is forgotten".into(),
-                source: None,
-            });
-        }
+        crate::backfill::check_forget(&state)?;
         let files = format!("{path}/files");
         let mut deletes: Vec<String> = Self::list(&client, &files)
             .await?
@@ -255,15 +229,5 @@ impl ZkCoordinator {
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => Err(backend(&path, source)),
         }
-    }
-}
-
-fn cancelled(id: &str) -> CoordError {
-    CoordError::Conflict {
-        at: format!("backfill {id}"),
-        what: format!(
-            "it was cancelled; `sluice backfill cancel --id {id}` finishes cancelling it"
-        ),
-        source: None,
     }
 }
