@@ -200,3 +200,35 @@ async fn backfill_check_refuses_a_changed_file_and_a_committed_partition() -> Re
     );
     Ok(())
 }
+
+/// `sluice run --stop-at-end` does not wait forever for a partition a backfill claims: after
+/// `worker.lease_wait_ms` it exits 1, naming the backfill and how to finish or cancel it.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_at_end_names_the_backfill_that_holds_a_partition() -> Result<()> {
+    let d = deployment("bf-stop-at-end", 2, 100, 50).await?;
+    d.edit_config(|t| t.replace("lease_wait_ms = 30000", "lease_wait_ms = 5000"))?;
+    let plan = BackfillPlan {
+        id: "unfinished".into(),
+        table: "events".into(),
+        topic: d.topic.clone(),
+        offsets: d.ends().into_iter().map(|(p, _)| (p, 0)).collect(),
+        snapshot_sha256: "00".repeat(32),
+        files: 1,
+        accepted_gaps: Vec::new(),
+        created_at_ms: 0,
+    };
+    let coord = d.coordinator().await?;
+    coord.claim_backfill(&plan).await?;
+    coord.close().await?;
+    let args = ["run", "--config", d.config_arg(), "--stop-at-end"];
+    let out = run_sluice(&args, &[], SETTLE).await?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1)
+            && said.contains("claimed by backfill `unfinished`")
+            && said.contains("sluice backfill cancel --id unfinished"),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}

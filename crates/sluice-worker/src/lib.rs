@@ -79,6 +79,8 @@ pub enum WorkerError {
     Decode(#[from] sluice_decode::DecodeError),
     #[error("{unit} is assigned to this worker but another worker has held its lease for {waited:?}; if that worker is gone, its ZooKeeper session has not expired yet — raise `worker.lease_wait_ms` or stop the other worker")]
     LeaseWait { unit: UnitId, waited: Duration },
+    #[error("{unit} is claimed by backfill `{backfill}`, which has not handed it over, so --stop-at-end cannot reach its end: finish the backfill (`sluice backfill run` with its snapshot) or cancel it (`sluice backfill cancel --id {backfill}`)")]
+    ClaimedByBackfill { unit: UnitId, backfill: String },
     #[error(
         "lease of {unit} was lost while committing; the buffered events are left to the new owner"
     )]

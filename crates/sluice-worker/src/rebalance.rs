@@ -1,7 +1,7 @@
 //! Membership and rebalancing: who is in the fleet, which partitions rendezvous hashing gives
 //! this worker, handing over what is no longer ours and taking over what now is.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -34,8 +34,9 @@ pub(crate) struct Fleet {
     /// Units assigned to this worker whose lease another worker still holds, since when, and
     /// whether that was reported.
     pub(crate) waiting: HashMap<UnitId, (Instant, bool)>,
-    /// Units assigned to this worker that a backfill claims until its handoff.
-    pub(crate) claimed: BTreeSet<UnitId>,
+    /// Units assigned to this worker that a backfill claims until its handoff: the backfill,
+    /// and since when.
+    pub(crate) claimed: BTreeMap<UnitId, (String, Instant)>,
 }
 
 impl Fleet {
@@ -52,7 +53,7 @@ impl Fleet {
             members: Vec::new(),
             universe: BTreeSet::new(),
             waiting: HashMap::new(),
-            claimed: BTreeSet::new(),
+            claimed: BTreeMap::new(),
         }
     }
 
@@ -64,13 +65,26 @@ impl Fleet {
     }
 
     /// Reports units this worker should own that someone else has held for too long: a warning
-    /// in a fleet, an error with `stop_at_end` (nothing else would end the run).
+    /// in a fleet, an error with `stop_at_end` (nothing else would end the run). With
+    /// `stop_at_end`, a unit a backfill has claimed for as long is an error too.
     pub(crate) fn check_waiting(
         &mut self,
         lease_wait_ms: u64,
         stop_at_end: bool,
     ) -> Result<(), WorkerError> {
         let limit = Duration::from_millis(lease_wait_ms);
+        if stop_at_end {
+            let overdue = self
+                .claimed
+                .iter()
+                .find(|(_, (_, since))| since.elapsed() >= limit);
+            if let Some((unit, (backfill, _))) = overdue {
+                return Err(WorkerError::ClaimedByBackfill {
+                    unit: unit.clone(),
+                    backfill: backfill.clone(),
+                });
+            }
+        }
         for (unit, (since, reported)) in self.waiting.iter_mut() {
             if *reported || since.elapsed() < limit {
                 continue;
@@ -262,8 +276,10 @@ impl Session<'_> {
                     }) as UnitSignal);
                 }
                 Err(CoordError::HandoffPending { backfill, .. }) => {
-                    if self.fleet.claimed.insert(unit.clone()) {
+                    if !self.fleet.claimed.contains_key(unit) {
                         tracing::info!(unit = %unit, backfill = %backfill, "the partition is claimed by a backfill; consuming it once the backfill hands it over");
+                        let since = (backfill, Instant::now());
+                        self.fleet.claimed.insert(unit.clone(), since);
                     }
                     // The handoff deletes the claim without a watch to tell: look again soon.
                     let unit = unit.clone();
@@ -277,7 +293,7 @@ impl Session<'_> {
         }
         self.fleet
             .claimed
-            .retain(|u| desired.contains(u) && !acquired.iter().any(|l| l.unit == *u));
+            .retain(|u, _| desired.contains(u) && !acquired.iter().any(|l| l.unit == *u));
         Ok((acquired, signals))
     }
 
