@@ -211,7 +211,7 @@ async fn stop_at_end_names_the_backfill_that_holds_a_partition() -> Result<()> {
         id: "unfinished".into(),
         table: "events".into(),
         topic: d.topic.clone(),
-        offsets: d.ends().into_iter().map(|(p, _)| (p, 0)).collect(),
+        offsets: d.ends().into_keys().map(|p| (p, 0)).collect(),
         snapshot_sha256: "00".repeat(32),
         files: 1,
         accepted_gaps: Vec::new(),
