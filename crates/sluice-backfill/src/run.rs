@@ -19,8 +19,9 @@ use sluice_worker::{put_until_stored, Failpoints, Health};
 use crate::progress::Progress;
 use crate::{read_chunks, snapshot_spans, BackfillError, Converted, Converter, Snapshot};
 
-/// Converted chunks waiting for their upload, per file.
-const CHUNKS_IN_FLIGHT: usize = 2;
+/// Converted chunks waiting for their upload, per file. With the chunk being converted and the
+/// one being uploaded, a file holds at most three chunks in memory.
+const CHUNKS_IN_FLIGHT: usize = 1;
 /// Uploads in flight per chunk.
 const UPLOADS_IN_FLIGHT: usize = 8;
 /// How often a held backfill lease is asked for again.
@@ -132,7 +133,10 @@ impl Run {
         if lease.epoch > 1 {
             report.swept = self.sweep(lease, &status.staged).await?;
         }
-        let sizes = self.snapshot.sizes()?;
+        let snapshot = self.snapshot.clone();
+        let sizes = tokio::task::spawn_blocking(move || snapshot.sizes())
+            .await
+            .map_err(|_| BackfillError::Stopped)??;
         let resumed_bytes = status.staged.keys().map(|&i| sizes[i as usize]).sum();
         let progress = Arc::new(Progress::new(
             sizes.len() as u64,
