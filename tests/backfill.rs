@@ -6,12 +6,13 @@
 //! claim while a worker runs (`backfill_runs.rs` runs `sluice backfill run` itself); the check
 //! reads the parts back with `parquet` and `object_store`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use sluice_coord::BackfillPlan;
 use sluice_tests::fleet::{deployment, spawn, wait_caught_up};
+use sluice_tests::snapshot::{events_where, sha256_hex};
 use sluice_tests::{committed, describe, run_sluice, verify_exactly_once, wait_until};
 
 const PARTITIONS: i32 = 4;
@@ -79,18 +80,7 @@ async fn workers_leave_claimed_partitions_alone_and_start_at_the_handoff_offset(
 
     // Exactly the events at or after the handoff offsets, every column of every row; one from
     // before would be a row "never produced" to the checker.
-    let located: HashMap<(i32, i64), u64> = d
-        .located
-        .iter()
-        .filter(|((p, o), _)| *o >= offsets[p])
-        .map(|(&at, &seq)| (at, seq))
-        .collect();
-    let streamed: Vec<_> = d
-        .events
-        .iter()
-        .filter(|e| located.values().any(|&s| s == e.seq))
-        .cloned()
-        .collect();
+    let (streamed, located) = events_where(&d, |p, o| o >= offsets[&p]);
     ensure!(
         !streamed.is_empty() && streamed.len() < d.events.len(),
         "the split left {} of {} events to the stream",
@@ -105,14 +95,6 @@ async fn workers_leave_claimed_partitions_alone_and_start_at_the_handoff_offset(
         d.events.len()
     );
     Ok(())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `sluice backfill check` verifies a snapshot against its manifest, the topic and the

@@ -7,7 +7,6 @@
 //! (the snapshot's from the files, the rest from Kafka), every column, the malformed ones in
 //! quarantine naming their file and line, and nothing else in storage.
 
-use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use anyhow::{ensure, Result};
 use sluice_tests::aggregates::check_aggregates;
 use sluice_tests::fleet::{deployment, tail, Worker};
 use sluice_tests::per_hour::{per_hour_view, PER_HOUR_TABLE};
-use sluice_tests::snapshot::{write_snapshot, SnapshotFiles};
+use sluice_tests::snapshot::{events_where, write_snapshot, SnapshotFiles};
 use sluice_tests::{committed, describe, run_sluice, verify_backfilled, wait_until, Prepared};
 
 const PARTITIONS: i32 = 4;
@@ -33,27 +32,6 @@ async fn backfill_with(
     more: &[&str],
 ) -> Result<Output> {
     run_sluice(&s.run_args(d, more), env, LIMIT).await
-}
-
-/// The events of the snapshot only: those before the handoff offsets.
-fn snapshot_part(
-    d: &Prepared,
-    s: &SnapshotFiles,
-) -> (Vec<sluice_tests::Event>, HashMap<(i32, i64), u64>) {
-    let located: HashMap<(i32, i64), u64> = d
-        .located
-        .iter()
-        .filter(|((p, o), _)| *o < s.offsets[p])
-        .map(|(&at, &seq)| (at, seq))
-        .collect();
-    let seqs: std::collections::HashSet<u64> = located.values().copied().collect();
-    let events = d
-        .events
-        .iter()
-        .filter(|e| seqs.contains(&e.seq))
-        .cloned()
-        .collect();
-    (events, located)
 }
 
 /// Nothing of the backfill is visible: no part of any table, no committed offset.
@@ -81,7 +59,7 @@ async fn a_backfill_then_the_stream_hold_every_event_exactly_once() -> Result<()
         describe(&out)
     );
     // The backfill alone: exactly the snapshot's events, the offsets at the snapshot's.
-    let (events, located) = snapshot_part(&d, &s);
+    let (events, located) = events_where(&d, |p, o| o < s.offsets[&p]);
     verify_backfilled(&d.config, &events, &located, &s.backfilled).await?;
     let again = backfill(&d, &s, &[]).await?;
     ensure!(

@@ -54,12 +54,38 @@ impl SnapshotFiles {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// SHA-256 of `bytes`, lowercase hex, as a manifest gives it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The events `d` produced at the (partition, offset) positions `keep` takes, and where they
+/// are: what the exactly-once checker expects of part of a topic.
+pub fn events_where(
+    d: &Prepared,
+    keep: impl Fn(i32, i64) -> bool,
+) -> (
+    Vec<sluice_testkit::fixture::Event>,
+    HashMap<(i32, i64), u64>,
+) {
+    let located: HashMap<(i32, i64), u64> = d
+        .located
+        .iter()
+        .filter(|((p, o), _)| keep(*p, *o))
+        .map(|(&at, &seq)| (at, seq))
+        .collect();
+    let seqs: std::collections::HashSet<u64> = located.values().copied().collect();
+    let events = d
+        .events
+        .iter()
+        .filter(|e| seqs.contains(&e.seq))
+        .cloned()
+        .collect();
+    (events, located)
 }
 
 /// Writes a snapshot of the first `take` events of every partition of `d` under
