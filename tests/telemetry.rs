@@ -501,6 +501,8 @@ async fn a_fleet_holding_a_backlog_shows_it_in_metrics_health_and_the_dashboard(
 async fn readyz_is_unavailable_while_an_assigned_partition_is_held_by_another_worker() -> Result<()>
 {
     let d = deployment("readyz").await?;
+    // A session that outlives w2's start-up on a loaded machine: w2 must find w1's leases held.
+    d.edit_config(|t| t.replace("session_timeout_ms = 4000", "session_timeout_ms = 15000"))?;
     let w1 = spawn(&d, "w1")?;
     let a1 = endpoint(&w1).await?;
     let (status, why) = poll(Duration::from_secs(30), "w1 to be ready", || async {
@@ -539,7 +541,7 @@ async fn readyz_is_unavailable_while_an_assigned_partition_is_held_by_another_wo
             .is_some_and(|w| w.contains("still leased by another worker")),
         "{waiting}"
     );
-    // w1's session expires (4 s): w2 takes everything and is ready.
+    // w1's session expires (15 s): w2 takes everything and is ready.
     let ready = poll(Duration::from_secs(30), "w2 to be ready", || async {
         let (status, body) = get(a2, "/readyz")?;
         let v: Value = serde_json::from_str(&body)?;
