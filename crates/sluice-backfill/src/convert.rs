@@ -15,6 +15,9 @@ use crate::{BackfillError, Chunk};
 pub struct Converter {
     pub table: Arc<TableConfig>,
     pub views: Option<Arc<Views>>,
+    /// The views live in the fleet's view registry: only those are applied (`None`: no
+    /// registry yet, every configured view is).
+    pub live_views: Option<std::collections::BTreeSet<String>>,
     pub id: String,
     pub epoch: u64,
     pub topic: String,
@@ -66,11 +69,13 @@ impl Converter {
         };
         let mut parts = encode(&self.table, &chunk.batch, &chunk.quarantine)?;
         if let Some(views) = &self.views {
-            let outputs = views.apply(
+            let live = |name: &str| self.live_views.as_ref().is_none_or(|l| l.contains(name));
+            let outputs = views.apply_where(
                 &self.runtime,
                 &self.table.name,
                 &chunk.batch,
                 chunk.origins.as_ref(),
+                &live,
             );
             for out in outputs {
                 parts.extend(encode(&out.target, &out.batch, &out.quarantine)?);

@@ -149,9 +149,21 @@ impl Run {
         let todo: Vec<u32> = (0..self.plan.files)
             .filter(|i| !status.staged.contains_key(i))
             .collect();
+        // Views go live only while no backfill of the topic waits for its handoff, so the
+        // set read here holds until the handoff.
+        let registry = self
+            .coord
+            .read_views()
+            .await
+            .map_err(coord_err("reading the view registry"))?;
+        let live_views = registry.exists().then(|| {
+            let configured = self.config.views.iter().map(|v| v.name.clone());
+            configured.filter(|n| registry.applied(n)).collect()
+        });
         let converter = Converter {
             table: Arc::new(self.table()?.clone()),
             views: self.views.clone(),
+            live_views,
             id: self.plan.id.clone(),
             epoch: lease.epoch,
             topic: self.plan.topic.clone(),

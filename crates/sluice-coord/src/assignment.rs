@@ -101,6 +101,7 @@ mod tests {
             host: "test".to_string(),
             pid: 0,
             joined_at_ms: 0,
+            views: Vec::new(),
         }
     }
 

@@ -26,6 +26,12 @@
 //!   ([`Coordinator::claim_backfill`]); no lease of them is given until its
 //!   [`Coordinator::hand_off`], which registers its staged parts and sets the partitions' offsets
 //!   atomically under the backfill's own lease, so a zombie backfill cannot hand off.
+//! * The **view registry** ([`ViewRegistry`]) says which views every commit carries. A commit
+//!   that names the registry version it was made under ([`Commit::views_version`]) fails with
+//!   [`CoordError::ViewsChanged`] once the registry changed, so no flush made without a view
+//!   commits after the view went live ([`Coordinator::activate_view`], atomic with reading the
+//!   source partitions' committed offsets). A view's history registers once
+//!   ([`Coordinator::complete_view_history`]).
 //! * A lease ends by [`Coordinator::release_lease`], by [`Coordinator::close`], or when the
 //!   holder's session ends (ZooKeeper session expiry; process exit for the embedded backend).
 //! * A **member** is a worker registered with [`Coordinator::join`]. At most one live member per
@@ -49,6 +55,7 @@ mod backfill;
 mod embedded;
 pub mod gaps;
 mod registry;
+mod views;
 mod zookeeper;
 
 pub use backfill::{BackfillLease, BackfillPlan, BackfillState, BackfillStatus, StagedFile};
@@ -58,6 +65,7 @@ pub use registry::{
     MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
     SealedManifest,
 };
+pub use views::{LiveView, ViewHistory, ViewHistoryLease, ViewPoint, ViewRegistry};
 pub use zookeeper::{Credentials, ZkCoordinator, ZkSecurity, ZkTls};
 
 /// One partition of a source topic: the unit of ownership and of committed offsets.
@@ -99,6 +107,10 @@ pub struct Commit {
     /// The offset consumption resumes from after this commit (last consumed offset + 1).
     pub next_offset: i64,
     pub parts: Vec<PartRecord>,
+    /// The view registry version the parts were made under: the commit fails with
+    /// [`CoordError::ViewsChanged`] if the registry changed since. `None` checks nothing (tools
+    /// and tests that carry no view).
+    pub views_version: Option<i64>,
 }
 
 /// What a unit's committed state looks like, for `sluice offsets` and tests.
@@ -123,6 +135,10 @@ pub struct Member {
     pub host: String,
     pub pid: u32,
     pub joined_at_ms: i64,
+    /// The views its configuration defines, as `name:fingerprint`: a view goes live once every
+    /// live member defines it.
+    #[serde(default)]
+    pub views: Vec<String>,
 }
 
 /// Resolves once a watched thing may have changed; see the crate docs.
@@ -179,6 +195,12 @@ pub enum CoordError {
     BackfillLeaseLost { id: String, epoch: u64 },
     #[error("no backfill `{id}` is recorded")]
     NoBackfill { id: String },
+    #[error("the view registry changed since the flush of {unit} was made (a view went live or was dropped): the flush is made again under the new one")]
+    ViewsChanged { unit: UnitId },
+    #[error("the history of view `{view}` is computed by `{holder}`")]
+    ViewHistoryHeld { view: String, holder: String },
+    #[error("no view `{view}` is live")]
+    NoView { view: String },
     #[error("lease of {unit} is held by worker `{holder}`")]
     LeaseHeld { unit: UnitId, holder: String },
     #[error("lease of {unit} (epoch {epoch}) was lost to a newer owner; this worker must stop consuming it")]
@@ -361,6 +383,56 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// back to the workers, still with no committed offset), and its staged files and state are
     /// deleted. Delete its objects first: nothing records them afterwards.
     async fn forget_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError>;
+
+    /// The view registry: the live views, their histories, its version.
+    async fn read_views(&self) -> Result<ViewRegistry, CoordError>;
+
+    /// Creates the registry holding `views` (live from the start: no history) iff none exists;
+    /// returns the registry either way.
+    async fn init_views(&self, views: &[LiveView]) -> Result<ViewRegistry, CoordError>;
+
+    /// Makes `view` live, iff the registry is still at `expected_version`: records as its
+    /// points the committed offset of each of `units` (the source topic's partitions), read so
+    /// that none of them committed between the reading and the change ([`CoordError::Conflict`]
+    /// otherwise, nothing changed: read again and retry). Points that are all 0 are recorded as
+    /// none: there is no history. A view live already is a [`CoordError::Conflict`].
+    async fn activate_view(
+        &self,
+        expected_version: i64,
+        view: &LiveView,
+        units: &[UnitId],
+    ) -> Result<(), CoordError>;
+
+    /// Marks a live view dropped, iff the registry is still at `expected_version`: commits stop
+    /// carrying it, and it never goes live again under its name. Its table keeps its parts.
+    async fn drop_view(
+        &self,
+        expected_version: i64,
+        name: &str,
+        at_ms: i64,
+    ) -> Result<(), CoordError>;
+
+    /// Takes the lease of computing a view's history, with an epoch larger than every earlier
+    /// one; [`CoordError::ViewHistoryHeld`] if another live one exists. One this session holds
+    /// already is returned as it is.
+    async fn acquire_view_history_lease(
+        &self,
+        view: &str,
+        worker_id: &str,
+    ) -> Result<ViewHistoryLease, CoordError>;
+
+    /// Gives a history lease up; releasing one that was already lost is not an error.
+    async fn release_view_history_lease(&self, lease: &ViewHistoryLease) -> Result<(), CoordError>;
+
+    /// Registers a view's history atomically: its `parts` and the record that it is done, iff
+    /// none was registered before ([`CoordError::Conflict`] otherwise, nothing changed). The
+    /// lease is not needed for that: only one history ever registers, whoever computed it.
+    async fn complete_view_history(
+        &self,
+        lease: &ViewHistoryLease,
+        parts: &[PartRecord],
+        history: &ViewHistory,
+    ) -> Result<(), CoordError>;
 
     /// The retired object sets of `table` not forgotten yet.
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError>;

@@ -81,14 +81,36 @@ pub fn build_backfill_parts(
         lease_epoch: source.epoch,
     };
     let file = backfill_file_name(source, table.version);
+    build_spanned_parts(
+        table,
+        &flush,
+        &file,
+        &source.topic,
+        &source.spans,
+        batch,
+        quarantine,
+    )
+}
+
+/// Parts that stand for `spans` rather than one flush's offsets (a backfill's, a view's
+/// history), all named `file` in their directories.
+pub(crate) fn build_spanned_parts(
+    table: &TableConfig,
+    flush: &FlushSource,
+    file: &str,
+    topic: &str,
+    spans: &[OffsetSpan],
+    batch: &RecordBatch,
+    quarantine: &[QuarantineRow],
+) -> Result<Vec<EncodedPart>, SinkError> {
     let mut out = Vec::new();
     if batch.num_rows() > 0 {
-        for (value, slice) in sort_and_split(table, &flush, batch)? {
+        for (value, slice) in sort_and_split(table, flush, batch)? {
             let path = format!("{}/data/{}/{file}", table.name, path_segment(&value));
-            let bytes = encode(table, &flush, &value, &slice, &path, true)?;
+            let bytes = encode(table, flush, &value, &slice, &path, true)?;
             let rows = slice.num_rows();
-            let flushed = record(table, &flush, PartKind::Data, value, path, rows, &bytes);
-            let record = backfilled(flushed, source);
+            let flushed = record(table, flush, PartKind::Data, value, path, rows, &bytes);
+            let record = spanned(flushed, topic, spans);
             out.push(EncodedPart { record, bytes });
         }
     }
@@ -99,31 +121,32 @@ pub fn build_backfill_parts(
             source: e.into(),
         })?;
         let path = format!("{}/quarantine/{file}", table.name);
-        let bytes = encode(table, &flush, "", &batch, &path, false)?;
+        let bytes = encode(table, flush, "", &batch, &path, false)?;
         let rows = batch.num_rows();
         let flushed = record(
             table,
-            &flush,
+            flush,
             PartKind::Quarantine,
             String::new(),
             path,
             rows,
             &bytes,
         );
-        let record = backfilled(flushed, source);
+        let record = spanned(flushed, topic, spans);
         out.push(EncodedPart { record, bytes });
     }
     Ok(out)
 }
 
-/// A flush's record of the part made a backfill's: the table's topic, no one partition or
-/// offset range, the snapshot's spans.
-fn backfilled(flushed: PartRecord, source: &BackfillSource) -> PartRecord {
+/// A flush's record of the part made a spanned one: the table's topic, no one partition or
+/// offset range, the spans it stands for.
+fn spanned(flushed: PartRecord, topic: &str, spans: &[OffsetSpan]) -> PartRecord {
     PartRecord {
-        topic: source.topic.clone(),
+        topic: topic.to_string(),
+        partition: -1,
         first_offset: -1,
         last_offset: -1,
-        spans: source.spans.clone(),
+        spans: spans.to_vec(),
         ..flushed
     }
 }

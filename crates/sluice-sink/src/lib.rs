@@ -6,6 +6,7 @@
 
 mod backfill_parts;
 mod gc;
+mod history_parts;
 mod manifest;
 mod parts;
 pub mod repair;
@@ -18,6 +19,9 @@ pub use backfill_parts::{
 pub use gc::{
     collect_merge_orphans, collect_table_garbage, parse_merged_name, parse_part_name, GcReport,
     GcScope, MergedName, PartName,
+};
+pub use history_parts::{
+    build_history_parts, history_file_name, parse_history_name, HistorySource,
 };
 pub use manifest::{read_manifest, sha256_hex, write_manifest};
 pub use parts::{

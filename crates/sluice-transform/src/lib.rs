@@ -116,11 +116,29 @@ impl Views {
         batch: &RecordBatch,
         origins: Option<&Origins>,
     ) -> Vec<ViewOutput> {
+        self.apply_where(runtime, table, batch, origins, &|_| true)
+    }
+
+    /// [`Self::apply`] with only the views `wanted` names: the ones live in the fleet's view
+    /// registry for a flush, one view for its history. A chain goes on only through views that
+    /// ran.
+    pub fn apply_where(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        table: &str,
+        batch: &RecordBatch,
+        origins: Option<&Origins>,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Vec<ViewOutput> {
         let mut outputs = Vec::new();
         let mut pending: Vec<(String, RecordBatch, Option<&Origins>)> =
             vec![(table.to_string(), batch.clone(), origins)];
         while let Some((source, input, origins)) = pending.pop() {
-            for view in self.views.iter().filter(|v| v.source == source) {
+            for view in self
+                .views
+                .iter()
+                .filter(|v| v.source == source && wanted(&v.name))
+            {
                 let out = view.apply(runtime, &input, origins);
                 pending.push((view.target.name.clone(), out.batch.clone(), None));
                 outputs.push(out);

@@ -10,7 +10,9 @@
 //! `repair_after_copy` (counted per scope whose missing copies a repair pass stored, before
 //! its records name them); and in `sluice backfill run`: `backfill_after_upload` (counted per
 //! chunk whose parts are uploaded, its file not staged), `backfill_after_file` (counted per
-//! file staged) and `backfill_before_handoff` (every file staged, not handed off). A stopped
+//! file staged) and `backfill_before_handoff` (every file staged, not handed off); and in a
+//! view's history: `view_history_after_upload` (counted per chunk uploaded, nothing
+//! registered) and `view_history_before_register` (every chunk uploaded). A stopped
 //! process resumes
 //! right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
 //!
@@ -35,6 +37,8 @@ pub const POINTS: &[&str] = &[
     "backfill_after_upload",
     "backfill_after_file",
     "backfill_before_handoff",
+    "view_history_after_upload",
+    "view_history_before_register",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::retry::{chain, put_until_stored, Backoff};
+use crate::views::{Applied, LiveViews};
 use crate::{Failpoints, WorkerError};
 
 /// Uploads in flight per flush.
@@ -43,6 +44,9 @@ pub(crate) struct FlushContext {
     pub(crate) failpoints: Failpoints,
     /// The views, if the configuration has any.
     pub(crate) views: Option<Arc<Views>>,
+    /// Which of them are live in the fleet (only those are applied), and the registry version
+    /// every commit names.
+    pub(crate) live: Arc<LiveViews>,
     /// Told of storage failures and recoveries (`/readyz`, metrics).
     pub(crate) health: Arc<Health>,
 }
@@ -91,22 +95,41 @@ pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, Wo
         .iter()
         .map(|(_, d)| d.quarantine.len() as u64)
         .sum();
-    let mut encoded = encode(&ctx, &flush.source, flush.drained).await?;
-    upload(&ctx, &mut encoded.parts).await;
-    ctx.failpoints.hit("after_upload");
-    ctx.failpoints.hit("before_commit");
-    let commit = Commit {
-        next_offset: flush.source.last_offset + 1,
-        parts: encoded.parts.into_iter().map(|p| p.record).collect(),
+    let drained = Arc::new(flush.drained);
+    let mut applied = ctx.live.applied();
+    let mut predecessor = flush.predecessor;
+    let commit = loop {
+        let mut encoded = encode(&ctx, &flush.source, &drained, &applied).await?;
+        upload(&ctx, &mut encoded.parts).await;
+        ctx.failpoints.hit("after_upload");
+        ctx.failpoints.hit("before_commit");
+        let commit = Commit {
+            next_offset: flush.source.last_offset + 1,
+            parts: encoded.parts.into_iter().map(|p| p.record).collect(),
+            views_version: Some(applied.version),
+        };
+        let lease = &flush.lease;
+        match commit_in_order(
+            &*ctx.coord,
+            lease,
+            &flush.source,
+            &commit,
+            predecessor.take(),
+        )
+        .await
+        {
+            Ok(()) => break (commit, encoded.quarantined_by_reason),
+            Err(WorkerError::Coordination(CoordError::ViewsChanged { .. })) => {
+                // A view went live (or was dropped) since the flush was made: made again with
+                // the views live now, under the new version.
+                let now = ctx.live.refresh(&*ctx.coord).await?;
+                tracing::info!(unit = %lease.unit, first_offset = flush.source.first_offset, before = ?applied.names, now = ?now.names, "the view registry changed under the flush; making it again with the live views");
+                applied = now;
+            }
+            Err(e) => return Err(e),
+        }
     };
-    commit_in_order(
-        &*ctx.coord,
-        &flush.lease,
-        &flush.source,
-        &commit,
-        flush.predecessor,
-    )
-    .await?;
+    let (commit, quarantined_by_reason) = commit;
     ctx.failpoints.hit("after_commit");
     // The next flush of this unit may commit now; it is gone if the session ended meanwhile.
     let _ = flush.done.send(());
@@ -122,7 +145,7 @@ pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, Wo
         &flush.source,
         &commit,
         &committed,
-        encoded.quarantined_by_reason,
+        quarantined_by_reason,
         started,
     );
     Ok(committed)
@@ -133,9 +156,12 @@ pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, Wo
 async fn encode(
     ctx: &FlushContext,
     source: &FlushSource,
-    drained: Vec<(Arc<TableConfig>, Drained)>,
+    drained: &Arc<Vec<(Arc<TableConfig>, Drained)>>,
+    applied: &Applied,
 ) -> Result<Encoded, WorkerError> {
     let source = source.clone();
+    let drained = Arc::clone(drained);
+    let wanted = applied.names.clone();
     let runtime = tokio::runtime::Handle::current();
     let views = ctx.views.clone();
     tokio::task::spawn_blocking(move || {
@@ -143,10 +169,12 @@ async fn encode(
             parts: Vec::new(),
             quarantined_by_reason: BTreeMap::new(),
         };
-        for (table, d) in &drained {
+        for (table, d) in drained.iter() {
             encoded.add(table, &source, &d.batch, &d.quarantine)?;
             let Some(views) = &views else { continue };
-            for out in views.apply(&runtime, &table.name, &d.batch, d.origins.as_ref()) {
+            let live = |name: &str| wanted.contains(name);
+            for out in views.apply_where(&runtime, &table.name, &d.batch, d.origins.as_ref(), &live)
+            {
                 encoded.add(&out.target, &source, &out.batch, &out.quarantine)?;
             }
         }

@@ -61,6 +61,7 @@ mod stop_at_end;
 #[cfg(test)]
 mod tests;
 mod unit;
+mod views;
 mod written;
 
 pub use failpoint::Failpoints;
@@ -109,6 +110,8 @@ pub enum WorkerError {
     Telemetry(#[from] sluice_telemetry::TelemetryError),
     #[error(transparent)]
     View(#[from] sluice_transform::TransformError),
+    #[error("view `{view}` {problem}; fix: give every worker the view's definition the fleet has (`sluice views` shows it), or stop maintaining it with `sluice views drop {view}`")]
+    ViewMismatch { view: String, problem: String },
     #[error("invalid failpoint specification `{spec}`: {reason}")]
     Failpoint { spec: String, reason: String },
 }

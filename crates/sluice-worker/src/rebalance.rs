@@ -40,7 +40,7 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    pub(crate) fn new(id: &str, weight: f64, address: Option<String>) -> Fleet {
+    pub(crate) fn new(id: &str, weight: f64, address: Option<String>, views: Vec<String>) -> Fleet {
         Fleet {
             me: Member {
                 id: id.to_string(),
@@ -49,6 +49,7 @@ impl Fleet {
                 host: crate::hostname(),
                 pid: std::process::id(),
                 joined_at_ms: now_ms(),
+                views,
             },
             members: Vec::new(),
             universe: BTreeSet::new(),

@@ -27,6 +27,7 @@ use crate::ingest::Ingest;
 use crate::merger::Merger;
 use crate::rebalance::Fleet;
 use crate::stop_at_end::Ends;
+use crate::views::{self, HistoryCtx, LiveViews, Maintainer};
 use crate::{RunOptions, RunSummary, Services, WorkerError};
 
 pub(crate) type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -51,6 +52,8 @@ pub(crate) struct Session<'a> {
     pending: Option<(SourceBatch, usize)>,
     /// Merges of the scopes this worker merges, and back-pressure.
     merger: Merger,
+    /// Views going live, and their histories.
+    maintainer: Maintainer,
     /// Topics not read because a table they feed has a scope at its hard part limit.
     paused_topics: BTreeSet<String>,
     /// Uncommitted objects of earlier leases deleted by this session.
@@ -99,7 +102,19 @@ impl<'a> Session<'a> {
             &options.worker_id,
             telemetry.clone(),
         );
+        let live = Arc::new(LiveViews::new(config));
+        let history = HistoryCtx {
+            coord: Arc::clone(&coord),
+            storage: services.storage.clone(),
+            views: Arc::clone(&services.views),
+            tables: Default::default(),
+            failpoints: options.failpoints.clone(),
+            worker_id: options.worker_id.clone(),
+            health: Arc::clone(&health),
+        };
+        let maintainer = Maintainer::new(config, Arc::clone(&live), history);
         let ctx = FlushContext {
+            live,
             coord: Arc::clone(&coord),
             storage: services.storage.clone(),
             // Shared by every session: a failpoint's count runs across rejoins.
@@ -109,7 +124,12 @@ impl<'a> Session<'a> {
         };
         Session {
             config,
-            fleet: Fleet::new(&options.worker_id, config.worker.weight, address),
+            fleet: Fleet::new(
+                &options.worker_id,
+                config.worker.weight,
+                address,
+                views::advertised(config),
+            ),
             ingest: Ingest::new(ctx, config.worker.memory_budget_bytes),
             ends: options.stop_at_end.then(Ends::default),
             coord,
@@ -121,6 +141,7 @@ impl<'a> Session<'a> {
             reader: None,
             pending: None,
             merger,
+            maintainer,
             paused_topics: BTreeSet::new(),
             garbage_collected: 0,
             next_skip_check: Instant::now(),
@@ -162,6 +183,9 @@ impl<'a> Session<'a> {
             }
             joined = self.join() => joined?,
         }
+        // Before anything is consumed: the views this worker's flushes apply, and a refusal if
+        // the fleet has a view live that this configuration lacks.
+        self.ingest.ctx().live.start(&*self.coord).await?;
         if let Some(t) = &self.telemetry {
             t.set_coordinator(Some(Arc::clone(&self.coord)));
         }
@@ -224,6 +248,7 @@ impl<'a> Session<'a> {
                     self.check_skips().await?;
                     self.collect_pending_garbage().await;
                     self.check_merges().await?;
+                    self.maintain_views().await?;
                     self.fleet.check_waiting(self.config.worker.lease_wait_ms, self.options.stop_at_end)?;
                     self.report(true);
                     if Instant::now() >= next_refresh {
@@ -252,6 +277,23 @@ impl<'a> Session<'a> {
                     }
                 }
             }
+        }
+    }
+
+    /// Views going live and their histories; a coordination hiccup waits for the next tick, a
+    /// configuration that cannot serve the live views stops the worker.
+    async fn maintain_views(&mut self) -> Result<(), WorkerError> {
+        match self
+            .maintainer
+            .tick(&self.fleet.members, &self.fleet.universe)
+            .await
+        {
+            Err(e @ WorkerError::ViewMismatch { .. }) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %crate::retry::chain(&e), "checking the view registry failed; trying again at the next check");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 

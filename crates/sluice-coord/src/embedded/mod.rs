@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BackfillLease, BackfillPlan, BackfillStatus, Commit, CoordError, Coordinator, Gap, Lease,
-    Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
-    SealedManifest, Signal, StagedFile, UnitId, UnitState,
+    LiveView, Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
+    SealedManifest, Signal, StagedFile, UnitId, UnitState, ViewHistory, ViewHistoryLease,
+    ViewRegistry,
 };
 
 const STATE_FILE: &str = "coordinator.json";
@@ -26,6 +27,7 @@ const LOCK_FILE: &str = "coordinator.lock";
 
 mod backfills;
 mod registry;
+mod views;
 
 use registry::{PersistedRegistry, Registry};
 
@@ -39,6 +41,8 @@ struct Persisted {
     registry: PersistedRegistry,
     #[serde(default)]
     backfills: BTreeMap<String, backfills::Entry>,
+    #[serde(default)]
+    views: Option<views::Entry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +65,7 @@ struct Shared {
     gaps: BTreeMap<String, RetentionGaps>,
     registry: Registry,
     backfills: BTreeMap<String, backfills::Entry>,
+    views: Option<views::Entry>,
     /// Live members by id, with the session that registered each.
     members: BTreeMap<String, (u64, Member)>,
     dir: Option<PathBuf>,
@@ -97,6 +102,7 @@ impl EmbeddedCoordinator {
             gaps: BTreeMap::new(),
             registry: Registry::default(),
             backfills: BTreeMap::new(),
+            views: None,
             members: BTreeMap::new(),
             dir: None,
             _lock: None,
@@ -138,6 +144,7 @@ impl EmbeddedCoordinator {
             gaps: persisted.gaps,
             registry: Registry::from_persisted(persisted.registry),
             backfills: persisted.backfills,
+            views: persisted.views,
             members: BTreeMap::new(),
             dir: Some(dir.to_path_buf()),
             _lock: Some(lock),
@@ -212,6 +219,7 @@ impl Shared {
         self.members.retain(|_, (s, _)| *s != session);
         self.registry.end_session(session);
         self.end_backfill_leases(session);
+        self.end_view_leases(session);
         self.changed();
     }
 
@@ -236,6 +244,7 @@ impl Shared {
             gaps: self.gaps.clone(),
             registry: self.registry.to_persisted(),
             backfills: self.backfills.clone(),
+            views: self.views.clone(),
         };
         let bytes = serde_json::to_vec(&state).expect("state serializes");
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
@@ -323,6 +332,7 @@ impl Coordinator for EmbeddedCoordinator {
                 epoch: lease.epoch,
             });
         }
+        shared.check_views(&lease.unit, commit.views_version)?;
         let before = (
             shared.registry.clone(),
             shared.units.get(&lease.unit).and_then(|e| e.next_offset),
@@ -443,6 +453,53 @@ impl Coordinator for EmbeddedCoordinator {
 
     async fn forget_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError> {
         self.forget_backfill_in(lease)
+    }
+
+    async fn read_views(&self) -> Result<ViewRegistry, CoordError> {
+        Ok(self.lock()?.read_views())
+    }
+
+    async fn init_views(&self, views: &[LiveView]) -> Result<ViewRegistry, CoordError> {
+        self.init_views_of(views)
+    }
+
+    async fn activate_view(
+        &self,
+        expected_version: i64,
+        view: &LiveView,
+        units: &[UnitId],
+    ) -> Result<(), CoordError> {
+        self.activate_view_of(expected_version, view, units)
+    }
+
+    async fn drop_view(
+        &self,
+        expected_version: i64,
+        name: &str,
+        at_ms: i64,
+    ) -> Result<(), CoordError> {
+        self.drop_view_of(expected_version, name, at_ms)
+    }
+
+    async fn acquire_view_history_lease(
+        &self,
+        view: &str,
+        worker_id: &str,
+    ) -> Result<ViewHistoryLease, CoordError> {
+        self.acquire_view_history_lease_of(view, worker_id)
+    }
+
+    async fn release_view_history_lease(&self, lease: &ViewHistoryLease) -> Result<(), CoordError> {
+        self.release_view_history_lease_of(lease)
+    }
+
+    async fn complete_view_history(
+        &self,
+        lease: &ViewHistoryLease,
+        parts: &[PartRecord],
+        history: &ViewHistory,
+    ) -> Result<(), CoordError> {
+        self.complete_view_history_of(lease, parts, history)
     }
 
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {

@@ -43,6 +43,7 @@ async fn state_survives_reopen_and_the_directory_is_exclusive() {
         c.commit(
             &lease,
             &Commit {
+                views_version: None,
                 next_offset: 42,
                 parts: vec![part(&unit)],
             },

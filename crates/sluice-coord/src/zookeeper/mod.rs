@@ -11,6 +11,7 @@
 //! R/units/<topic>/<partition>/handoff  persistent; data = backfill id, while one claims it
 //! R/backfills/<id>/...                 a backfill's state and staged parts: see `backfills.rs`
 //! R/members/<worker id>                ephemeral;  data = Member JSON
+//! R/views, R/view-history/<view>/...   the view registry: see `views.rs`
 //! ```
 //!
 //! Taking a lease creates the ephemeral `lease` node and bumps `epoch` in one multi-op, so every
@@ -32,8 +33,9 @@ use zookeeper_client as zk;
 
 use crate::{
     BackfillLease, BackfillPlan, BackfillStatus, Commit, CoordError, Coordinator, Gap, Lease,
-    Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
-    SealedManifest, Signal, StagedFile, UnitId, UnitState,
+    LiveView, Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
+    SealedManifest, Signal, StagedFile, UnitId, UnitState, ViewHistory, ViewHistoryLease,
+    ViewRegistry,
 };
 
 mod auth;
@@ -48,6 +50,7 @@ mod leases;
 mod nodes;
 mod scopes;
 mod tls;
+mod views;
 
 use nodes::{again, backend, encode_segment, multi_size, unanswered, Patience, MAX_MULTI_BYTES};
 
@@ -208,6 +211,12 @@ impl Coordinator for ZkCoordinator {
                 .add_create(path, data, &self.persistent())
                 .map_err(|e| backend(path, e))?;
         }
+        let views_path = self.views_path();
+        if let Some(version) = commit.views_version {
+            multi
+                .add_check_version(&views_path, version as i32)
+                .map_err(|e| backend(&views_path, e))?;
+        }
         match multi.commit().await {
             Ok(results) => {
                 if let Some(zk::MultiWriteResult::SetData { stat }) = results.get(1) {
@@ -230,6 +239,11 @@ impl Coordinator for ZkCoordinator {
                     what: "the committed offset changed under this lease".to_string(),
                     source: Some(source.into()),
                 })
+            }
+            Err(zk::MultiWriteError::OperationFailed { index, .. })
+                if index == part_paths.len() + 2 =>
+            {
+                Err(CoordError::ViewsChanged { unit: unit.clone() })
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => {
                 Err(CoordError::Conflict {
@@ -355,6 +369,53 @@ impl Coordinator for ZkCoordinator {
 
     async fn forget_backfill(&self, lease: &BackfillLease) -> Result<(), CoordError> {
         self.forget_backfill_of(lease).await
+    }
+
+    async fn read_views(&self) -> Result<ViewRegistry, CoordError> {
+        self.read_views_of().await
+    }
+
+    async fn init_views(&self, views: &[LiveView]) -> Result<ViewRegistry, CoordError> {
+        self.init_views_of(views).await
+    }
+
+    async fn activate_view(
+        &self,
+        expected_version: i64,
+        view: &LiveView,
+        units: &[UnitId],
+    ) -> Result<(), CoordError> {
+        self.activate_view_of(expected_version, view, units).await
+    }
+
+    async fn drop_view(
+        &self,
+        expected_version: i64,
+        name: &str,
+        at_ms: i64,
+    ) -> Result<(), CoordError> {
+        self.drop_view_of(expected_version, name, at_ms).await
+    }
+
+    async fn acquire_view_history_lease(
+        &self,
+        view: &str,
+        worker_id: &str,
+    ) -> Result<ViewHistoryLease, CoordError> {
+        self.acquire_view_history_lease_of(view, worker_id).await
+    }
+
+    async fn release_view_history_lease(&self, lease: &ViewHistoryLease) -> Result<(), CoordError> {
+        self.release_view_history_lease_of(lease).await
+    }
+
+    async fn complete_view_history(
+        &self,
+        lease: &ViewHistoryLease,
+        parts: &[PartRecord],
+        history: &ViewHistory,
+    ) -> Result<(), CoordError> {
+        self.complete_view_history_of(lease, parts, history).await
     }
 
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {

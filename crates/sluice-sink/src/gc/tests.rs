@@ -280,6 +280,7 @@ async fn a_pass_deletes_only_what_no_lease_can_register() {
         .commit(
             &lease,
             &Commit {
+                views_version: None,
                 next_offset: 10,
                 parts: vec![a.clone(), q.clone(), o.clone()],
             },

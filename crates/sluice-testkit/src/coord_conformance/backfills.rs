@@ -203,6 +203,7 @@ pub(super) async fn a_committed_partition_cannot_be_claimed(c: Box<dyn Coordinat
         return Err(fail(CASE, "a partition a worker holds was claimed"));
     }
     let commit = sluice_coord::Commit {
+        views_version: None,
         next_offset: 5,
         parts: Vec::new(),
     };

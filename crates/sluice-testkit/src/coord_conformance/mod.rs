@@ -15,6 +15,7 @@ use crate::{fail, unique, ConformanceFailure, OrFail};
 
 mod backfills;
 mod scopes;
+mod views;
 
 /// How long a watch may take to fire after the change it watches.
 const SIGNAL_WITHIN: Duration = Duration::from_secs(10);
@@ -82,6 +83,11 @@ where
     backfills::a_zombie_backfill_cannot_stage_or_hand_off(open().await?, open().await?).await?;
     backfills::a_committed_partition_cannot_be_claimed(open().await?).await?;
     backfills::a_cancelled_backfill_gives_its_partitions_back(open().await?, open().await?).await?;
+    views::a_view_goes_live_at_the_committed_offsets_and_its_history_registers_once(
+        open().await?,
+        open().await?,
+    )
+    .await?;
     Ok(())
 }
 
@@ -94,6 +100,7 @@ pub fn sample_member(id: &str) -> Member {
         host: "conformance".to_string(),
         pid: std::process::id(),
         joined_at_ms: 0,
+        views: Vec::new(),
     }
 }
 
@@ -297,6 +304,7 @@ async fn data_and_quarantine_of_one_flush_are_distinct(c: Box<dyn Coordinator>) 
     c.commit(
         &lease,
         &Commit {
+            views_version: None,
             next_offset: 10,
             parts: vec![data.clone(), quarantine.clone()],
         },
@@ -323,6 +331,7 @@ async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
     c.commit(
         &lease,
         &Commit {
+            views_version: None,
             next_offset: 10,
             parts: parts.clone(),
         },
@@ -333,6 +342,7 @@ async fn commit_is_visible_atomically(c: Box<dyn Coordinator>) -> Outcome {
     c.commit(
         &lease,
         &Commit {
+            views_version: None,
             next_offset: 20,
             parts: vec![second.clone()],
         },
@@ -400,6 +410,7 @@ async fn a_held_lease_is_returned_to_its_session(
         ));
     }
     let commit = Commit {
+        views_version: None,
         next_offset: 5,
         parts: vec![sample_part(&unique("tbl_again"), &unit, 0, 4, "a")],
     };
@@ -437,6 +448,7 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
     a.commit(
         &old,
         &Commit {
+            views_version: None,
             next_offset: 5,
             parts: vec![sample_part(&table, &unit, 0, 4, "a1")],
         },
@@ -453,6 +465,7 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
     }
     // The zombie tries to commit with its old lease: refused as a whole.
     let zombie = Commit {
+        views_version: None,
         next_offset: 9,
         parts: vec![sample_part(&table, &unit, 5, 8, "zombie")],
     };
@@ -479,6 +492,7 @@ async fn stale_lease_cannot_commit(a: Box<dyn Coordinator>, b: Box<dyn Coordinat
     b.commit(
         &new,
         &Commit {
+            views_version: None,
             next_offset: 7,
             parts: vec![sample_part(&table, &unit, 5, 6, "b1")],
         },
@@ -515,6 +529,7 @@ async fn closed_session_frees_leases(a: Box<dyn Coordinator>, b: Box<dyn Coordin
         .commit(
             &old,
             &Commit {
+                views_version: None,
                 next_offset: 1,
                 parts: vec![],
             },

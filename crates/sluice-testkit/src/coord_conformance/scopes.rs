@@ -23,6 +23,7 @@ async fn three_flushes(
         c.commit(
             &lease,
             &Commit {
+                views_version: None,
                 next_offset: first + 10,
                 parts: vec![part.clone()],
             },
@@ -169,6 +170,7 @@ pub(super) async fn swap_replaces_inputs_atomically(c: Box<dyn Coordinator>) -> 
     c.commit(
         &ingest,
         &Commit {
+            views_version: None,
             next_offset: 5,
             parts: vec![late],
         },
@@ -329,6 +331,7 @@ pub(super) async fn seal_moves_records_into_a_manifest(c: Box<dyn Coordinator>) 
     c.commit(
         &ingest,
         &Commit {
+            views_version: None,
             next_offset: 1,
             parts: vec![late.clone()],
         },

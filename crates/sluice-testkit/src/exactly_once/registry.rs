@@ -156,25 +156,30 @@ pub(super) fn check_name(table: &str, part: &PartRecord) -> Result<()> {
         part.path
     );
     if is_backfill(part) {
-        // bf.<id>.f<file>.c<chunk>.e<backfill lease epoch>.v<version>.parquet
+        // bf.<id>.f<file>.c<chunk>.e<backfill lease epoch>.v<version>.parquet, or a view's
+        // history: vh.<view>.s<scope>.c<chunk>.e<history lease epoch>.v<version>.parquet
         let suffix = format!(
             ".e{}.v{}.parquet",
             part.lease_epoch, part.definition_version
         );
-        let middle = file
-            .strip_prefix("bf.")
-            .and_then(|rest| rest.strip_suffix(&suffix))
-            .unwrap_or_default();
-        let mut fields = middle.rsplitn(3, '.');
+        let (middle, tag) = match file.strip_prefix("bf.") {
+            Some(rest) => (rest.strip_suffix(&suffix), 'f'),
+            None => (
+                file.strip_prefix("vh.")
+                    .and_then(|rest| rest.strip_suffix(&suffix)),
+                's',
+            ),
+        };
+        let mut fields = middle.unwrap_or_default().rsplitn(3, '.');
         let numbered = |f: Option<&str>, tag: char| {
             f.and_then(|f| f.strip_prefix(tag))
                 .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
         };
         ensure!(
             numbered(fields.next(), 'c')
-                && numbered(fields.next(), 'f')
+                && numbered(fields.next(), tag)
                 && fields.next().is_some_and(|id| !id.is_empty()),
-            "backfilled part {} is not named bf.<id>.f<file>.c<chunk>{suffix}",
+            "spanned part {} is not named bf.<id>.f<file>.c<chunk>{suffix} (a backfill's) or vh.<view>.s<scope>.c<chunk>{suffix} (a view history's)",
             part.path
         );
     } else if part.level == 0 {

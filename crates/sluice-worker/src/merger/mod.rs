@@ -35,6 +35,9 @@ pub(crate) struct MergeCtx {
     pub(crate) merge: MergeConfig,
     pub(crate) repair: RepairConfig,
     pub(crate) worker_id: String,
+    /// Tables some configured view reads: their merges keep a pending view history's parts
+    /// apart from the rest.
+    pub(crate) view_sources: BTreeSet<String>,
     /// Set when the worker stops: turns end after the merge in progress.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
@@ -105,6 +108,7 @@ impl Merger {
                 merge: config.merge.clone(),
                 repair: config.storage.repair.clone(),
                 worker_id: worker_id.to_string(),
+                view_sources: config.views.iter().map(|v| v.source.clone()).collect(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
             }),
             tables: config

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_config::TableConfig;
-use sluice_coord::{CoordError, MergeLease, OffsetSpan, PartKind, PartRecord, Retired};
+use sluice_coord::{
+    CoordError, LiveView, MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ViewRegistry,
+};
 use sluice_merge::execute::{merge_parts, MergeInput, MergeLimits};
 use sluice_merge::policy::{self, Candidate, Plan};
 use sluice_sink::{collect_merge_orphans, path_segment, read_manifest, write_manifest};
@@ -109,7 +111,15 @@ async fn work(
             .read_scope(&table.name, &lease.partition_value)
             .await
             .map_err(|e| chain(&e))?;
-        let plans = plans_of(ctx, table, &listing.parts);
+        // Read after the listing: a view that went live after this reading has only parts
+        // from before its points in the listing, which may merge together.
+        let pending = if ctx.view_sources.contains(&table.name) {
+            let views = ctx.coord.read_views().await.map_err(|e| chain(&e))?;
+            views.pending_on(&table.name).into_iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let plans = plans_of(ctx, table, &listing.parts, &pending);
         turn.backlog = plans.len();
         let Some(plan) = plans.into_iter().next() else {
             turn.sealed = seal_if_quiet(ctx, table, lease, &listing).await?;
@@ -123,15 +133,26 @@ async fn work(
 }
 
 /// The merges the policy plans for a scope's records: one scope per kind, and only parts of
-/// the table's current definition version (older parts keep their schema until sealed).
-pub(crate) fn plans_of(ctx: &MergeCtx, table: &TableConfig, parts: &[PartRecord]) -> Vec<Plan> {
+/// the table's current definition version (older parts keep their schema until sealed). While
+/// a view's history is `pending`, parts from before its points and parts after are planned
+/// apart, so every part stays wholly on one side.
+pub(crate) fn plans_of(
+    ctx: &MergeCtx,
+    table: &TableConfig,
+    parts: &[PartRecord],
+    pending: &[LiveView],
+) -> Vec<Plan> {
     let now = now_ms();
-    let mut by_kind: BTreeMap<PartKind, Vec<Candidate>> = BTreeMap::new();
+    let mut by_kind: BTreeMap<(PartKind, Vec<bool>), Vec<Candidate>> = BTreeMap::new();
     for p in parts
         .iter()
         .filter(|p| p.definition_version == table.version)
     {
-        by_kind.entry(p.kind).or_default().push(Candidate {
+        let sides = pending
+            .iter()
+            .map(|v| ViewRegistry::before_point(v, p))
+            .collect();
+        by_kind.entry((p.kind, sides)).or_default().push(Candidate {
             name: p.name(),
             bytes: p.bytes,
             level: p.level,

@@ -435,6 +435,7 @@ async fn a_commit_under_a_stale_lease_is_refused_and_changes_nothing() -> Result
         storage: services.storage.clone(),
         failpoints: Failpoints::default(),
         views: None,
+        live: Arc::new(crate::views::LiveViews::new(&h.config)),
         health: Arc::new(sluice_telemetry::Health::new()),
     };
     let mut owned = crate::unit::OwnedUnit::new(

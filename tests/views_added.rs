@@ -1,0 +1,216 @@
+//! A view added to a table that already holds data, by restarting the workers one by one with
+//! the new configuration while they ingest with frequent flushes: it goes live for the whole
+//! fleet once every worker defines it, its history is computed over the parts committed before,
+//! and afterwards its table holds exactly what the produced events say (checked by the test's
+//! own reading of the view's parts, not by the product's SQL), with the events table exactly
+//! once. Run with several timings; then with the history computation killed at each of its
+//! steps, and frozen as a zombie while another worker takes it over.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use sluice_tests::aggregates::check_aggregates;
+use sluice_tests::fleet::{deployment, spawn, wait_caught_up, Worker};
+use sluice_tests::per_hour::per_hour_view;
+use sluice_tests::{wait_until, zk_client, zk_root, Prepared};
+
+const PARTITIONS: i32 = 4;
+const VIEW: &str = "per_hour";
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A worker of the deployment with `SLUICE_FAILPOINT` set.
+fn spawn_with(d: &Prepared, id: &str, failpoint: &str) -> Result<Worker> {
+    Worker::spawn(
+        &d.config,
+        id,
+        &[("SLUICE_FAILPOINT", failpoint)],
+        &d.dir.path().join("logs"),
+    )
+}
+
+/// The view registry's record of the view, as ZooKeeper holds it (JSON), if it is live.
+async fn live_view(d: &Prepared) -> Result<Option<serde_json::Value>> {
+    let zk = zk_client().await?;
+    let path = format!("{}/views", zk_root(&d.topic));
+    let data = match zk.get_data(&path).await {
+        Ok((data, _)) => data,
+        Err(zookeeper_client::Error::NoNode) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let registry: serde_json::Value = serde_json::from_slice(&data)?;
+    Ok(registry["views"]
+        .as_array()
+        .context("views")?
+        .iter()
+        .find(|v| v["name"] == VIEW)
+        .cloned())
+}
+
+/// Waits until the view's history is registered.
+async fn wait_history(d: &Prepared) -> Result<()> {
+    let path = format!("{}/view-history/{VIEW}/done", zk_root(&d.topic));
+    wait_until(
+        LIMIT,
+        Duration::from_millis(200),
+        "the view's history",
+        || {
+            let path = path.clone();
+            async move { Ok(zk_client().await?.check_stat(&path).await?.is_some()) }
+        },
+    )
+    .await
+}
+
+/// Adds the view to the deployment's configuration (the running workers keep theirs).
+fn add_view(d: &Prepared) -> Result<()> {
+    d.edit_config(|text| format!("{text}\n{}", per_hour_view()))
+}
+
+/// Every event once in the events table, and the view's table equal to the produced events'
+/// totals; the view went live with data below its points (so a history was computed).
+async fn check(d: &Prepared) -> Result<()> {
+    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    wait_history(d).await?;
+    let view = live_view(d).await?.context("the view is not live")?;
+    let points = view["points"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        points.iter().any(|p| p["next_offset"].as_i64() > Some(0)),
+        "the view went live before any data was committed ({view}): no history was tested"
+    );
+    d.verify().await?;
+    let (groups, _, _) = check_aggregates(d).await?;
+    ensure!(groups > 1, "{groups} groups");
+    Ok(())
+}
+
+/// Events before the roll, between the two restarts and after; flush size; whether the fleet
+/// has caught up before the roll starts.
+struct Timing {
+    before: u64,
+    between: u64,
+    after: u64,
+    max_rows: usize,
+    caught_up: bool,
+}
+
+async fn rolling_restart(name: &str, t: Timing) -> Result<()> {
+    let mut d = deployment(name, PARTITIONS, t.before, t.max_rows).await?;
+    let w1 = spawn(&d, "w1")?;
+    let w2 = spawn(&d, "w2")?;
+    if t.caught_up {
+        wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    } else {
+        wait_until(
+            LIMIT,
+            Duration::from_millis(50),
+            "a first commit",
+            || async {
+                let state = sluice_tests::fleet::fleet_state(&d.config, &d.topic).await?;
+                Ok(state.offsets.values().any(|o| o.is_some_and(|o| o > 0)))
+            },
+        )
+        .await?;
+    }
+    add_view(&d)?;
+    w1.terminate(LIMIT).await?;
+    let w1 = spawn(&d, "w1")?;
+    d.produce_more(t.between).await?;
+    ensure!(
+        live_view(&d).await?.is_none(),
+        "the view went live while w2 still ran without it"
+    );
+    w2.terminate(LIMIT).await?;
+    let w2 = spawn(&d, "w2")?;
+    d.produce_more(t.after).await?;
+    check(&d).await.with_context(|| {
+        format!(
+            "w1: {}\nw2: {}",
+            sluice_tests::fleet::tail(&w1.log_text(), 3000),
+            sluice_tests::fleet::tail(&w2.log_text(), 3000)
+        )
+    })?;
+    w1.terminate(LIMIT).await?;
+    w2.terminate(LIMIT).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_view_added_by_a_rolling_restart_equals_its_sql_over_every_event() -> Result<()> {
+    let timings = [
+        Timing {
+            before: 900,
+            between: 0,
+            after: 300,
+            max_rows: 40,
+            caught_up: true,
+        },
+        Timing {
+            before: 600,
+            between: 400,
+            after: 200,
+            max_rows: 25,
+            caught_up: false,
+        },
+        Timing {
+            before: 1200,
+            between: 200,
+            after: 0,
+            max_rows: 60,
+            caught_up: false,
+        },
+    ];
+    for (i, t) in timings.into_iter().enumerate() {
+        rolling_restart(&format!("view-added-{i}"), t)
+            .await
+            .with_context(|| format!("timing {i}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() -> Result<()> {
+    let mut d = deployment("view-history-faults", PARTITIONS, 1000, 40).await?;
+    let w1 = spawn(&d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    add_view(&d)?;
+    w1.terminate(LIMIT).await?;
+
+    // kill -9 after a chunk is uploaded, then right before the history registers.
+    for point in [
+        "view_history_after_upload:1",
+        "view_history_before_register:1",
+    ] {
+        let mut w = spawn_with(&d, "w1", point)?;
+        let status = w.wait(LIMIT).await.with_context(|| point.to_string())?;
+        ensure!(
+            status.signal() == Some(9),
+            "{point}: the worker exited with {status}: {}",
+            w.log_text()
+        );
+    }
+
+    // A zombie: frozen right before it registers, past its session; w2 takes the history
+    // over and registers it; the zombie, resumed, is refused and deletes its objects.
+    let mut zombie = spawn_with(&d, "w1", "view_history_before_register:1:stop")?;
+    zombie.wait_stopped(LIMIT).await?;
+    let w2 = spawn(&d, "w2")?;
+    d.produce_more(300).await?;
+    wait_history(&d).await?;
+    zombie.signal("CONT")?;
+    wait_until(
+        LIMIT,
+        Duration::from_millis(100),
+        "the zombie's retreat",
+        || {
+            let log = zombie.log_text();
+            async move { Ok(log.contains("this run's objects are deleted")) }
+        },
+    )
+    .await
+    .with_context(|| zombie.log_text())?;
+    check(&d).await.with_context(|| w2.log_text())?;
+    zombie.terminate(LIMIT).await?;
+    w2.terminate(LIMIT).await?;
+    Ok(())
+}
