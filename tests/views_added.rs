@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use sluice_tests::aggregates::check_aggregates;
 use sluice_tests::fleet::{deployment, spawn, wait_caught_up, Worker};
 use sluice_tests::per_hour::per_hour_view;
-use sluice_tests::{wait_until, zk_client, zk_root, Prepared};
+use sluice_tests::{describe, run_sluice, wait_until, zk_client, zk_root, Prepared};
 
 const PARTITIONS: i32 = 4;
 const VIEW: &str = "per_hour";
@@ -67,11 +67,16 @@ fn add_view(d: &Prepared) -> Result<()> {
     d.edit_config(|text| format!("{text}\n{}", per_hour_view()))
 }
 
-/// Every event once in the events table, and the view's table equal to the produced events'
-/// totals; the view went live with data below its points (so a history was computed).
-async fn check(d: &Prepared) -> Result<()> {
+/// Waits until every event is committed and the view's history is registered.
+async fn settle(d: &Prepared) -> Result<()> {
     wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
-    wait_history(d).await?;
+    wait_history(d).await
+}
+
+/// Once the workers stopped (no merge in flight): every event once in the events table, and
+/// the view's table equal to the produced events' totals; the view went live with data below
+/// its points (so a history was computed).
+async fn check(d: &Prepared) -> Result<()> {
     let view = live_view(d).await?.context("the view is not live")?;
     let points = view["points"].as_array().cloned().unwrap_or_default();
     ensure!(
@@ -123,16 +128,13 @@ async fn rolling_restart(name: &str, t: Timing) -> Result<()> {
     w2.terminate(LIMIT).await?;
     let w2 = spawn(&d, "w2")?;
     d.produce_more(t.after).await?;
-    check(&d).await.with_context(|| {
-        format!(
-            "w1: {}\nw2: {}",
-            sluice_tests::fleet::tail(&w1.log_text(), 3000),
-            sluice_tests::fleet::tail(&w2.log_text(), 3000)
-        )
-    })?;
-    w1.terminate(LIMIT).await?;
-    w2.terminate(LIMIT).await?;
-    Ok(())
+    settle(&d).await?;
+    let logs = format!(
+        "w1: {}\nw2: {}",
+        sluice_tests::fleet::tail(&w1.terminate(LIMIT).await?, 3000),
+        sluice_tests::fleet::tail(&w2.terminate(LIMIT).await?, 3000)
+    );
+    check(&d).await.context(logs)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,6 +175,8 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     let mut d = deployment("view-history-faults", PARTITIONS, 1000, 40).await?;
     let w1 = spawn(&d, "w1")?;
     wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    let without_view = d.dir.path().join("without-view.toml");
+    std::fs::copy(&d.config, &without_view)?;
     add_view(&d)?;
     w1.terminate(LIMIT).await?;
 
@@ -196,7 +200,7 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     zombie.wait_stopped(LIMIT).await?;
     let w2 = spawn(&d, "w2")?;
     d.produce_more(300).await?;
-    wait_history(&d).await?;
+    settle(&d).await?;
     zombie.signal("CONT")?;
     wait_until(
         LIMIT,
@@ -209,8 +213,36 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     )
     .await
     .with_context(|| zombie.log_text())?;
-    check(&d).await.with_context(|| w2.log_text())?;
     zombie.terminate(LIMIT).await?;
-    w2.terminate(LIMIT).await?;
+    let log = w2.terminate(LIMIT).await?;
+    check(&d).await.with_context(|| log)?;
+    let listed = String::from_utf8(d.sluice(&["views"]).await?.stdout)?;
+    ensure!(
+        listed.contains(VIEW) && listed.contains("live, history done"),
+        "`sluice views` says:\n{listed}"
+    );
+
+    // A worker whose configuration lacks the live view refuses to start, naming the fix; once
+    // the view is dropped it starts, and flushes no longer carry the view.
+    let old = [
+        "run",
+        "--config",
+        without_view.to_str().context("path")?,
+        "--stop-at-end",
+    ];
+    let refused = run_sluice(&old, &[], LIMIT).await?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && stderr.contains("view `per_hour`")
+            && stderr.contains("sluice views drop per_hour"),
+        "a worker without the live view: {}",
+        describe(&refused)
+    );
+    d.sluice(&["views", "drop", VIEW]).await?;
+    d.produce_more(100).await?;
+    let ran = run_sluice(&old, &[], LIMIT).await?;
+    ensure!(ran.status.success(), "after the drop: {}", describe(&ran));
+    d.verify().await?;
     Ok(())
 }

@@ -361,7 +361,7 @@ impl<'a> Session<'a> {
                 .owned
                 .iter()
                 .all(|u| u.leaving || (u.reached_end() && u.settled()));
-        if !mine_done {
+        if !mine_done || !self.maintainer.settled() {
             return Ok(false);
         }
         // Units given up count as the others': done once their next owner commits their end.

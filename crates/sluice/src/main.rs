@@ -16,6 +16,7 @@ mod produce;
 mod query;
 mod run;
 mod scopes;
+mod views;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +73,9 @@ enum Command {
     /// Backfills from snapshots: check a snapshot against the table and the topic before
     /// loading it, and show recorded backfills.
     Backfill(backfill::BackfillArgs),
+    /// Show the views the fleet maintains: when each went live and whether its history over
+    /// the data committed before is computed; `views drop NAME` stops maintaining one.
+    Views(views::ViewsArgs),
     /// Produce seeded sample events (sequence-numbered web-analytics JSON, 130-200 bytes each) to
     /// a topic, or write them to an NDJSON file.
     Produce(produce::ProduceArgs),
@@ -141,5 +145,6 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Query(args) => query::query(args).await,
         Command::Gc(args) => gc::gc(args).await,
         Command::Produce(args) => produce::produce(args).await,
+        Command::Views(args) => views::views(args).await,
     }
 }

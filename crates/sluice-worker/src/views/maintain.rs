@@ -24,6 +24,9 @@ pub(crate) struct Maintainer {
     every: Duration,
     next: Instant,
     running: Option<(String, JoinHandle<()>)>,
+    /// Whether, at the last check, every configured view was live (or dropped) with its history
+    /// computed.
+    settled: bool,
 }
 
 impl Maintainer {
@@ -46,7 +49,14 @@ impl Maintainer {
             every: Duration::from_millis(config.merge.check_interval_ms),
             next: Instant::now(),
             running: None,
+            settled: false,
         }
+    }
+
+    /// Whether every configured view is live with its history computed (`--stop-at-end` waits
+    /// for it: the work is not done before).
+    pub(crate) fn settled(&self) -> bool {
+        self.configured.is_empty() || self.settled
     }
 
     /// Activations and histories, when the interval is over.
@@ -55,16 +65,21 @@ impl Maintainer {
         members: &[Member],
         universe: &BTreeSet<UnitId>,
     ) -> Result<(), WorkerError> {
-        if self.configured.is_empty() || Instant::now() < self.next {
+        // A history that just ended is followed up at once, not an interval later.
+        let finished = self.running.as_ref().is_some_and(|(_, h)| h.is_finished());
+        if self.configured.is_empty() || (Instant::now() < self.next && !finished) {
             return Ok(());
         }
         self.next = Instant::now() + self.every;
-        if self.running.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+        if finished {
             self.running = None;
         }
         let coord = &*self.ctx.coord;
         let registry = coord.read_views().await?;
         self.live.set_registry(registry.clone())?;
+        self.settled = self.configured.iter().all(|(name, (_, topic))| {
+            topic.is_none() || (registry.get(name).is_some() && !registry.history_pending(name))
+        });
         for (name, (view, topic)) in &self.configured {
             if registry.get(name).is_some() {
                 continue;
@@ -78,7 +93,9 @@ impl Maintainer {
                 continue;
             }
             activate(coord, registry.version, view, topic, universe).await?;
-            // One activation per tick: the registry's version moved.
+            // One activation per check: the registry's version moved. The next check (its
+            // history) comes at once.
+            self.next = Instant::now();
             return Ok(());
         }
         if self.running.is_some() {
