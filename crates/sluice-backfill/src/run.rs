@@ -85,6 +85,11 @@ fn coord_err(what: &'static str) -> impl Fn(CoordError) -> BackfillError {
 impl Run {
     pub async fn run(self) -> Result<Report, BackfillError> {
         let started = Instant::now();
+        // The claim moves the view registry's version, which serialises it with a view going
+        // live; the registry must exist for that (a backfill may come before any worker).
+        sluice_worker::ensure_view_registry(&*self.coord, &self.config)
+            .await
+            .map_err(coord_err("reading the view registry"))?;
         self.coord
             .claim_backfill(&self.plan)
             .await
@@ -149,8 +154,9 @@ impl Run {
         let todo: Vec<u32> = (0..self.plan.files)
             .filter(|i| !status.staged.contains_key(i))
             .collect();
-        // Views go live only while no backfill of the topic waits for its handoff, so the
-        // set read here holds until the handoff.
+        // Read after the claim: views go live only while no backfill of the topic is claimed
+        // (the claim and an activation are serialised on the registry's version), so the set
+        // read here holds until the handoff.
         let registry = self
             .coord
             .read_views()

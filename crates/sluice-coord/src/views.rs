@@ -45,6 +45,18 @@ pub struct ViewPoint {
     pub next_offset: i64,
 }
 
+impl ViewPoint {
+    /// The points a view goes live with: none when nothing was committed anywhere (there is no
+    /// history to compute).
+    pub(crate) fn recorded(points: Vec<ViewPoint>) -> Vec<ViewPoint> {
+        if points.iter().all(|p| p.next_offset == 0) {
+            Vec::new()
+        } else {
+            points
+        }
+    }
+}
+
 /// A view's history, once computed and registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewHistory {

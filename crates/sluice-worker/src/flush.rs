@@ -79,8 +79,11 @@ pub(crate) struct Committed {
 /// only once they commit.
 struct Encoded {
     parts: Vec<EncodedPart>,
-    quarantined_by_reason: BTreeMap<(String, &'static str), u64>,
+    quarantined_by_reason: QuarantinedByReason,
 }
+
+/// Quarantined rows per (table, reason).
+type QuarantinedByReason = BTreeMap<(String, &'static str), u64>;
 
 /// Runs one flush to its commit.
 pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, WorkerError> {
@@ -98,38 +101,50 @@ pub(crate) async fn run(ctx: FlushContext, flush: Flush) -> Result<Committed, Wo
     let drained = Arc::new(flush.drained);
     let mut applied = ctx.live.applied();
     let mut predecessor = flush.predecessor;
-    let commit = loop {
-        let mut encoded = encode(&ctx, &flush.source, &drained, &applied).await?;
-        upload(&ctx, &mut encoded.parts).await;
-        ctx.failpoints.hit("after_upload");
-        ctx.failpoints.hit("before_commit");
-        let commit = Commit {
-            next_offset: flush.source.last_offset + 1,
-            parts: encoded.parts.into_iter().map(|p| p.record).collect(),
-            views_version: Some(applied.version),
+    let mut made: Option<(Commit, QuarantinedByReason)> = None;
+    let (commit, quarantined_by_reason) = loop {
+        let (mut commit, quarantined) = match made.take() {
+            Some(made) => made,
+            None => {
+                let mut encoded = encode(&ctx, &flush.source, &drained, &applied).await?;
+                upload(&ctx, &mut encoded.parts).await;
+                ctx.failpoints.hit("after_upload");
+                ctx.failpoints.hit("before_commit");
+                let commit = Commit {
+                    next_offset: flush.source.last_offset + 1,
+                    parts: encoded.parts.into_iter().map(|p| p.record).collect(),
+                    views_version: None,
+                };
+                (commit, encoded.quarantined_by_reason)
+            }
         };
+        commit.views_version = Some(applied.version);
         let lease = &flush.lease;
-        match commit_in_order(
+        let outcome = commit_in_order(
             &*ctx.coord,
             lease,
             &flush.source,
             &commit,
             predecessor.take(),
         )
-        .await
-        {
-            Ok(()) => break (commit, encoded.quarantined_by_reason),
+        .await;
+        match outcome {
+            Ok(()) => break (commit, quarantined),
             Err(WorkerError::Coordination(CoordError::ViewsChanged { .. })) => {
-                // A view went live (or was dropped) since the flush was made: made again with
-                // the views live now, under the new version.
+                // The registry moved since the flush was made (a view went live or was
+                // dropped, or a backfill claimed partitions): committed again under the new
+                // version, and made again first if the live views changed.
                 let now = ctx.live.refresh(&*ctx.coord).await?;
-                tracing::info!(unit = %lease.unit, first_offset = flush.source.first_offset, before = ?applied.names, now = ?now.names, "the view registry changed under the flush; making it again with the live views");
+                if now.names == applied.names {
+                    made = Some((commit, quarantined));
+                } else {
+                    tracing::info!(unit = %lease.unit, first_offset = flush.source.first_offset, before = ?applied.names, now = ?now.names, "the live views changed under the flush; making it again with them");
+                }
                 applied = now;
             }
             Err(e) => return Err(e),
         }
     };
-    let (commit, quarantined_by_reason) = commit;
     ctx.failpoints.hit("after_commit");
     // The next flush of this unit may commit now; it is gone if the session ended meanwhile.
     let _ = flush.done.send(());

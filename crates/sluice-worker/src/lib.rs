@@ -67,6 +67,7 @@ mod written;
 pub use failpoint::Failpoints;
 pub use retry::put_until_stored;
 pub use sluice_telemetry::{Health, Telemetry};
+pub use views::ensure_view_registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

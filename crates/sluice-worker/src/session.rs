@@ -185,7 +185,11 @@ impl<'a> Session<'a> {
         }
         // Before anything is consumed: the views this worker's flushes apply, and a refusal if
         // the fleet has a view live that this configuration lacks.
-        self.ingest.ctx().live.start(&*self.coord).await?;
+        self.ingest
+            .ctx()
+            .live
+            .start(&*self.coord, self.config)
+            .await?;
         if let Some(t) = &self.telemetry {
             t.set_coordinator(Some(Arc::clone(&self.coord)));
         }

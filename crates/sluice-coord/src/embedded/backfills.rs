@@ -87,8 +87,11 @@ impl EmbeddedCoordinator {
             holder: None,
         };
         shared.backfills.insert(plan.id.clone(), entry);
+        // Serialised with a view going live, as the ZooKeeper backend's claim is.
+        shared.bump_views(1);
         if let Err(e) = shared.persist() {
             shared.backfills.remove(&plan.id);
+            shared.bump_views(-1);
             return Err(e);
         }
         Ok(())

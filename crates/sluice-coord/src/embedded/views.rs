@@ -66,6 +66,13 @@ impl Shared {
         }
     }
 
+    /// Moves the registry's version (if there is one) without changing it.
+    pub(super) fn bump_views(&mut self, by: i64) {
+        if let Some(e) = &mut self.views {
+            e.version += by;
+        }
+    }
+
     pub(super) fn end_view_leases(&mut self, session: u64) {
         if let Some(e) = &mut self.views {
             e.holders.retain(|_, (s, _, _)| *s != session);
@@ -134,11 +141,7 @@ impl EmbeddedCoordinator {
                 )));
             }
             let mut live = view.clone();
-            live.points = if points.iter().all(|p| p.next_offset == 0) {
-                Vec::new()
-            } else {
-                points
-            };
+            live.points = ViewPoint::recorded(points);
             e.views.push(live);
             e.version += 1;
             Ok(())

@@ -145,8 +145,23 @@ impl ZkCoordinator {
                     .map_err(add)?;
                 units.push(unit);
             }
+            // Serialised with a view going live: the claim moves the view registry's version
+            // (same content), so an activation that read the registry before fails and sees
+            // the claim when it tries again, and a backfill applies the views live after it.
+            let views_index = 2 + 2 * units.len();
+            let views = self.views_path();
+            if let Ok((data, stat)) = again(|| client.get_data(&views)).await {
+                multi
+                    .add_set_data(&views, &data, Some(stat.version))
+                    .map_err(add)?;
+            }
             match multi.commit().await {
                 Ok(_) => return Ok(()),
+                Err(zk::MultiWriteError::OperationFailed { index, source })
+                    if index == views_index =>
+                {
+                    tracing::debug!(error = %source, "the claim raced a change of the view registry; reading again");
+                }
                 // Claimed meanwhile (by a request of ours whose reply was lost, or another):
                 // the state read says which.
                 Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => {}

@@ -190,11 +190,7 @@ impl ZkCoordinator {
             checks.push((offset_path, stat.version));
         }
         let mut live = view.clone();
-        live.points = if points.iter().all(|p| p.next_offset == 0) {
-            Vec::new()
-        } else {
-            points
-        };
+        live.points = ViewPoint::recorded(points);
         stored.views.push(live);
         self.write_stored(&client, expected_version, &stored, &checks)
             .await

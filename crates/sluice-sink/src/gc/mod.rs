@@ -143,6 +143,7 @@ impl Judge<'_> {
     fn verdict(&self, object: &Listed, kind: &ObjectKind, scopes: &[ScopeListing]) -> Verdict {
         match (self.scope, kind) {
             (_, ObjectKind::Other) => Verdict::Unrecognised,
+            (_, ObjectKind::Spanned) => Verdict::NotEligible,
             (GcScope::EarlierLeases(leases), ObjectKind::Flushed(name)) => {
                 match leases.get(&name.unit) {
                     Some(&epoch) if name.lease_epoch < epoch => Verdict::Delete,
@@ -400,7 +401,7 @@ fn writer_is_done(
         }),
         ObjectKind::Merged(name) => merge_done(Some(name.merge_epoch)),
         ObjectKind::Manifest(epoch) => merge_done(*epoch),
-        ObjectKind::Other => false,
+        ObjectKind::Spanned | ObjectKind::Other => false,
     }
 }
 

@@ -90,6 +90,9 @@ pub(super) enum ObjectKind {
     Merged(MergedName),
     /// Anything under `<table>/manifests/<segment>/`, with the merge epoch of its name.
     Manifest(Option<u64>),
+    /// A backfill's or a view history's part: its own run deletes what it does not register
+    /// (runs of later epochs sweep earlier ones'), so collection leaves it alone.
+    Spanned,
     Other,
 }
 
@@ -105,6 +108,10 @@ pub(super) fn classify(table: &str, path: &str) -> ObjectKind {
                 ObjectKind::Flushed(name)
             } else if let Some(name) = parse_merged_name(path) {
                 ObjectKind::Merged(name)
+            } else if crate::parse_backfill_name(path).is_some()
+                || crate::parse_history_name(path).is_some()
+            {
+                ObjectKind::Spanned
             } else {
                 ObjectKind::Other
             }

@@ -78,6 +78,12 @@ fn objects_are_recognised_by_name_and_directory() {
         classify("t", "t/manifests/2026-11-23/notes.txt"),
         ObjectKind::Manifest(None)
     );
+    for spanned in [
+        "t/data/x/bf.id.f1.c0.e2.v1.parquet",
+        "t/quarantine/vh.v.s0.c0.e1.v1.parquet",
+    ] {
+        assert_eq!(classify("t", spanned), ObjectKind::Spanned, "{spanned}");
+    }
     for other in [
         "t/readme.txt",
         "t/data/readme.txt",

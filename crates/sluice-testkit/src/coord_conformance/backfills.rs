@@ -8,7 +8,7 @@ use sluice_coord::{BackfillPlan, CoordError, Coordinator, StagedFile, UnitId};
 use super::{sample_part, Outcome};
 use crate::{fail, unique, OrFail};
 
-fn plan(id: &str, topic: &str, offsets: &[(i32, i64)], files: u32) -> BackfillPlan {
+pub(super) fn plan(id: &str, topic: &str, offsets: &[(i32, i64)], files: u32) -> BackfillPlan {
     BackfillPlan {
         id: id.to_string(),
         table: "events".to_string(),

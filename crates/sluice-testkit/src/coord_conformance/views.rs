@@ -176,6 +176,17 @@ pub(super) async fn a_view_goes_live_at_the_committed_offsets_and_its_history_re
     if dropped.applied(&name) || dropped.version == done.version {
         return Err(fail(CASE, "a dropped view is still applied"));
     }
+    // A backfill's claim moves the version (and nothing else), so a view going live and a
+    // claim never pass each other.
+    let claim = super::backfills::plan(&unique("bf"), &unique("viewed_bf"), &[(0, 1)], 1);
+    a.claim_backfill(&claim).await.or_fail(CASE)?;
+    let claimed = b.read_views().await.or_fail(CASE)?;
+    if claimed.version == dropped.version || claimed.views != dropped.views {
+        return Err(fail(
+            CASE,
+            "a backfill's claim did not move the view registry's version",
+        ));
+    }
     a.close().await.or_fail(CASE)?;
     b.close().await.or_fail(CASE)
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use sluice_config::{Config, ViewConfig};
-use sluice_coord::{Coordinator, LiveView, ViewRegistry};
+use sluice_coord::{CoordError, Coordinator, LiveView, ViewRegistry};
 
 use crate::{now_ms, WorkerError};
 
@@ -43,6 +43,35 @@ pub(crate) fn advertised(config: &Config) -> Vec<String> {
         .iter()
         .map(|v| format!("{}:{}", v.name, fingerprint(v)))
         .collect()
+}
+
+/// Reads the view registry, creating it first if this deployment has none yet: with the views
+/// `config` defines, live from the start with nothing to compute (until now every commit
+/// carried every configured view). A worker does this before it consumes anything, and so does
+/// a backfill before it claims its partitions.
+pub async fn ensure_view_registry(
+    coord: &dyn Coordinator,
+    config: &Config,
+) -> Result<ViewRegistry, CoordError> {
+    let registry = coord.read_views().await?;
+    if registry.exists() {
+        return Ok(registry);
+    }
+    let now = now_ms();
+    let initial: Vec<LiveView> = config
+        .views
+        .iter()
+        .map(|v| LiveView {
+            name: v.name.clone(),
+            source: v.source.clone(),
+            target: v.target.clone(),
+            fingerprint: fingerprint(v),
+            activated_at_ms: now,
+            points: Vec::new(),
+            dropped_at_ms: None,
+        })
+        .collect();
+    coord.init_views(&initial).await
 }
 
 /// The views a flush applies, and the registry version they were read at.
@@ -82,30 +111,14 @@ impl LiveViews {
         }
     }
 
-    /// At the start of a session: creates the registry if this deployment has none yet (its
-    /// configured views are then live from the start, with nothing to compute: they were
-    /// applied to every commit so far), reads it and checks it against the configuration.
-    pub(crate) async fn start(&self, coord: &dyn Coordinator) -> Result<(), WorkerError> {
-        let registry = coord.read_views().await?;
-        let registry = if registry.exists() {
-            registry
-        } else {
-            let now = now_ms();
-            let initial: Vec<LiveView> = self
-                .configured
-                .iter()
-                .map(|(name, (source, target, fingerprint))| LiveView {
-                    name: name.clone(),
-                    source: source.clone(),
-                    target: target.clone(),
-                    fingerprint: fingerprint.clone(),
-                    activated_at_ms: now,
-                    points: Vec::new(),
-                    dropped_at_ms: None,
-                })
-                .collect();
-            coord.init_views(&initial).await?
-        };
+    /// At the start of a session: reads the registry (creating it if this deployment has none
+    /// yet, see [`ensure_view_registry`]) and checks it against the configuration.
+    pub(crate) async fn start(
+        &self,
+        coord: &dyn Coordinator,
+        config: &Config,
+    ) -> Result<(), WorkerError> {
+        let registry = ensure_view_registry(coord, config).await?;
         self.accept(registry)
     }
 
