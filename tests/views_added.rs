@@ -195,7 +195,8 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     }
 
     // A zombie: frozen right before it registers, past its session; w2 takes the history
-    // over and registers it; the zombie, resumed, is refused and deletes its objects.
+    // over and registers it; the zombie, resumed, is refused (or notices its session ended
+    // first) and deletes its objects.
     let mut zombie = spawn_with(&d, "w1", "view_history_before_register:1:stop")?;
     zombie.wait_stopped(LIMIT).await?;
     let w2 = spawn(&d, "w2")?;
@@ -250,4 +251,34 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     ensure!(ran.status.success(), "after the drop: {}", describe(&ran));
     d.verify().await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_outage_during_a_history_is_waited_out() -> Result<()> {
+    let mut d = deployment("view-history-outage", PARTITIONS, 1000, 40).await?;
+    let w1 = spawn(&d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    add_view(&d)?;
+    w1.terminate(LIMIT).await?;
+    // Frozen after the history's first chunk is uploaded; storage goes before the rest.
+    let mut w = spawn_with(&d, "w1", "view_history_after_upload:1:stop")?;
+    w.wait_stopped(LIMIT).await?;
+    // A plain file where the `file://` storage directory was: nothing can be read or written.
+    let (data, aside) = (d.dir.path().join("data"), d.dir.path().join("data-aside"));
+    std::fs::rename(&data, &aside)?;
+    std::fs::write(&data, b"not a directory")?;
+    w.signal("CONT")?;
+    wait_until(LIMIT, Duration::from_millis(100), "a failed history attempt", || {
+        let log = w.log_text();
+        async move { Ok(log.contains("computing the view's history failed; it is tried again")) }
+    })
+    .await
+    .with_context(|| w.log_text())?;
+    ensure!(w.is_running(), "the worker exited: {}", w.log_text());
+    std::fs::remove_file(&data)?;
+    std::fs::rename(&aside, &data)?;
+    d.produce_more(200).await?;
+    settle(&d).await?;
+    let log = w.terminate(LIMIT).await?;
+    check(&d).await.with_context(|| log)
 }

@@ -10,6 +10,7 @@
 //! and deleted) makes the scope be read again: merges keep every row in some part.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -44,30 +45,90 @@ pub(crate) struct HistoryCtx {
 }
 
 /// Runs the history of `view` under `lease` to its registration, logging the outcome; the
-/// lease is given back either way (a failed run is tried again at a later check).
-pub(crate) async fn run(ctx: Arc<HistoryCtx>, view: LiveView, lease: ViewHistoryLease) {
+/// lease is given back either way (a failed run is tried again at a later check). Returns
+/// whether the history is registered now.
+pub(crate) async fn run(
+    ctx: Arc<HistoryCtx>,
+    view: LiveView,
+    lease: ViewHistoryLease,
+    stop: Arc<AtomicBool>,
+) -> bool {
     tracing::info!(view = %view.name, epoch = lease.epoch, "computing the view's history over the data committed before it went live");
-    match compute_and_register(&ctx, &view, &lease).await {
+    let run = Run {
+        ctx: &ctx,
+        view: &view,
+        stop: &stop,
+    };
+    let registered = match run.compute_and_register(&lease).await {
         Ok(Some(h)) => {
-            tracing::info!(view = %view.name, source_parts = h.source_parts, parts = h.parts, rows = h.rows, "the view's history is registered: its table now covers all of its source")
+            tracing::info!(view = %view.name, source_parts = h.source_parts, parts = h.parts, rows = h.rows, "the view's history is registered: its table now covers all of its source");
+            true
         }
         Ok(None) => {
-            tracing::info!(view = %view.name, "another worker registered the view's history first; this run's objects are deleted")
+            tracing::info!(view = %view.name, "another worker registered the view's history first; this run's objects are deleted");
+            true
+        }
+        Err(_) if stop.load(Ordering::SeqCst) => {
+            tracing::info!(view = %view.name, "the view's history computation stopped with its session; this run's objects are deleted, and it starts again under a new lease");
+            false
         }
         Err(e) => {
-            tracing::warn!(view = %view.name, error = %e, "computing the view's history failed; it is tried again (meanwhile the view's table lacks the rows from before it went live)")
+            tracing::warn!(view = %view.name, error = %e, "computing the view's history failed; it is tried again (meanwhile the view's table lacks the rows from before it went live)");
+            false
         }
-    }
+    };
     if let Err(e) = ctx.coord.release_view_history_lease(&lease).await {
         tracing::warn!(view = %view.name, error = %chain(&e), "cannot release the history lease; it ends with the session");
     }
+    registered
 }
 
-async fn compute_and_register(
-    ctx: &HistoryCtx,
-    view: &LiveView,
+/// One run of a history: what it reads with, and the flag that stops it (its session ended).
+struct Run<'a> {
+    ctx: &'a HistoryCtx,
+    view: &'a LiveView,
+    stop: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Computes and registers; on any failure before registering, deletes what it wrote (a
+    /// later run's sweep gets whatever cannot be deleted now).
+    async fn compute_and_register(
+        &self,
+        lease: &ViewHistoryLease,
+    ) -> Result<Option<ViewHistory>, String> {
+        let mut written = Vec::new();
+        match compute(self, lease, &mut written).await {
+            Ok(history) => register(self.ctx, self.view, lease, &written, &history).await,
+            Err(e) => {
+                delete_all(&self.ctx.storage, &written).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn stopped(&self) -> Result<(), String> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err("stopped: the session ended".into());
+        }
+        Ok(())
+    }
+}
+
+async fn delete_all(storage: &Storage, written: &[PartRecord]) {
+    for p in written {
+        let _ = storage.delete(&p.path).await;
+    }
+}
+
+/// Reads the history's source parts and writes its parts (into `written`); returns what to
+/// register.
+async fn compute(
+    run: &Run<'_>,
     lease: &ViewHistoryLease,
-) -> Result<Option<ViewHistory>, String> {
+    written: &mut Vec<PartRecord>,
+) -> Result<ViewHistory, String> {
+    let (ctx, view) = (run.ctx, run.view);
     let source = ctx
         .tables
         .get(&view.source)
@@ -80,7 +141,6 @@ async fn compute_and_register(
         .list_scopes(&view.source)
         .await
         .map_err(|e| chain(&e))?;
-    let mut written: Vec<PartRecord> = Vec::new();
     let mut source_parts = 0;
     for (i, scope) in scopes.iter().enumerate() {
         let at = HistorySource {
@@ -91,12 +151,13 @@ async fn compute_and_register(
             topic: topic.clone(),
             spans: spans.clone(),
         };
-        let (read, parts) = scope_history(ctx, source, view, &scope.partition_value, at).await?;
+        let (read, parts) = scope_history(run, source, &scope.partition_value, at).await?;
         source_parts += read;
         written.extend(parts);
     }
     ctx.failpoints.hit("view_history_before_register");
-    let history = ViewHistory {
+    run.stopped()?;
+    Ok(ViewHistory {
         completed_at_ms: now_ms(),
         worker: ctx.worker_id.clone(),
         source_parts,
@@ -106,8 +167,7 @@ async fn compute_and_register(
             .filter(|p| p.kind == PartKind::Data)
             .map(|p| p.rows)
             .sum(),
-    };
-    register(ctx, view, lease, &written, &history).await
+    })
 }
 
 /// Registers the history; `None` if another run registered one first. This run's objects are
@@ -120,11 +180,7 @@ async fn register(
     written: &[PartRecord],
     history: &ViewHistory,
 ) -> Result<Option<ViewHistory>, String> {
-    let delete_ours = || async {
-        for p in written {
-            let _ = ctx.storage.delete(&p.path).await;
-        }
-    };
+    let delete_ours = || delete_all(&ctx.storage, written);
     match ctx
         .coord
         .complete_view_history(lease, written, history)
@@ -196,14 +252,15 @@ async fn sweep_earlier_runs(
 
 /// The history of one source scope: how many source parts it read, and the parts written.
 async fn scope_history(
-    ctx: &HistoryCtx,
+    run: &Run<'_>,
     source: &TableConfig,
-    view: &LiveView,
     value: &str,
     at: HistorySource,
 ) -> Result<(u64, Vec<PartRecord>), String> {
+    let (ctx, view) = (run.ctx, run.view);
     let mut last = String::new();
     for _ in 0..SCOPE_ATTEMPTS {
+        run.stopped()?;
         let listing = ctx
             .coord
             .read_scope(&source.name, value)
@@ -227,12 +284,10 @@ async fn scope_history(
             ));
         }
         let mut written = Vec::new();
-        match scope_parts(ctx, source, view, &parts, at.clone(), &mut written).await {
+        match scope_parts(run, source, &parts, at.clone(), &mut written).await {
             Ok(()) => return Ok((parts.len() as u64, written)),
             Err(e) => {
-                for p in &written {
-                    let _ = ctx.storage.delete(&p.path).await;
-                }
+                delete_all(&ctx.storage, &written).await;
                 last = e;
             }
         }
@@ -245,16 +300,17 @@ async fn scope_history(
 
 /// Reads `parts`, runs the view over them a chunk at a time, uploads what it makes.
 async fn scope_parts(
-    ctx: &HistoryCtx,
+    run: &Run<'_>,
     source: &TableConfig,
-    view: &LiveView,
     parts: &[PartRecord],
     mut at: HistorySource,
     written: &mut Vec<PartRecord>,
 ) -> Result<(), String> {
+    let (ctx, view) = (run.ctx, run.view);
     let mut chunk: Vec<RecordBatch> = Vec::new();
     let mut rows = 0;
     for (i, part) in parts.iter().enumerate() {
+        run.stopped()?;
         let batches = read_part(&ctx.storage, part).await?;
         rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
         chunk.extend(batches);

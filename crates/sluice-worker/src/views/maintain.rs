@@ -2,6 +2,7 @@
 //! pending history is computed by whichever worker takes its lease.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,8 @@ pub(crate) struct Maintainer {
     configured: BTreeMap<String, (sluice_config::ViewConfig, Option<String>)>,
     every: Duration,
     next: Instant,
-    running: Option<(String, JoinHandle<()>)>,
+    /// The history this worker computes, if any, and the flag that stops it.
+    running: Option<(String, JoinHandle<bool>, Arc<AtomicBool>)>,
     /// Whether, at the last check, every configured view was live (or dropped) with its history
     /// computed.
     settled: bool,
@@ -65,15 +67,22 @@ impl Maintainer {
         members: &[Member],
         universe: &BTreeSet<UnitId>,
     ) -> Result<(), WorkerError> {
-        // A history that just ended is followed up at once, not an interval later.
-        let finished = self.running.as_ref().is_some_and(|(_, h)| h.is_finished());
-        if self.configured.is_empty() || (Instant::now() < self.next && !finished) {
+        // A history that just registered is followed up at once, not an interval later; a
+        // failed one is tried again after the interval.
+        let finished = self
+            .running
+            .as_ref()
+            .is_some_and(|(_, h, _)| h.is_finished());
+        let mut registered = false;
+        if finished {
+            if let Some((_, handle, _)) = self.running.take() {
+                registered = handle.await.unwrap_or(false);
+            }
+        }
+        if self.configured.is_empty() || (Instant::now() < self.next && !registered) {
             return Ok(());
         }
         self.next = Instant::now() + self.every;
-        if finished {
-            self.running = None;
-        }
         let coord = &*self.ctx.coord;
         let registry = coord.read_views().await?;
         self.live.set_registry(registry.clone())?;
@@ -124,8 +133,10 @@ impl Maintainer {
             let ctx = Arc::clone(&self.ctx);
             let view = view.clone();
             let name = view.name.clone();
-            let handle = tokio::spawn(async move { history::run(ctx, view, lease).await });
-            self.running = Some((name, handle));
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            let handle = tokio::spawn(async move { history::run(ctx, view, lease, flag).await });
+            self.running = Some((name, handle, stop));
             break;
         }
         Ok(())
@@ -133,13 +144,14 @@ impl Maintainer {
 }
 
 impl Drop for Maintainer {
-    /// Ends a history in progress with the session: its lease ends too, and the next worker
-    /// (or this one's next session) starts it again.
+    /// Stops a history in progress with the session (its lease ends too): it stops at its next
+    /// step and deletes what it wrote; the next worker, or this one's next session, starts it
+    /// again.
     fn drop(&mut self) {
-        if let Some((name, handle)) = self.running.take() {
+        if let Some((name, handle, stop)) = self.running.take() {
             if !handle.is_finished() {
-                tracing::info!(view = %name, "stopping the view's history computation; it starts again under a new lease");
-                handle.abort();
+                tracing::info!(view = %name, "stopping the view's history computation with the session");
+                stop.store(true, Ordering::SeqCst);
             }
         }
     }
