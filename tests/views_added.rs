@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use sluice_tests::aggregates::check_aggregates;
-use sluice_tests::fleet::{deployment, spawn, wait_caught_up, Worker};
+use sluice_tests::fleet::{deployment, deployment_on, spawn, wait_caught_up, Worker};
 use sluice_tests::per_hour::per_hour_view;
-use sluice_tests::{describe, run_sluice, wait_until, zk_client, zk_root, Prepared};
+use sluice_tests::private::PrivateZk;
+use sluice_tests::{describe, run_sluice, wait_until, zk_root, Prepared, Stack, StorageKind};
 
 const PARTITIONS: i32 = 4;
 const VIEW: &str = "per_hour";
@@ -29,9 +30,21 @@ fn spawn_with(d: &Prepared, id: &str, failpoint: &str) -> Result<Worker> {
     )
 }
 
-/// The view registry's record of the view, as ZooKeeper holds it (JSON), if it is live.
-async fn live_view(d: &Prepared) -> Result<Option<serde_json::Value>> {
-    let zk = zk_client().await?;
+/// A session on the ZooKeeper at `connect` (the shared stack's, or a private one).
+async fn zk_at(connect: &str) -> Result<zookeeper_client::Client> {
+    let connect = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(4))
+        .connect(connect);
+    tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .context("ZooKeeper did not answer within 10 s")?
+        .context("connecting to ZooKeeper")
+}
+
+/// The view registry's record of the view, as ZooKeeper (at `zk`) holds it (JSON), if it is
+/// live.
+async fn live_view(zk: &str, d: &Prepared) -> Result<Option<serde_json::Value>> {
+    let zk = zk_at(zk).await?;
     let path = format!("{}/views", zk_root(&d.topic));
     let data = match zk.get_data(&path).await {
         Ok((data, _)) => data,
@@ -48,7 +61,7 @@ async fn live_view(d: &Prepared) -> Result<Option<serde_json::Value>> {
 }
 
 /// Waits until the view's history is registered.
-async fn wait_history(d: &Prepared) -> Result<()> {
+async fn wait_history(zk: &str, d: &Prepared) -> Result<()> {
     let path = format!("{}/view-history/{VIEW}/done", zk_root(&d.topic));
     wait_until(
         LIMIT,
@@ -56,7 +69,7 @@ async fn wait_history(d: &Prepared) -> Result<()> {
         "the view's history",
         || {
             let path = path.clone();
-            async move { Ok(zk_client().await?.check_stat(&path).await?.is_some()) }
+            async move { Ok(zk_at(zk).await?.check_stat(&path).await?.is_some()) }
         },
     )
     .await
@@ -68,16 +81,16 @@ fn add_view(d: &Prepared) -> Result<()> {
 }
 
 /// Waits until every event is committed and the view's history is registered.
-async fn settle(d: &Prepared) -> Result<()> {
+async fn settle(zk: &str, d: &Prepared) -> Result<()> {
     wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
-    wait_history(d).await
+    wait_history(zk, d).await
 }
 
 /// Once the workers stopped (no merge in flight): every event once in the events table, and
 /// the view's table equal to the produced events' totals; the view went live with data below
 /// its points (so a history was computed).
-async fn check(d: &Prepared) -> Result<()> {
-    let view = live_view(d).await?.context("the view is not live")?;
+async fn check(zk: &str, d: &Prepared) -> Result<()> {
+    let view = live_view(zk, d).await?.context("the view is not live")?;
     let points = view["points"].as_array().cloned().unwrap_or_default();
     ensure!(
         points.iter().any(|p| p["next_offset"].as_i64() > Some(0)),
@@ -100,6 +113,7 @@ struct Timing {
 }
 
 async fn rolling_restart(name: &str, t: Timing) -> Result<()> {
+    let zk = Stack::from_env().zk;
     let mut d = deployment(name, PARTITIONS, t.before, t.max_rows).await?;
     let w1 = spawn(&d, "w1")?;
     let w2 = spawn(&d, "w2")?;
@@ -122,19 +136,19 @@ async fn rolling_restart(name: &str, t: Timing) -> Result<()> {
     let w1 = spawn(&d, "w1")?;
     d.produce_more(t.between).await?;
     ensure!(
-        live_view(&d).await?.is_none(),
+        live_view(&zk, &d).await?.is_none(),
         "the view went live while w2 still ran without it"
     );
     w2.terminate(LIMIT).await?;
     let w2 = spawn(&d, "w2")?;
     d.produce_more(t.after).await?;
-    settle(&d).await?;
+    settle(&zk, &d).await?;
     let logs = format!(
         "w1: {}\nw2: {}",
         sluice_tests::fleet::tail(&w1.terminate(LIMIT).await?, 3000),
         sluice_tests::fleet::tail(&w2.terminate(LIMIT).await?, 3000)
     );
-    check(&d).await.context(logs)
+    check(&zk, &d).await.context(logs)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,6 +186,7 @@ async fn a_view_added_by_a_rolling_restart_equals_its_sql_over_every_event() -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() -> Result<()> {
+    let zk = Stack::from_env().zk;
     let mut d = deployment("view-history-faults", PARTITIONS, 1000, 40).await?;
     let w1 = spawn(&d, "w1")?;
     wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
@@ -201,7 +216,7 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     zombie.wait_stopped(LIMIT).await?;
     let w2 = spawn(&d, "w2")?;
     d.produce_more(300).await?;
-    settle(&d).await?;
+    settle(&zk, &d).await?;
     zombie.signal("CONT")?;
     wait_until(
         LIMIT,
@@ -221,7 +236,7 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
     // `sluice gc`'s job (the view history's objects are its own runs' to delete: gc leaves
     // them alone, and the check below finds none).
     d.sluice(&["gc", "--min-age-ms", "0"]).await?;
-    check(&d).await.with_context(|| log)?;
+    check(&zk, &d).await.with_context(|| log)?;
     let listed = String::from_utf8(d.sluice(&["views"]).await?.stdout)?;
     ensure!(
         listed.contains(VIEW) && listed.contains("live, history done"),
@@ -255,6 +270,7 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storage_outage_during_a_history_is_waited_out() -> Result<()> {
+    let zk = Stack::from_env().zk;
     let mut d = deployment("view-history-outage", PARTITIONS, 1000, 40).await?;
     let w1 = spawn(&d, "w1")?;
     wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
@@ -278,7 +294,44 @@ async fn a_storage_outage_during_a_history_is_waited_out() -> Result<()> {
     std::fs::remove_file(&data)?;
     std::fs::rename(&aside, &data)?;
     d.produce_more(200).await?;
-    settle(&d).await?;
+    settle(&zk, &d).await?;
     let log = w.terminate(LIMIT).await?;
-    check(&d).await.with_context(|| log)
+    check(&zk, &d).await.with_context(|| log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_down_longer_than_the_session_during_a_history_is_waited_out() -> Result<()> {
+    let mut private = PrivateZk::launch().await?;
+    let zk = private.connect();
+    let stack = Stack::from_env().with_zk(&private);
+    let mut d = deployment_on(&stack, "view-history-zk", PARTITIONS, 1000, 40, |dir| {
+        StorageKind::File(dir.join("data"))
+    })
+    .await?;
+    let w1 = spawn(&d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    add_view(&d)?;
+    w1.terminate(LIMIT).await?;
+    // Frozen after the history's first upload; ZooKeeper goes, for longer than the 4 s
+    // session: the history stops with the session, the worker waits and rejoins.
+    let mut w = spawn_with(&d, "w1", "view_history_after_upload:1:stop")?;
+    w.wait_stopped(LIMIT).await?;
+    let stopped = std::time::Instant::now();
+    private.stop().await?;
+    w.signal("CONT")?;
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(stopped.elapsed())).await;
+    ensure!(
+        w.is_running(),
+        "the worker exited during the outage: {}",
+        w.log_text()
+    );
+    private.start().await?;
+    d.produce_more(200).await?;
+    settle(&zk, &d).await.with_context(|| w.log_text())?;
+    let log = w.terminate(LIMIT).await?;
+    ensure!(
+        log.contains("rejoining the fleet with a new session"),
+        "the worker did not lose its session: {log}"
+    );
+    check(&zk, &d).await.context(log)
 }

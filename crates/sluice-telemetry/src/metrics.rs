@@ -134,9 +134,13 @@ pub const SCRUB_BYTES: &str = "sluice_scrub_bytes_total";
 pub const STORAGE_ENDPOINT_UP: &str = "sluice_storage_endpoint_up";
 pub const STORAGE_CHECKSUM_FAILURES: &str = "sluice_storage_checksum_failures_total";
 pub const STORAGE_READ_FAILOVERS: &str = "sluice_storage_read_failovers_total";
+pub const VIEWS_NOT_LIVE: &str = "sluice_views_not_live";
+pub const VIEWS_HISTORY_PENDING: &str = "sluice_views_history_pending";
 
 /// Every metric name, for tests and docs.
 pub const ALL: &[&str] = &[
+    VIEWS_NOT_LIVE,
+    VIEWS_HISTORY_PENDING,
     PARTITION_COMMITTED_OFFSET,
     PARTITION_HIGH_WATERMARK,
     PARTITION_LAG_MESSAGES,
@@ -369,6 +373,14 @@ fn describe_merges() {
     describe_gauge!(
         TABLE_SEALED_SCOPES,
         "Scopes of the table sealed into manifests in object storage"
+    );
+    describe_gauge!(
+        VIEWS_NOT_LIVE,
+        "Views this worker's configuration defines that are not live yet (a live worker does not define them, or a backfill of their topic waits for its handoff)"
+    );
+    describe_gauge!(
+        VIEWS_HISTORY_PENDING,
+        "Live views this worker defines whose history over the data committed before them is not registered yet"
     );
     describe_gauge!(
         TABLE_MERGE_BACKLOG,

@@ -86,6 +86,18 @@ impl Maintainer {
         let coord = &*self.ctx.coord;
         let registry = coord.read_views().await?;
         self.live.set_registry(registry.clone())?;
+        let not_live = self
+            .configured
+            .keys()
+            .filter(|n| registry.get(n).is_none())
+            .count();
+        let pending = self
+            .configured
+            .keys()
+            .filter(|n| registry.history_pending(n))
+            .count();
+        metrics::gauge!(sluice_telemetry::metrics::VIEWS_NOT_LIVE).set(not_live as f64);
+        metrics::gauge!(sluice_telemetry::metrics::VIEWS_HISTORY_PENDING).set(pending as f64);
         self.settled = self.configured.iter().all(|(name, (_, topic))| {
             topic.is_none() || (registry.get(name).is_some() && !registry.history_pending(name))
         });
