@@ -75,6 +75,18 @@ async fn wait_history(zk: &str, d: &Prepared) -> Result<()> {
     .await
 }
 
+/// One worker ingests what was produced; then the view is added to the configuration and the
+/// worker stopped. Returns a copy of the configuration without the view.
+async fn ingested_then_view_added(d: &Prepared) -> Result<std::path::PathBuf> {
+    let w1 = spawn(d, "w1")?;
+    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
+    let without_view = d.dir.path().join("without-view.toml");
+    std::fs::copy(&d.config, &without_view)?;
+    add_view(d)?;
+    w1.terminate(LIMIT).await?;
+    Ok(without_view)
+}
+
 /// Adds the view to the deployment's configuration (the running workers keep theirs).
 fn add_view(d: &Prepared) -> Result<()> {
     d.edit_config(|text| format!("{text}\n{}", per_hour_view()))
@@ -188,12 +200,7 @@ async fn a_view_added_by_a_rolling_restart_equals_its_sql_over_every_event() -> 
 async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() -> Result<()> {
     let zk = Stack::from_env().zk;
     let mut d = deployment("view-history-faults", PARTITIONS, 1000, 40).await?;
-    let w1 = spawn(&d, "w1")?;
-    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
-    let without_view = d.dir.path().join("without-view.toml");
-    std::fs::copy(&d.config, &without_view)?;
-    add_view(&d)?;
-    w1.terminate(LIMIT).await?;
+    let without_view = ingested_then_view_added(&d).await?;
 
     // kill -9 after a chunk is uploaded, then right before the history registers.
     for point in [
@@ -272,10 +279,7 @@ async fn a_history_killed_at_each_step_or_frozen_as_a_zombie_is_computed_once() 
 async fn a_storage_outage_during_a_history_is_waited_out() -> Result<()> {
     let zk = Stack::from_env().zk;
     let mut d = deployment("view-history-outage", PARTITIONS, 1000, 40).await?;
-    let w1 = spawn(&d, "w1")?;
-    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
-    add_view(&d)?;
-    w1.terminate(LIMIT).await?;
+    ingested_then_view_added(&d).await?;
     // Frozen after the history's first chunk is uploaded; storage goes before the rest.
     let mut w = spawn_with(&d, "w1", "view_history_after_upload:1:stop")?;
     w.wait_stopped(LIMIT).await?;
@@ -308,10 +312,7 @@ async fn zookeeper_down_longer_than_the_session_during_a_history_is_waited_out()
         StorageKind::File(dir.join("data"))
     })
     .await?;
-    let w1 = spawn(&d, "w1")?;
-    wait_caught_up(&d.config, &d.topic, &d.ends(), LIMIT).await?;
-    add_view(&d)?;
-    w1.terminate(LIMIT).await?;
+    ingested_then_view_added(&d).await?;
     // Frozen after the history's first upload; ZooKeeper goes, for longer than the 4 s
     // session: the history stops with the session, the worker waits and rejoins.
     let mut w = spawn_with(&d, "w1", "view_history_after_upload:1:stop")?;
