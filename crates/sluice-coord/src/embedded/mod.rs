@@ -26,6 +26,7 @@ const STATE_FILE: &str = "coordinator.json";
 const LOCK_FILE: &str = "coordinator.lock";
 
 mod backfills;
+mod commit;
 mod registry;
 mod views;
 
@@ -322,36 +323,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), CoordError> {
-        let mut shared = self.lock()?;
-        let current = shared.units.get(&lease.unit).is_some_and(|e| {
-            e.epoch == lease.epoch && e.holder.as_ref().is_some_and(|(s, _)| *s == self.session)
-        });
-        if !current {
-            return Err(CoordError::LeaseLost {
-                unit: lease.unit.clone(),
-                epoch: lease.epoch,
-            });
-        }
-        shared.check_views(&lease.unit, commit.views_version)?;
-        let before = (
-            shared.registry.clone(),
-            shared.units.get(&lease.unit).and_then(|e| e.next_offset),
-        );
-        shared
-            .registry
-            .add(&lease.unit.to_string(), &commit.parts)?;
-        if let Some(entry) = shared.units.get_mut(&lease.unit) {
-            entry.next_offset = Some(commit.next_offset);
-        }
-        if let Err(e) = shared.persist() {
-            // Undone in memory so memory never shows a commit the disk does not have.
-            shared.registry = before.0;
-            if let Some(entry) = shared.units.get_mut(&lease.unit) {
-                entry.next_offset = before.1;
-            }
-            return Err(e);
-        }
-        Ok(())
+        self.commit_in(lease, commit)
     }
 
     async fn list_parts(&self, table: &str) -> Result<Vec<PartRecord>, CoordError> {
