@@ -521,4 +521,11 @@ impl Prepared {
     pub async fn verify(&self) -> Result<()> {
         verify_exactly_once(&self.config, &self.events, &self.located).await
     }
+
+    /// [`Prepared::verify`] with the rows of the events in `nulled` holding a null
+    /// `duration_ms` (ingested with a configuration that read it from the wrong field).
+    pub async fn verify_nulled(&self, nulled: &std::collections::HashSet<u64>) -> Result<()> {
+        let (c, objects) = registered(&load_config(&self.config)?).await?;
+        exactly_once::verify_with_nulled(&c, &objects, self.produced(), nulled).await
+    }
 }

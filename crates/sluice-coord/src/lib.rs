@@ -55,6 +55,7 @@ mod backfill;
 mod embedded;
 pub mod gaps;
 mod registry;
+mod replay;
 mod views;
 mod zookeeper;
 
@@ -62,9 +63,10 @@ pub use backfill::{BackfillLease, BackfillPlan, BackfillState, BackfillStatus, S
 pub use embedded::EmbeddedCoordinator;
 pub use gaps::{Gap, PartitionGaps, RetentionGaps};
 pub use registry::{
-    MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
-    SealedManifest,
+    KeptFor, MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState,
+    ScopeSummary, SealedManifest,
 };
+pub use replay::{valid_replay_id, ReplayGeneration};
 pub use views::{LiveView, ViewHistory, ViewHistoryLease, ViewPoint, ViewRegistry};
 pub use zookeeper::{Credentials, ZkCoordinator, ZkSecurity, ZkTls};
 
@@ -201,6 +203,8 @@ pub enum CoordError {
     ViewHistoryHeld { view: String, holder: String },
     #[error("no view `{view}` is live")]
     NoView { view: String },
+    #[error("no replay `{id}` is recorded (rolled back or collected already?); see `sluice replay status`")]
+    NoReplay { id: String },
     #[error("lease of {unit} is held by worker `{holder}`")]
     LeaseHeld { unit: UnitId, holder: String },
     #[error("lease of {unit} (epoch {epoch}) was lost to a newer owner; this worker must stop consuming it")]
@@ -433,6 +437,41 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
         parts: &[PartRecord],
         history: &ViewHistory,
     ) -> Result<(), CoordError>;
+
+    /// Swaps a replay's generation in, atomically and iff every lease of `leases` is its scope's
+    /// current merge lease ([`CoordError::ScopeLeaseLost`]) and the view registry is still at
+    /// `views_version` ([`CoordError::Conflict`]): removes `generation.old` (a
+    /// [`CoordError::Conflict`] if one is no longer registered), registers `generation.new`,
+    /// records [`ReplayGeneration::kept_sets`] and the generation itself. Every record's scope
+    /// must be among the leases'; a replay recorded under the same id is a conflict. Nothing
+    /// changes on an error; [`CoordError::Ambiguous`]: read the replay to learn the outcome.
+    async fn replace_range(
+        &self,
+        leases: &[MergeLease],
+        views_version: i64,
+        generation: &ReplayGeneration,
+    ) -> Result<(), CoordError>;
+
+    /// Rolls a swapped replay back, atomically and iff every lease is current: removes its new
+    /// records (a [`CoordError::Conflict`] if one was merged or sealed since), registers its old
+    /// ones again, replaces its kept sets by [`ReplayGeneration::rolled_back_sets`] and forgets
+    /// the replay. [`CoordError::NoReplay`] once it was rolled back or collected.
+    async fn roll_back_replay(
+        &self,
+        leases: &[MergeLease],
+        id: &str,
+        now_ms: i64,
+    ) -> Result<ReplayGeneration, CoordError>;
+
+    /// A recorded replay, `None` if none has that id.
+    async fn read_replay(&self, id: &str) -> Result<Option<ReplayGeneration>, CoordError>;
+
+    /// Every recorded replay: swapped in, not rolled back or collected.
+    async fn list_replays(&self) -> Result<Vec<ReplayGeneration>, CoordError>;
+
+    /// Forgets a replay and its kept sets in one change, and returns those sets: delete their
+    /// objects afterwards (no rollback can want them any more). Empty if it is not recorded.
+    async fn collect_replay(&self, id: &str) -> Result<Vec<Retired>, CoordError>;
 
     /// The retired object sets of `table` not forgotten yet.
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError>;

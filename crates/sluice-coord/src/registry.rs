@@ -199,4 +199,25 @@ pub struct Retired {
     pub partition_value: String,
     pub paths: Vec<String>,
     pub retired_at_ms: i64,
+    /// Set for the generation a replay replaced ([`crate::ReplayGeneration`]): the objects are
+    /// kept for a rollback until then, and deleted with [`crate::Coordinator::collect_replay`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_for: Option<KeptFor>,
+}
+
+/// Why a retired set is kept past the grace period: the replay it can roll back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFor {
+    pub replay: String,
+    pub until_ms: i64,
+}
+
+impl Retired {
+    /// Whether its objects may be deleted at `now_ms`, with `grace_ms` for ordinary sets.
+    pub fn due(&self, now_ms: i64, grace_ms: i64) -> bool {
+        match &self.kept_for {
+            Some(k) => k.until_ms <= now_ms,
+            None => self.retired_at_ms + grace_ms <= now_ms,
+        }
+    }
 }

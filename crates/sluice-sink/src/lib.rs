@@ -10,6 +10,7 @@ mod history_parts;
 mod manifest;
 mod parts;
 pub mod repair;
+mod replay_parts;
 pub mod sort;
 mod storage;
 
@@ -28,6 +29,7 @@ pub use parts::{
     build_parts, encode, part_path, path_segment, quarantine_schema, sort_and_split,
     writer_properties, EncodedPart, FlushSource, ROW_GROUP_ROWS,
 };
+pub use replay_parts::{build_replay_parts, parse_replay_name, replay_file_name, ReplaySource};
 pub use storage::{EndpointCounts, ObjectInfo, QuorumShort, Storage};
 
 /// A cause that may be only a message.

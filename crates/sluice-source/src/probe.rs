@@ -160,9 +160,55 @@ impl KafkaProbe {
         partitions: &[i32],
         which: Offset,
     ) -> Result<HashMap<i32, i64>, SourceError> {
+        self.list_offsets(topic, partitions, which)?
+            .into_iter()
+            .map(|(p, o)| match o {
+                Offset::Offset(o) => Ok((p, o)),
+                other => Err(watermark_err(
+                    topic,
+                    p,
+                    format!("the broker answered {other:?}").into(),
+                )),
+            })
+            .collect()
+    }
+
+    /// Per partition, the first offset whose message has a timestamp at or after `ts_ms` (ms
+    /// since the epoch); `None` where no message is that recent (the high watermark is then
+    /// where such a message would go). One request per partition leader.
+    pub fn offsets_at(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        ts_ms: i64,
+    ) -> Result<HashMap<i32, Option<i64>>, SourceError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.list_offsets(topic, partitions, Offset::Offset(ts_ms))?
+            .into_iter()
+            .map(|(p, o)| match o {
+                Offset::Offset(o) if o >= 0 => Ok((p, Some(o))),
+                Offset::End | Offset::Invalid | Offset::Offset(_) => Ok((p, None)),
+                other => Err(watermark_err(
+                    topic,
+                    p,
+                    format!("the broker answered {other:?} for a timestamp").into(),
+                )),
+            })
+            .collect()
+    }
+
+    /// One ListOffsets round: `query` (a timestamp, or beginning or end) for each partition.
+    fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        query: Offset,
+    ) -> Result<Vec<(i32, Offset)>, SourceError> {
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
-            tpl.add_partition_offset(topic, p, which)
+            tpl.add_partition_offset(topic, p, query)
                 .map_err(|e| watermark_err(topic, p, e.into()))?;
         }
         let answer = self
@@ -178,18 +224,9 @@ impl KafkaProbe {
         answer
             .elements()
             .iter()
-            .map(|e| {
-                if let Err(err) = e.error() {
-                    return Err(watermark_err(topic, e.partition(), err.into()));
-                }
-                match e.offset() {
-                    Offset::Offset(o) => Ok((e.partition(), o)),
-                    other => Err(watermark_err(
-                        topic,
-                        e.partition(),
-                        format!("the broker answered {other:?}").into(),
-                    )),
-                }
+            .map(|e| match e.error() {
+                Err(err) => Err(watermark_err(topic, e.partition(), err.into())),
+                Ok(()) => Ok((e.partition(), e.offset())),
             })
             .collect()
     }

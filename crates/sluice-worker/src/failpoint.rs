@@ -12,9 +12,10 @@
 //! chunk whose parts are uploaded, its file not staged), `backfill_after_file` (counted per
 //! file staged) and `backfill_before_handoff` (every file staged, not handed off); and in a
 //! view's history: `view_history_after_upload` (counted per chunk uploaded, nothing
-//! registered) and `view_history_before_register` (every chunk uploaded). A stopped
-//! process resumes
-//! right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
+//! registered) and `view_history_before_register` (every chunk uploaded); and in `sluice replay
+//! run`: `replay_after_upload` (counted per chunk whose parts are uploaded, nothing swapped)
+//! and `replay_before_swap` (every part uploaded and every merge lease taken). A stopped
+//! process resumes right there on SIGCONT. Unset in production: `hit` then compares one pointer and returns.
 //!
 //! Clones share the count: flushes run as tasks of their own and hit the points of the one
 //! process-wide arming.
@@ -39,6 +40,8 @@ pub const POINTS: &[&str] = &[
     "backfill_before_handoff",
     "view_history_after_upload",
     "view_history_before_register",
+    "replay_after_upload",
+    "replay_before_swap",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

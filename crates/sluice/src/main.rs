@@ -14,6 +14,7 @@ mod offsets;
 mod parts;
 mod produce;
 mod query;
+mod replay;
 mod run;
 mod scopes;
 mod views;
@@ -76,6 +77,10 @@ enum Command {
     /// Show the views the fleet maintains: when each went live and whether its history over
     /// the data committed before is computed; `views drop NAME` stops maintaining one.
     Views(views::ViewsArgs),
+    /// Replays: rebuild a time range of a table and its views from the topic (after fixing the
+    /// configuration, say) and swap it in atomically while ingestion goes on; roll it back
+    /// while the old generation is kept.
+    Replay(replay::ReplayArgs),
     /// Produce seeded sample events (sequence-numbered web-analytics JSON, 130-200 bytes each) to
     /// a topic, or write them to an NDJSON file.
     Produce(produce::ProduceArgs),
@@ -146,5 +151,6 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Gc(args) => gc::gc(args).await,
         Command::Produce(args) => produce::produce(args).await,
         Command::Views(args) => views::views(args).await,
+        Command::Replay(args) => replay::replay(args).await,
     }
 }

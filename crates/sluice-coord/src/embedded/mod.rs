@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BackfillLease, BackfillPlan, BackfillStatus, Commit, CoordError, Coordinator, Gap, Lease,
-    LiveView, Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
-    SealedManifest, Signal, StagedFile, UnitId, UnitState, ViewHistory, ViewHistoryLease,
-    ViewRegistry,
+    LiveView, Member, MergeLease, PartRecord, ReplayGeneration, RetentionGaps, Retired,
+    ScopeListing, ScopeSummary, SealedManifest, Signal, StagedFile, UnitId, UnitState, ViewHistory,
+    ViewHistoryLease, ViewRegistry,
 };
 
 const STATE_FILE: &str = "coordinator.json";
@@ -28,6 +27,8 @@ const LOCK_FILE: &str = "coordinator.lock";
 mod backfills;
 mod commit;
 mod registry;
+mod replays;
+mod state;
 mod views;
 
 use registry::{PersistedRegistry, Registry};
@@ -44,6 +45,8 @@ struct Persisted {
     backfills: BTreeMap<String, backfills::Entry>,
     #[serde(default)]
     views: Option<views::Entry>,
+    #[serde(default)]
+    replays: BTreeMap<String, crate::ReplayGeneration>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +70,7 @@ struct Shared {
     registry: Registry,
     backfills: BTreeMap<String, backfills::Entry>,
     views: Option<views::Entry>,
+    replays: BTreeMap<String, crate::ReplayGeneration>,
     /// Live members by id, with the session that registered each.
     members: BTreeMap<String, (u64, Member)>,
     dir: Option<PathBuf>,
@@ -96,63 +100,6 @@ fn embedded_err(dir: &Path, source: impl Into<crate::Cause>) -> CoordError {
 }
 
 impl EmbeddedCoordinator {
-    /// State in memory only, gone with the process.
-    pub fn in_memory() -> EmbeddedCoordinator {
-        Self::from_shared(Shared {
-            units: HashMap::new(),
-            gaps: BTreeMap::new(),
-            registry: Registry::default(),
-            backfills: BTreeMap::new(),
-            views: None,
-            members: BTreeMap::new(),
-            dir: None,
-            _lock: None,
-            changes: tokio::sync::watch::channel(0).0,
-        })
-    }
-
-    /// State persisted in `dir` (created if missing). Fails if another process uses it.
-    pub fn open(dir: &Path) -> Result<EmbeddedCoordinator, CoordError> {
-        std::fs::create_dir_all(dir).map_err(|e| embedded_err(dir, e))?;
-        let lock = File::create(dir.join(LOCK_FILE)).map_err(|e| embedded_err(dir, e))?;
-        lock.try_lock().map_err(|_| {
-            embedded_err(dir, "is in use by another process; the embedded backend serves one worker — use ZooKeeper for several")
-        })?;
-        let persisted: Persisted = match std::fs::read(dir.join(STATE_FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CoordError::Corrupt {
-                path: dir.join(STATE_FILE).display().to_string(),
-                source: e.into(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
-            Err(e) => return Err(embedded_err(dir, e)),
-        };
-        let units = persisted
-            .units
-            .into_iter()
-            .map(|u| {
-                (
-                    u.unit,
-                    UnitEntry {
-                        epoch: u.epoch,
-                        next_offset: u.next_offset,
-                        holder: None,
-                    },
-                )
-            })
-            .collect();
-        Ok(Self::from_shared(Shared {
-            units,
-            gaps: persisted.gaps,
-            registry: Registry::from_persisted(persisted.registry),
-            backfills: persisted.backfills,
-            views: persisted.views,
-            members: BTreeMap::new(),
-            dir: Some(dir.to_path_buf()),
-            _lock: Some(lock),
-            changes: tokio::sync::watch::channel(0).0,
-        }))
-    }
-
     fn from_shared(shared: Shared) -> EmbeddedCoordinator {
         EmbeddedCoordinator {
             shared: Arc::new(Mutex::new(shared)),
@@ -226,36 +173,6 @@ impl Shared {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
-    }
-
-    fn persist(&self) -> Result<(), CoordError> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        let mut units: Vec<PersistedUnit> = self
-            .units
-            .iter()
-            .map(|(unit, e)| PersistedUnit {
-                unit: unit.clone(),
-                epoch: e.epoch,
-                next_offset: e.next_offset,
-            })
-            .collect();
-        units.sort_by(|a, b| a.unit.cmp(&b.unit));
-        let state = Persisted {
-            units,
-            gaps: self.gaps.clone(),
-            registry: self.registry.to_persisted(),
-            backfills: self.backfills.clone(),
-            views: self.views.clone(),
-        };
-        let bytes = serde_json::to_vec(&state).expect("state serializes");
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(STATE_FILE))
-        };
-        write().map_err(|e| embedded_err(dir, e))
     }
 }
 
@@ -472,6 +389,36 @@ impl Coordinator for EmbeddedCoordinator {
         history: &ViewHistory,
     ) -> Result<(), CoordError> {
         self.complete_view_history_of(lease, parts, history)
+    }
+
+    async fn replace_range(
+        &self,
+        leases: &[MergeLease],
+        views_version: i64,
+        generation: &ReplayGeneration,
+    ) -> Result<(), CoordError> {
+        self.replace_range_in(leases, views_version, generation)
+    }
+
+    async fn roll_back_replay(
+        &self,
+        leases: &[MergeLease],
+        id: &str,
+        now_ms: i64,
+    ) -> Result<ReplayGeneration, CoordError> {
+        self.roll_back_replay_in(leases, id, now_ms)
+    }
+
+    async fn read_replay(&self, id: &str) -> Result<Option<ReplayGeneration>, CoordError> {
+        self.read_replay_in(id)
+    }
+
+    async fn list_replays(&self) -> Result<Vec<ReplayGeneration>, CoordError> {
+        self.list_replays_in()
+    }
+
+    async fn collect_replay(&self, id: &str) -> Result<Vec<Retired>, CoordError> {
+        self.collect_replay_in(id)
     }
 
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {

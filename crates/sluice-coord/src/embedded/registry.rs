@@ -194,7 +194,7 @@ impl Registry {
     }
 
     /// Checks that `lease` is the scope's current merge lease, held by `session`.
-    fn check_lease(&self, session: u64, lease: &MergeLease) -> Result<(), CoordError> {
+    pub(super) fn check_lease(&self, session: u64, lease: &MergeLease) -> Result<(), CoordError> {
         let k = key(&lease.table, &lease.partition_value);
         let current = self
             .holders
@@ -299,6 +299,84 @@ impl Registry {
             self.retired.insert(key(&r.table, &r.name), r.clone());
         }
         Ok(())
+    }
+
+    /// A replay's swap or rollback: under every lease of `leases`, whose scopes must hold every
+    /// record of `remove` and `add`, removes `remove` (all still registered), registers `add`,
+    /// forgets `forget` and records `sets`; all of it or, on an error, nothing.
+    pub(super) fn replace(
+        &mut self,
+        session: u64,
+        leases: &[MergeLease],
+        (remove, add): (&[PartRecord], &[PartRecord]),
+        (forget, sets): (&[Retired], &[Retired]),
+    ) -> Result<(), CoordError> {
+        for lease in leases {
+            self.check_lease(session, lease)?;
+        }
+        for p in remove.iter().chain(add) {
+            let leased = leases
+                .iter()
+                .any(|l| l.table == p.table && l.partition_value == p.partition_value);
+            if !leased {
+                return Err(CoordError::Conflict {
+                    at: scope_name(&p.table, &p.partition_value),
+                    what: format!("part {} is in a scope the replay holds no lease of", p.path),
+                    source: None,
+                });
+            }
+        }
+        for lease in leases {
+            let mine = |p: &&PartRecord| {
+                p.table == lease.table && p.partition_value == lease.partition_value
+            };
+            let gone: Vec<PartRecord> = remove.iter().filter(mine).cloned().collect();
+            self.check_present(lease, &gone)?;
+        }
+        for p in add {
+            let exists = self
+                .scopes
+                .get(&key(&p.table, &p.partition_value))
+                .is_some_and(|s| s.records.contains_key(&p.name()));
+            if exists {
+                return Err(CoordError::Conflict {
+                    at: scope_name(&p.table, &p.partition_value),
+                    what: format!("part {} is registered already", p.path),
+                    source: None,
+                });
+            }
+        }
+        for r in sets {
+            self.check_retired_new(r)?;
+        }
+        for p in remove {
+            self.scope_mut(&p.table, &p.partition_value)
+                .records
+                .remove(&p.name());
+        }
+        for p in add {
+            self.scope_mut(&p.table, &p.partition_value)
+                .records
+                .insert(p.name(), p.clone());
+        }
+        for lease in leases {
+            self.scope_mut(&lease.table, &lease.partition_value)
+                .generation += 1;
+        }
+        for r in forget {
+            self.retired.remove(&key(&r.table, &r.name));
+        }
+        for r in sets {
+            self.retired.insert(key(&r.table, &r.name), r.clone());
+        }
+        Ok(())
+    }
+
+    /// Forgets retired sets (a replay collected).
+    pub(super) fn forget_sets(&mut self, sets: &[Retired]) {
+        for r in sets {
+            self.retired.remove(&key(&r.table, &r.name));
+        }
     }
 
     pub(super) fn set_replicas(&mut self, part: &PartRecord, replicas: &[String]) -> bool {

@@ -66,6 +66,11 @@ impl Shared {
         }
     }
 
+    /// The registry's version, -1 while there is none.
+    pub(super) fn views_version(&self) -> i64 {
+        self.views.as_ref().map_or(-1, |e| e.version)
+    }
+
     /// Moves the registry's version (if there is one) without changing it.
     pub(super) fn bump_views(&mut self, by: i64) {
         if let Some(e) = &mut self.views {

@@ -33,9 +33,9 @@ use zookeeper_client as zk;
 
 use crate::{
     BackfillLease, BackfillPlan, BackfillStatus, Commit, CoordError, Coordinator, Gap, Lease,
-    LiveView, Member, MergeLease, PartRecord, RetentionGaps, Retired, ScopeListing, ScopeSummary,
-    SealedManifest, Signal, StagedFile, UnitId, UnitState, ViewHistory, ViewHistoryLease,
-    ViewRegistry,
+    LiveView, Member, MergeLease, PartRecord, ReplayGeneration, RetentionGaps, Retired,
+    ScopeListing, ScopeSummary, SealedManifest, Signal, StagedFile, UnitId, UnitState, ViewHistory,
+    ViewHistoryLease, ViewRegistry,
 };
 
 mod auth;
@@ -49,6 +49,7 @@ mod gaps;
 mod handoff;
 mod leases;
 mod nodes;
+mod replays;
 mod scopes;
 mod tls;
 mod views;
@@ -315,6 +316,37 @@ impl Coordinator for ZkCoordinator {
         history: &ViewHistory,
     ) -> Result<(), CoordError> {
         self.complete_view_history_of(lease, parts, history).await
+    }
+
+    async fn replace_range(
+        &self,
+        leases: &[MergeLease],
+        views_version: i64,
+        generation: &ReplayGeneration,
+    ) -> Result<(), CoordError> {
+        self.replace_range_of(leases, views_version, generation)
+            .await
+    }
+
+    async fn roll_back_replay(
+        &self,
+        leases: &[MergeLease],
+        id: &str,
+        now_ms: i64,
+    ) -> Result<ReplayGeneration, CoordError> {
+        self.roll_back_replay_of(leases, id, now_ms).await
+    }
+
+    async fn read_replay(&self, id: &str) -> Result<Option<ReplayGeneration>, CoordError> {
+        self.read_replay_of(id).await
+    }
+
+    async fn list_replays(&self) -> Result<Vec<ReplayGeneration>, CoordError> {
+        self.list_replays_of().await
+    }
+
+    async fn collect_replay(&self, id: &str) -> Result<Vec<Retired>, CoordError> {
+        self.collect_replay_of(id).await
     }
 
     async fn list_retired(&self, table: &str) -> Result<Vec<Retired>, CoordError> {

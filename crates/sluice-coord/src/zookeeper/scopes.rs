@@ -47,7 +47,7 @@ impl ZkCoordinator {
         )
     }
 
-    fn retired_path(&self, table: &str, name: &str) -> String {
+    pub(super) fn retired_path(&self, table: &str, name: &str) -> String {
         format!("{}/retired/{}", self.table_dir(table), encode_segment(name))
     }
 
@@ -316,7 +316,7 @@ impl ZkCoordinator {
 
     /// The scope's znode, the version this lease holder last wrote, and the state to write
     /// back; `LeaseLost` without a lease of this session.
-    async fn fenced_scope(
+    pub(super) async fn fenced_scope(
         &self,
         client: &zk::Client,
         lease: &MergeLease,
@@ -426,7 +426,7 @@ impl ZkCoordinator {
     }
 }
 
-fn lost(lease: &MergeLease) -> CoordError {
+pub(super) fn lost(lease: &MergeLease) -> CoordError {
     CoordError::ScopeLeaseLost {
         table: lease.table.clone(),
         value: lease.partition_value.clone(),

@@ -401,6 +401,7 @@ fn writer_is_done(
         }),
         ObjectKind::Merged(name) => merge_done(Some(name.merge_epoch)),
         ObjectKind::Manifest(epoch) => merge_done(*epoch),
+        ObjectKind::Replayed => merge_done(None),
         ObjectKind::Spanned | ObjectKind::Other => false,
     }
 }

@@ -93,6 +93,9 @@ pub(super) enum ObjectKind {
     /// A backfill's or a view history's part: its own run deletes what it does not register
     /// (runs of later epochs sweep earlier ones'), so collection leaves it alone.
     Spanned,
+    /// A replay's part: its run holds the merge leases of the scopes it writes to until it
+    /// swaps, so one nobody references once those are free never will be.
+    Replayed,
     Other,
 }
 
@@ -108,6 +111,8 @@ pub(super) fn classify(table: &str, path: &str) -> ObjectKind {
                 ObjectKind::Flushed(name)
             } else if let Some(name) = parse_merged_name(path) {
                 ObjectKind::Merged(name)
+            } else if crate::parse_replay_name(path).is_some() {
+                ObjectKind::Replayed
             } else if crate::parse_backfill_name(path).is_some()
                 || crate::parse_history_name(path).is_some()
             {

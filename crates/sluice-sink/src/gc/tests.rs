@@ -318,6 +318,7 @@ async fn a_pass_deletes_only_what_no_lease_can_register() {
         partition_value: day.into(),
         paths: vec![a.path.clone()],
         retired_at_ms: 1,
+        kept_for: None,
     };
     coord
         .swap(&merge, std::slice::from_ref(&a), &m1, &retired)

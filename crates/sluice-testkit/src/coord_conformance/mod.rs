@@ -14,6 +14,7 @@ use sluice_coord::{
 use crate::{fail, unique, ConformanceFailure, OrFail};
 
 mod backfills;
+mod replays;
 mod scopes;
 mod views;
 
@@ -84,6 +85,11 @@ where
     backfills::a_committed_partition_cannot_be_claimed(open().await?).await?;
     backfills::a_cancelled_backfill_gives_its_partitions_back(open().await?, open().await?).await?;
     views::a_view_goes_live_at_the_committed_offsets_and_its_history_registers_once(
+        open().await?,
+        open().await?,
+    )
+    .await?;
+    replays::a_replay_swaps_its_generation_in_and_rolls_back_or_is_collected_once(
         open().await?,
         open().await?,
     )

@@ -68,6 +68,7 @@ fn retired_of(inputs: &[PartRecord], output: &PartRecord) -> Retired {
         partition_value: output.partition_value.clone(),
         paths: inputs.iter().map(|p| p.path.clone()).collect(),
         retired_at_ms: 1,
+        kept_for: None,
     }
 }
 
@@ -349,6 +350,7 @@ pub(super) async fn seal_moves_records_into_a_manifest(c: Box<dyn Coordinator>) 
         partition_value: value.clone(),
         paths: vec![manifest.path.clone()],
         retired_at_ms: 6,
+        kept_for: None,
     };
     c.seal(
         &lease,

@@ -155,7 +155,27 @@ pub(super) fn check_name(table: &str, part: &PartRecord) -> Result<()> {
         "part {} is not under {dir}",
         part.path
     );
-    if is_backfill(part) {
+    if is_backfill(part) && file.starts_with("rp.") {
+        // A replay's: rp.<id>.t<run>.p<partition>.c<chunk>.v<version>.parquet
+        let suffix = format!(".v{}.parquet", part.definition_version);
+        let middle = file
+            .strip_prefix("rp.")
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .unwrap_or_default();
+        let mut fields = middle.rsplitn(4, '.');
+        let numbered = |f: Option<&str>, tag: char| {
+            f.and_then(|f| f.strip_prefix(tag))
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        };
+        ensure!(
+            numbered(fields.next(), 'c')
+                && numbered(fields.next(), 'p')
+                && numbered(fields.next(), 't')
+                && fields.next().is_some_and(|id| !id.is_empty()),
+            "replayed part {} is not named rp.<id>.t<run>.p<partition>.c<chunk>{suffix}",
+            part.path
+        );
+    } else if is_backfill(part) {
         // bf.<id>.f<file>.c<chunk>.e<backfill lease epoch>.v<version>.parquet, or a view's
         // history: vh.<view>.s<scope>.c<chunk>.e<history lease epoch>.v<version>.parquet
         let suffix = format!(

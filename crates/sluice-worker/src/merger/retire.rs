@@ -17,7 +17,7 @@ pub(crate) async fn retire(
     table: String,
     owned: HashSet<String>,
 ) -> Result<usize, String> {
-    let due_before = now_ms() - ctx.merge.grace_ms as i64;
+    let now = now_ms();
     let sets = ctx
         .coord
         .list_retired(&table)
@@ -26,20 +26,34 @@ pub(crate) async fn retire(
     let mut deleted = 0;
     for set in sets
         .iter()
-        .filter(|r| r.retired_at_ms <= due_before && owned.contains(&r.partition_value))
+        .filter(|r| r.due(now, ctx.merge.grace_ms as i64) && owned.contains(&r.partition_value))
     {
-        for path in &set.paths {
-            ctx.storage.delete(path).await.map_err(|e| e.to_string())?;
-            deleted += 1;
-            ctx.failpoints.hit("retire_mid_delete");
+        // A replay's old generation goes as a whole, forgotten first: once the replay is
+        // collected no rollback can bring these objects back into use.
+        let batch = match &set.kept_for {
+            Some(kept) => ctx
+                .coord
+                .collect_replay(&kept.replay)
+                .await
+                .map_err(|e| e.to_string())?,
+            None => vec![set.clone()],
+        };
+        for set in &batch {
+            for path in &set.paths {
+                ctx.storage.delete(path).await.map_err(|e| e.to_string())?;
+                deleted += 1;
+                ctx.failpoints.hit("retire_mid_delete");
+            }
+            if set.kept_for.is_none() {
+                ctx.coord
+                    .forget_retired(set)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            metrics::counter!(m::RETIRED_OBJECTS_DELETED, "table" => set.table.clone())
+                .increment(set.paths.len() as u64);
+            tracing::info!(table = %set.table, value = %set.partition_value, objects = set.paths.len(), replaced_by = %set.name, "deleted replaced objects after the grace period");
         }
-        ctx.coord
-            .forget_retired(set)
-            .await
-            .map_err(|e| e.to_string())?;
-        metrics::counter!(m::RETIRED_OBJECTS_DELETED, "table" => table.clone())
-            .increment(set.paths.len() as u64);
-        tracing::info!(table = %table, value = %set.partition_value, objects = set.paths.len(), replaced_by = %set.name, "deleted replaced objects after the grace period");
     }
     Ok(deleted)
 }

@@ -119,10 +119,19 @@ async fn work(
         } else {
             Vec::new()
         };
-        let plans = plans_of(ctx, table, &listing.parts, &pending);
+        let kept = kept_for_rollback(ctx, &listing.parts).await?;
+        let mergeable: Vec<PartRecord> = listing
+            .parts
+            .iter()
+            .filter(|p| !kept.contains(&p.path))
+            .cloned()
+            .collect();
+        let plans = plans_of(ctx, table, &mergeable, &pending);
         turn.backlog = plans.len();
         let Some(plan) = plans.into_iter().next() else {
-            turn.sealed = seal_if_quiet(ctx, table, lease, &listing).await?;
+            if kept.is_empty() {
+                turn.sealed = seal_if_quiet(ctx, table, lease, &listing).await?;
+            }
             return Ok(());
         };
         merge_one(ctx, table, lease, &listing.parts, &plan).await?;
@@ -130,6 +139,36 @@ async fn work(
         turn.backlog = turn.backlog.saturating_sub(1);
     }
     Ok(())
+}
+
+/// The paths of the parts a recorded replay swapped in: a rollback removes them, so they are
+/// neither merged nor sealed until the replay is collected. Read only when the scope holds
+/// replayed parts at all.
+async fn kept_for_rollback(
+    ctx: &MergeCtx,
+    parts: &[PartRecord],
+) -> Result<std::collections::HashSet<String>, String> {
+    if !parts
+        .iter()
+        .any(|p| sluice_sink::parse_replay_name(&p.path).is_some())
+    {
+        return Ok(Default::default());
+    }
+    let recorded: std::collections::HashSet<String> = ctx
+        .coord
+        .list_replays()
+        .await
+        .map_err(|e| chain(&e))?
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    Ok(parts
+        .iter()
+        .filter(|p| {
+            sluice_sink::parse_replay_name(&p.path).is_some_and(|id| recorded.contains(&id))
+        })
+        .map(|p| p.path.clone())
+        .collect())
 }
 
 /// The merges the policy plans for a scope's records: one scope per kind, and only parts of
@@ -278,6 +317,7 @@ async fn swap(
         partition_value: record.partition_value.clone(),
         paths: inputs.iter().map(|p| p.path.clone()).collect(),
         retired_at_ms: record.created_at_ms,
+        kept_for: None,
     };
     match ctx.coord.swap(lease, inputs, record, &retired).await {
         Ok(()) => Ok(()),
@@ -345,6 +385,7 @@ async fn seal_if_quiet(
         partition_value: lease.partition_value.clone(),
         paths: vec![old.path.clone()],
         retired_at_ms: now,
+        kept_for: None,
     });
     ctx.coord
         .seal(lease, &listing.parts, &manifest, retired.as_ref())
