@@ -327,7 +327,9 @@ async fn a_replay_killed_at_each_step_or_frozen_as_a_zombie_swaps_once() -> Resu
     let stop = [("SLUICE_FAILPOINT", "replay_before_swap:1:stop")];
     let mut zombie = Worker::spawn_args(&args, "zombie", &stop, &logs)?;
     zombie.wait_stopped(LIMIT).await?;
-    let out = run_sluice(&args, &[], LIMIT).await?;
+    // Kept for no time: a worker collects the old generation at once.
+    let keep_none = [args.clone(), vec!["--keep-hours", "0"]].concat();
+    let out = run_sluice(&keep_none, &[], LIMIT).await?;
     ensure!(out.status.success(), "the second run: {}", describe(&out));
     zombie.signal("CONT")?;
     let status = zombie.wait(LIMIT).await?;
@@ -339,6 +341,31 @@ async fn a_replay_killed_at_each_step_or_frozen_as_a_zombie_swaps_once() -> Resu
     );
     d.verify().await.context(log)?;
     check_aggregates(&d).await?;
+
+    // The old generation's objects are deleted by a worker, and the replay forgotten.
+    let node = format!("{}/replays/fix", zk_root(&d.topic));
+    let (data, _) = zk_client().await?.get_data(&node).await?;
+    let generation: serde_json::Value = serde_json::from_slice(&data)?;
+    let w1 = spawn(&d, "w1")?;
+    wait_until(
+        LIMIT,
+        Duration::from_millis(200),
+        "the replay's collection",
+        || async {
+            let status = d.sluice(&["replay", "status", "--json"]).await?;
+            Ok(status.stdout.is_empty())
+        },
+    )
+    .await?;
+    w1.terminate(LIMIT).await?;
+    for r in generation["old"].as_array().context("old")? {
+        let path = r["path"].as_str().context("path")?;
+        ensure!(
+            !d.dir.path().join("data").join(path).exists(),
+            "{path} of the old generation is still stored"
+        );
+    }
+    d.verify().await?;
     Ok(())
 }
 
