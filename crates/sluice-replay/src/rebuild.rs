@@ -30,8 +30,6 @@ pub(crate) struct Rebuilder {
     pub id: String,
     pub run: i64,
     pub topic: String,
-    /// Every partition's rebuilt range: what each part stands for.
-    pub spans: Vec<OffsetSpan>,
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -161,7 +159,14 @@ impl Rebuilder {
             chunk: chunk.index,
             first_offset: chunk.first,
             last_offset: chunk.last,
-            spans: self.spans.clone(),
+            // Every row of these offsets that falls into a part's scope is in that part, as
+            // for a flush: the chunk's range is exactly what each part stands for.
+            spans: vec![OffsetSpan {
+                topic: self.topic.clone(),
+                partition: chunk.partition,
+                first_offset: chunk.first,
+                last_offset: chunk.last,
+            }],
         };
         let encode = |table: &TableConfig,
                       batch: &arrow::array::RecordBatch,

@@ -206,7 +206,6 @@ impl Run {
             id: self.id.clone(),
             run: now_ms(),
             topic: topic.to_string(),
-            spans: spans.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
         let mut uploaded = Vec::new();

@@ -5,9 +5,8 @@
 //! `<table>/quarantine/` for events that did not decode. `run` (the run's start, ms) keeps a
 //! frozen earlier run's late uploads from overwriting the objects of a later run of the same id.
 //!
-//! The record's `spans` are the whole range the replay rebuilt (every partition's): the part
-//! holds every row of those offsets that falls into its scope, from its own partition, and
-//! its sibling parts the rest. Its `partition` is -1.
+//! The record's `spans` are the chunk's offsets: the part holds every row of them that falls
+//! into its scope, as a flushed part does for its flush. Its `partition` is -1.
 
 use arrow::record_batch::RecordBatch;
 use sluice_config::TableConfig;
@@ -30,7 +29,7 @@ pub struct ReplaySource {
     /// The chunk's offsets, inclusive.
     pub first_offset: i64,
     pub last_offset: i64,
-    /// What the replay stands for: every partition's rebuilt range.
+    /// What the parts stand for: the chunk's offsets.
     pub spans: Vec<OffsetSpan>,
 }
 

@@ -261,8 +261,15 @@ fn print_report(config: &Config, r: &Report) {
         .map(|s| (s.last_offset - s.first_offset + 1) as u64)
         .sum();
     let views = config.views.iter().filter(|v| v.source == g.table).count();
+    let widened = if rebuilt > asked {
+        format!(
+            ", widened from the {asked} asked to the edges of the parts that straddled the range"
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "replay `{}` of `{}` swapped in: offsets {} (partition: first..last), {rebuilt} offsets ({asked} asked, the rest from parts that straddled the range); {} rows replaced by {} (+{} quarantined), {} parts by {} across the table{}; {:.1} s",
+        "replay `{}` of `{}` swapped in: {rebuilt} offsets rebuilt (partition: first..last {}){widened}; {} rows replaced by {} ({} quarantined), {} parts by {} in the table{}; {:.1} s",
         g.id,
         g.table,
         ranges_text(g),
@@ -271,7 +278,7 @@ fn print_report(config: &Config, r: &Report) {
         r.quarantined,
         g.old.len(),
         g.new.len(),
-        if views > 0 { format!(" and {views} views") } else { String::new() },
+        if views > 0 { format!(" and its {views} views") } else { String::new() },
         r.elapsed.as_secs_f64()
     );
     println!(
@@ -338,24 +345,29 @@ async fn status(args: StatusArgs) -> Result<()> {
         return print_out("no replay is kept for a rollback\n");
     }
     let now = now_ms();
-    let mut out = String::from("ID\tTABLE\tSWAPPED\tROLLBACK UNTIL\tOFFSETS\tPARTS\tROWS\n");
+    let mut out = format!(
+        "{:<24} {:<16} {:<20} {:<20} {:<11} {:<15} offsets rebuilt\n",
+        "replay", "table", "swapped", "rollback until", "parts", "rows"
+    );
     for g in &replays {
+        let until = if g.keep_until_ms <= now {
+            "due".to_string()
+        } else {
+            rfc3339(g.keep_until_ms)
+        };
         out.push_str(&format!(
-            "{}\t{}\t{}\t{}{}\t{}\t{} -> {}\t{} -> {}\n",
+            "{:<24} {:<16} {:<20} {:<20} {:<11} {:<15} {}\n",
             g.id,
             g.table,
             rfc3339(g.swapped_at_ms),
-            rfc3339(g.keep_until_ms),
-            if g.keep_until_ms <= now {
-                " (due for collection)"
-            } else {
-                ""
-            },
-            ranges_text(g),
-            g.old.len(),
-            g.new.len(),
-            data_rows(&g.old, &g.table),
-            data_rows(&g.new, &g.table)
+            until,
+            format!("{} -> {}", g.old.len(), g.new.len()),
+            format!(
+                "{} -> {}",
+                data_rows(&g.old, &g.table),
+                data_rows(&g.new, &g.table)
+            ),
+            ranges_text(g)
         ));
     }
     print_out(&out)
