@@ -36,14 +36,18 @@ fn now_ms() -> i64 {
 /// right configuration, then events of two hours ago under one whose `duration_ms` reads
 /// `duration`; the configuration is fixed again afterwards. Returns the bugged events' seqs and
 /// the bugged hour's start.
-async fn ingested_with_a_bug(stack: &Stack, name: &str) -> Result<(Prepared, HashSet<u64>, i64)> {
+async fn ingested_with_a_bug(
+    stack: &Stack,
+    name: &str,
+    merge: &str,
+) -> Result<(Prepared, HashSet<u64>, i64)> {
     let mut d = deployment_on(stack, name, PARTITIONS, 0, 40, |dir| {
         StorageKind::File(dir.join("data"))
     })
     .await?;
     d.edit_config(|t| {
         format!(
-            "{t}\n{}\n[merge]\ncheck_interval_ms = 200\nfan_in = 4\n",
+            "{t}\n{}\n[merge]\ncheck_interval_ms = 200\nfan_in = 4\n{merge}",
             per_hour_view()
         )
     })?;
@@ -162,7 +166,7 @@ fn replay_args<'a>(d: &'a Prepared, from: &'a str, to: &'a str, id: &'a str) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_while_events_are_produced_swaps_each_day_whole_and_rolls_back() -> Result<()> {
-    let (mut d, nulled, bug_from) = ingested_with_a_bug(&Stack::from_env(), "replay").await?;
+    let (mut d, nulled, bug_from) = ingested_with_a_bug(&Stack::from_env(), "replay", "").await?;
     d.verify_nulled(&nulled)
         .await
         .context("the bugged generation")?;
@@ -298,9 +302,52 @@ async fn a_replay_while_events_are_produced_swaps_each_day_whole_and_rolls_back(
     Ok(())
 }
 
+/// Whether every scope of both tables is sealed, with no live record beside its manifest.
+async fn all_sealed(d: &Prepared) -> Result<bool> {
+    let out = d.sluice(&["scopes", "--json"]).await?;
+    let scopes: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let tables = scopes["tables"].as_array().context("tables")?;
+    let sealed = |t: &serde_json::Value| {
+        let values = t["partition_values"].as_array().map_or(0, Vec::len) as u64;
+        t["live_records"] == 0 && t["sealed_scopes"].as_u64() == Some(values)
+    };
+    Ok(tables.len() == 2 && tables.iter().all(sealed))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_of_sealed_days_rewrites_their_manifests_and_rolls_back() -> Result<()> {
+    let merge = "quiet_after_ms = 500\n";
+    let (d, nulled, bug_from) =
+        ingested_with_a_bug(&Stack::from_env(), "replay-sealed", merge).await?;
+    // A worker seals every day of both tables once it is quiet.
+    let w1 = spawn(&d, "w1")?;
+    wait_until(
+        LIMIT,
+        Duration::from_millis(200),
+        "every scope sealed",
+        || all_sealed(&d),
+    )
+    .await?;
+    w1.terminate(LIMIT).await?;
+    d.verify_nulled(&nulled)
+        .await
+        .context("the sealed bugged generation")?;
+    let (from, to) = (bug_from.to_string(), (bug_from + HOUR_MS).to_string());
+    let out = run_sluice(&replay_args(&d, &from, &to, "fix"), &[], LIMIT).await?;
+    ensure!(out.status.success(), "the replay: {}", describe(&out));
+    d.verify().await?;
+    check_aggregates(&d).await?;
+    d.sluice(&["replay", "rollback", "--id", "fix"]).await?;
+    d.verify_nulled(&nulled)
+        .await
+        .context("after the rollback")?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_killed_at_each_step_or_frozen_as_a_zombie_swaps_once() -> Result<()> {
-    let (d, nulled, bug_from) = ingested_with_a_bug(&Stack::from_env(), "replay-faults").await?;
+    let (d, nulled, bug_from) =
+        ingested_with_a_bug(&Stack::from_env(), "replay-faults", "").await?;
     let (from, to) = (bug_from.to_string(), (bug_from + HOUR_MS).to_string());
     let args = replay_args(&d, &from, &to, "fix");
 
@@ -371,7 +418,7 @@ async fn a_replay_killed_at_each_step_or_frozen_as_a_zombie_swaps_once() -> Resu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storage_outage_during_a_replay_is_waited_out() -> Result<()> {
-    let (d, _, bug_from) = ingested_with_a_bug(&Stack::from_env(), "replay-storage").await?;
+    let (d, _, bug_from) = ingested_with_a_bug(&Stack::from_env(), "replay-storage", "").await?;
     let (from, to) = (bug_from.to_string(), (bug_from + HOUR_MS).to_string());
     let args = replay_args(&d, &from, &to, "fix");
     // Frozen after its first chunk is uploaded; storage goes before the rest.
@@ -408,7 +455,7 @@ async fn a_storage_outage_during_a_replay_is_waited_out() -> Result<()> {
 async fn zookeeper_down_longer_than_the_session_during_a_replay_is_waited_out() -> Result<()> {
     let mut private = PrivateZk::launch().await?;
     let stack = Stack::from_env().with_zk(&private);
-    let (d, _, bug_from) = ingested_with_a_bug(&stack, "replay-zk").await?;
+    let (d, _, bug_from) = ingested_with_a_bug(&stack, "replay-zk", "").await?;
     let (from, to) = (bug_from.to_string(), (bug_from + HOUR_MS).to_string());
     let args = replay_args(&d, &from, &to, "fix");
     // Frozen after its first upload; ZooKeeper goes for longer than the 4 s session, so the

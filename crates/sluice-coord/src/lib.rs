@@ -66,7 +66,7 @@ pub use registry::{
     KeptFor, MergeLease, OffsetSpan, PartKind, PartRecord, Retired, ScopeListing, ScopeState,
     ScopeSummary, SealedManifest,
 };
-pub use replay::{valid_replay_id, ReplayGeneration};
+pub use replay::{valid_replay_id, ReplayGeneration, Resealed};
 pub use views::{LiveView, ViewHistory, ViewHistoryLease, ViewPoint, ViewRegistry};
 pub use zookeeper::{Credentials, ZkCoordinator, ZkSecurity, ZkTls};
 
@@ -442,8 +442,10 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// current merge lease ([`CoordError::ScopeLeaseLost`]) and the view registry is still at
     /// `views_version` ([`CoordError::Conflict`]): removes `generation.old` (a
     /// [`CoordError::Conflict`] if one is no longer registered), registers `generation.new`,
-    /// records [`ReplayGeneration::kept_sets`] and the generation itself. Every record's scope
-    /// must be among the leases'; a replay recorded under the same id is a conflict. Nothing
+    /// points each scope of `generation.resealed` at its new manifest, records
+    /// [`ReplayGeneration::kept_sets`], [`ReplayGeneration::replaced_manifests`] and the
+    /// generation itself. Every record's scope must be among the leases'; a replay recorded
+    /// under the same id is a conflict. Nothing
     /// changes on an error; [`CoordError::Ambiguous`]: read the replay to learn the outcome.
     async fn replace_range(
         &self,
@@ -454,7 +456,8 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
 
     /// Rolls a swapped replay back, atomically and iff every lease is current: removes its new
     /// records (a [`CoordError::Conflict`] if one was merged or sealed since), registers its old
-    /// ones again, replaces its kept sets by [`ReplayGeneration::rolled_back_sets`] and forgets
+    /// ones again ([`ReplayGeneration::restored`], sealed ones as live records beside the new
+    /// manifest), replaces its kept sets by [`ReplayGeneration::rolled_back_sets`] and forgets
     /// the replay. [`CoordError::NoReplay`] once it was rolled back or collected.
     async fn roll_back_replay(
         &self,

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{KeptFor, OffsetSpan, PartRecord, Retired};
+use crate::{KeptFor, OffsetSpan, PartRecord, Retired, SealedManifest};
 
 /// A replay swapped in, as recorded until it is rolled back or collected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,10 +32,29 @@ pub struct ReplayGeneration {
     pub swapped_at_ms: i64,
     /// Until when the old generation's objects are kept for a rollback.
     pub keep_until_ms: i64,
-    /// The records replaced (every table the replay touched: the table, its views, quarantine).
+    /// The live records replaced (every table the replay touched: the table, its views,
+    /// quarantine).
     pub old: Vec<PartRecord>,
     /// The records registered instead.
     pub new: Vec<PartRecord>,
+    /// Records replaced that were sealed into their scope's manifest, and the scopes whose
+    /// manifest the swap replaced by one without them. A rollback registers them as live
+    /// records (beside the new manifest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub old_sealed: Vec<PartRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resealed: Vec<Resealed>,
+}
+
+/// A sealed scope whose manifest a replay rewrote without the parts it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resealed {
+    pub table: String,
+    pub partition_value: String,
+    /// The manifest the scope pointed at.
+    pub replaced: SealedManifest,
+    /// The one it points at after the swap; `None` when no part was left in it.
+    pub manifest: Option<SealedManifest>,
 }
 
 impl ReplayGeneration {
@@ -44,6 +63,7 @@ impl ReplayGeneration {
         self.old
             .iter()
             .chain(&self.new)
+            .chain(&self.old_sealed)
             .map(|p| (p.table.clone(), p.partition_value.clone()))
             .collect()
     }
@@ -51,7 +71,8 @@ impl ReplayGeneration {
     /// The retired sets the swap records: per scope, the old records' objects, kept until
     /// `keep_until_ms`.
     pub fn kept_sets(&self) -> Vec<Retired> {
-        sets_of(&self.old, &format!("replay.{}", self.id), |_| {
+        let old: Vec<PartRecord> = self.old.iter().chain(&self.old_sealed).cloned().collect();
+        sets_of(&old, &format!("replay.{}", self.id), |_| {
             (
                 self.swapped_at_ms,
                 Some(KeptFor {
@@ -60,6 +81,27 @@ impl ReplayGeneration {
                 }),
             )
         })
+    }
+
+    /// The retired sets of the manifests the swap replaced: deleted after the ordinary grace
+    /// period (a rollback registers the sealed parts as live records, not the manifest).
+    pub fn replaced_manifests(&self) -> Vec<Retired> {
+        self.resealed
+            .iter()
+            .map(|r| Retired {
+                table: r.table.clone(),
+                name: format!("replay.{}.manifest.{}", self.id, r.partition_value),
+                partition_value: r.partition_value.clone(),
+                paths: vec![r.replaced.path.clone()],
+                retired_at_ms: self.swapped_at_ms,
+                kept_for: None,
+            })
+            .collect()
+    }
+
+    /// The records a rollback registers again: the live ones replaced and the sealed ones.
+    pub fn restored(&self) -> Vec<PartRecord> {
+        self.old.iter().chain(&self.old_sealed).cloned().collect()
     }
 
     /// The retired sets a rollback at `now_ms` records: per scope, the new records' objects,

@@ -10,16 +10,16 @@ use futures::stream::StreamExt;
 use sluice_config::{Config, TableConfig};
 use sluice_coord::{
     CoordError, Coordinator, MergeLease, OffsetSpan, PartKind, PartRecord, ReplayGeneration,
-    ViewRegistry,
+    Resealed, ViewRegistry,
 };
 use sluice_sink::{EncodedPart, Storage};
 use sluice_source::Source;
 use sluice_transform::Views;
 use sluice_worker::{put_until_stored, Failpoints, Health};
 
-use crate::range::{Ranges, Widened};
+use crate::range::Ranges;
 use crate::rebuild::{Chunk, Rebuilder};
-use crate::scan::{release_all, Scanner, ScopeKey};
+use crate::scan::{release_all, Scan, Scanner, ScopeKey, SealedTouch};
 use crate::{asked_range, coord_err, now_ms, ReplayError};
 
 /// Uploads in flight per chunk.
@@ -182,7 +182,8 @@ impl Run {
             topic,
             lease_wait: self.lease_wait,
         };
-        let widened = scanner.scan(asked, leases).await?;
+        let scan = scanner.scan(asked, leases).await?;
+        let widened = &scan.widened;
         self.check_retained(topic, &widened.ranges).await?;
         let spans: Vec<OffsetSpan> = widened
             .ranges
@@ -213,7 +214,7 @@ impl Run {
             .rebuild_and_swap(
                 &rebuilder,
                 &scanner,
-                &widened,
+                &scan,
                 spans,
                 registry,
                 leases,
@@ -256,12 +257,13 @@ impl Run {
         &self,
         rebuilder: &Rebuilder,
         scanner: &Scanner<'_>,
-        widened: &Widened,
+        scan: &Scan,
         spans: Vec<OffsetSpan>,
         registry: &ViewRegistry,
         leases: &mut BTreeMap<ScopeKey, MergeLease>,
         uploaded: &mut Vec<String>,
     ) -> Result<(ReplayGeneration, u64), ReplayError> {
+        let widened = &scan.widened;
         let health = Health::new();
         let mut new = Vec::new();
         let mut quarantined = 0;
@@ -298,6 +300,7 @@ impl Run {
                 slot.insert(lease);
             }
         }
+        let resealed = self.reseal(&scan.sealed, leases, uploaded).await?;
         self.failpoints.hit("replay_before_swap");
         let now = now_ms();
         let generation = ReplayGeneration {
@@ -310,10 +313,63 @@ impl Run {
             keep_until_ms: now.saturating_add(self.keep_ms),
             old: widened.touched.clone(),
             new,
+            old_sealed: scan.sealed.iter().flat_map(|s| s.touched.clone()).collect(),
+            resealed,
         };
         let held: Vec<MergeLease> = leases.values().cloned().collect();
         self.swap(&held, registry.version, &generation).await?;
         Ok((generation, quarantined))
+    }
+
+    /// Per sealed scope the range meets, a manifest of the parts it keeps (none if it keeps
+    /// none), written under the scope's merge lease.
+    async fn reseal(
+        &self,
+        sealed: &[SealedTouch],
+        leases: &BTreeMap<ScopeKey, MergeLease>,
+        uploaded: &mut Vec<String>,
+    ) -> Result<Vec<Resealed>, ReplayError> {
+        let mut out = Vec::new();
+        for s in sealed {
+            let kept: Vec<PartRecord> = s
+                .parts
+                .iter()
+                .filter(|p| {
+                    !s.touched
+                        .iter()
+                        .any(|t| t.path == p.path && t.kind == p.kind)
+                })
+                .cloned()
+                .collect();
+            let epoch = leases.get(&s.scope).map_or(0, |l| l.epoch);
+            let manifest = if kept.is_empty() {
+                None
+            } else {
+                let (table, value) = &s.scope;
+                let written = sluice_sink::write_manifest(
+                    &self.storage,
+                    table,
+                    value,
+                    epoch,
+                    &kept,
+                    now_ms(),
+                )
+                .await
+                .map_err(|e| ReplayError::Storage {
+                    path: format!("{table}/manifests/{value}"),
+                    source: Box::new(e),
+                })?;
+                uploaded.push(written.path.clone());
+                Some(written)
+            };
+            out.push(Resealed {
+                table: s.scope.0.clone(),
+                partition_value: s.scope.1.clone(),
+                replaced: s.manifest.clone(),
+                manifest,
+            });
+        }
+        Ok(out)
     }
 
     async fn convert(

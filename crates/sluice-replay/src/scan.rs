@@ -20,6 +20,53 @@ const ROUNDS: usize = 8;
 /// How often a held merge lease is asked for again.
 const LEASE_RETRY: Duration = Duration::from_millis(250);
 
+/// What a scan found: the live records to replace (in `widened.touched`) and, per sealed
+/// scope the range meets, its manifest with the parts to replace.
+pub(crate) struct Scan {
+    pub widened: Widened,
+    pub sealed: Vec<SealedTouch>,
+}
+
+/// A sealed scope the range meets.
+pub(crate) struct SealedTouch {
+    pub scope: ScopeKey,
+    pub manifest: SealedManifest,
+    /// Every part the manifest holds, and those of them the replay replaces.
+    pub parts: Vec<PartRecord>,
+    pub touched: Vec<PartRecord>,
+}
+
+/// Splits what a widening touched into live records and sealed scopes' parts.
+fn split(
+    mut widened: Widened,
+    live: &[PartRecord],
+    sealed: Vec<(ScopeKey, SealedManifest)>,
+    manifests: &HashMap<String, Vec<PartRecord>>,
+) -> Scan {
+    let is_live = |r: &PartRecord| live.iter().any(|l| l.path == r.path && l.kind == r.kind);
+    let (touched_live, touched_sealed): (Vec<PartRecord>, Vec<PartRecord>) =
+        widened.touched.into_iter().partition(is_live);
+    widened.touched = touched_live;
+    let sealed = sealed
+        .into_iter()
+        .filter_map(|(scope, manifest)| {
+            let parts = manifests.get(&manifest.path).cloned().unwrap_or_default();
+            let touched: Vec<PartRecord> = touched_sealed
+                .iter()
+                .filter(|t| parts.iter().any(|p| p.path == t.path && p.kind == t.kind))
+                .cloned()
+                .collect();
+            (!touched.is_empty()).then_some(SealedTouch {
+                scope,
+                manifest,
+                parts,
+                touched,
+            })
+        })
+        .collect();
+    Scan { widened, sealed }
+}
+
 /// What a scan works with.
 pub(crate) struct Scanner<'a> {
     pub coord: &'a dyn Coordinator,
@@ -33,19 +80,21 @@ pub(crate) struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
-    /// The range widened over a consistent reading, with the leases of every scope it meets
-    /// added to `leases`.
+    /// The range widened over a consistent reading (live records and sealed manifests' parts
+    /// alike), with the leases of every scope it meets added to `leases`.
     pub(crate) async fn scan(
         &self,
         asked: &Ranges,
         leases: &mut BTreeMap<ScopeKey, MergeLease>,
-    ) -> Result<Widened, ReplayError> {
+    ) -> Result<Scan, ReplayError> {
         let mut manifests: HashMap<String, Vec<PartRecord>> = HashMap::new();
         for _ in 0..ROUNDS {
-            let (records, sealed) = self.read_all().await?;
+            let (live, sealed) = self.read_all().await?;
+            let mut records = live.clone();
+            for (_, manifest) in &sealed {
+                records.extend(self.manifest_parts(manifest, &mut manifests).await?);
+            }
             let widened = widen(&self.tables[0], self.topic, asked, &records)?;
-            self.refuse_sealed(&widened.ranges, &sealed, &mut manifests)
-                .await?;
             let needed: BTreeSet<ScopeKey> = widened
                 .touched
                 .iter()
@@ -56,7 +105,7 @@ impl Scanner<'_> {
                 .filter(|k| !leases.contains_key(k))
                 .collect();
             if missing.is_empty() {
-                return Ok(widened);
+                return Ok(split(widened, &live, sealed, &manifests));
             }
             for key in missing {
                 let lease = self.take(&key.0, &key.1).await?;
@@ -69,7 +118,7 @@ impl Scanner<'_> {
         })
     }
 
-    /// Every live record of every table, and the sealed manifests' pointers.
+    /// Every live record of every table, and the sealed scopes' manifest pointers.
     async fn read_all(
         &self,
     ) -> Result<(Vec<PartRecord>, Vec<(ScopeKey, SealedManifest)>), ReplayError> {
@@ -96,37 +145,22 @@ impl Scanner<'_> {
         Ok((records, sealed))
     }
 
-    /// Refuses a range that meets parts sealed into a manifest: a replay replaces live records
-    /// only.
-    async fn refuse_sealed(
+    /// A manifest's parts, read once per scan.
+    async fn manifest_parts(
         &self,
-        ranges: &Ranges,
-        sealed: &[(ScopeKey, SealedManifest)],
+        manifest: &SealedManifest,
         cache: &mut HashMap<String, Vec<PartRecord>>,
-    ) -> Result<(), ReplayError> {
-        for ((table, value), manifest) in sealed {
-            if !cache.contains_key(&manifest.path) {
-                let parts = sluice_sink::read_manifest(self.storage, manifest)
-                    .await
-                    .map_err(|e| ReplayError::Storage {
-                        path: manifest.path.clone(),
-                        source: Box::new(e),
-                    })?;
-                cache.insert(manifest.path.clone(), parts);
-            }
-            let parts = cache.get(&manifest.path).map_or(&[][..], Vec::as_slice);
-            let w = widen(table, self.topic, ranges, parts)?;
-            if let Some(part) = w.touched.first() {
-                return Err(ReplayError::Plan {
-                    table: self.tables[0].clone(),
-                    problem: format!(
-                        "the range meets part {} of `{table}` at {value:?}, sealed into manifest {}; sealed scopes are not replayed: replay a range whose rows were flushed after the seal",
-                        part.path, manifest.path
-                    ),
-                });
-            }
+    ) -> Result<Vec<PartRecord>, ReplayError> {
+        if !cache.contains_key(&manifest.path) {
+            let parts = sluice_sink::read_manifest(self.storage, manifest)
+                .await
+                .map_err(|e| ReplayError::Storage {
+                    path: manifest.path.clone(),
+                    source: Box::new(e),
+                })?;
+            cache.insert(manifest.path.clone(), parts);
         }
-        Ok(())
+        Ok(cache.get(&manifest.path).cloned().unwrap_or_default())
     }
 
     /// The merge lease of a scope, waiting while a worker merges it.

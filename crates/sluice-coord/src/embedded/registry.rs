@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    CoordError, MergeLease, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
+    CoordError, MergeLease, PartRecord, Resealed, Retired, ScopeListing, ScopeState, ScopeSummary,
     SealedManifest,
 };
 
@@ -310,18 +310,38 @@ impl Registry {
         leases: &[MergeLease],
         (remove, add): (&[PartRecord], &[PartRecord]),
         (forget, sets): (&[Retired], &[Retired]),
+        resealed: &[Resealed],
     ) -> Result<(), CoordError> {
         for lease in leases {
             self.check_lease(session, lease)?;
         }
-        for p in remove.iter().chain(add) {
+        for r in resealed {
+            let current = self
+                .scopes
+                .get(&key(&r.table, &r.partition_value))
+                .and_then(|s| s.state.sealed.as_ref());
+            if current != Some(&r.replaced) {
+                return Err(CoordError::Conflict {
+                    at: scope_name(&r.table, &r.partition_value),
+                    what: format!("the scope no longer points at manifest {}", r.replaced.path),
+                    source: None,
+                });
+            }
+        }
+        let sealed_scopes = resealed.iter().map(|r| (&r.table, &r.partition_value));
+        for (table, value) in remove
+            .iter()
+            .chain(add)
+            .map(|p| (&p.table, &p.partition_value))
+            .chain(sealed_scopes)
+        {
             let leased = leases
                 .iter()
-                .any(|l| l.table == p.table && l.partition_value == p.partition_value);
+                .any(|l| &l.table == table && &l.partition_value == value);
             if !leased {
                 return Err(CoordError::Conflict {
-                    at: scope_name(&p.table, &p.partition_value),
-                    what: format!("part {} is in a scope the replay holds no lease of", p.path),
+                    at: scope_name(table, value),
+                    what: "a part is in a scope the replay holds no lease of".to_string(),
                     source: None,
                 });
             }
@@ -362,6 +382,9 @@ impl Registry {
         for lease in leases {
             self.scope_mut(&lease.table, &lease.partition_value)
                 .generation += 1;
+        }
+        for r in resealed {
+            self.scope_mut(&r.table, &r.partition_value).state.sealed = r.manifest.clone();
         }
         for r in forget {
             self.retired.remove(&key(&r.table, &r.name));

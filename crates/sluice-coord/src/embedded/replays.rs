@@ -41,11 +41,17 @@ impl EmbeddedCoordinator {
                     source: None,
                 });
             }
+            let sets: Vec<Retired> = generation
+                .kept_sets()
+                .into_iter()
+                .chain(generation.replaced_manifests())
+                .collect();
             shared.registry.replace(
                 session,
                 leases,
                 (&generation.old, &generation.new),
-                (&[], &generation.kept_sets()),
+                (&[], &sets),
+                &generation.resealed,
             )?;
             shared
                 .replays
@@ -67,11 +73,12 @@ impl EmbeddedCoordinator {
             shared.registry.replace(
                 session,
                 leases,
-                (&generation.new, &generation.old),
+                (&generation.new, &generation.restored()),
                 (
                     &generation.kept_sets(),
                     &generation.rolled_back_sets(now_ms),
                 ),
+                &[],
             )?;
             Ok(generation)
         })

@@ -16,7 +16,7 @@ use zookeeper_client as zk;
 use super::nodes::{again, backend, encode_segment, multi_size, MAX_MULTI_BYTES};
 use super::scopes::{lost, set_version, state_bytes};
 use super::ZkCoordinator;
-use crate::{CoordError, MergeLease, PartRecord, ReplayGeneration, Retired};
+use crate::{CoordError, MergeLease, PartRecord, ReplayGeneration, Resealed, Retired};
 
 /// One operation of a replay's multi-op, with what its failure means.
 enum Op {
@@ -82,12 +82,14 @@ impl ZkCoordinator {
         Ok(out)
     }
 
-    /// The fence operations of `leases`, each scope's state as its holder last wrote it.
+    /// The fence operations of `leases`, each scope's state as its holder last wrote it, with
+    /// the manifest `resealed` gives it, if any.
     async fn fences(
         &self,
         client: &zk::Client,
         leases: &[MergeLease],
         records: &[&PartRecord],
+        resealed: &[Resealed],
     ) -> Result<Vec<(String, i32, Vec<u8>)>, CoordError> {
         for r in records {
             let leased = leases
@@ -103,7 +105,20 @@ impl ZkCoordinator {
         }
         let mut out = Vec::with_capacity(leases.len());
         for lease in leases {
-            let (dir, token, state) = self.fenced_scope(client, lease).await?;
+            let (dir, token, mut state) = self.fenced_scope(client, lease).await?;
+            let resealing = resealed
+                .iter()
+                .find(|r| r.table == lease.table && r.partition_value == lease.partition_value);
+            if let Some(r) = resealing {
+                if state.sealed.as_ref() != Some(&r.replaced) {
+                    return Err(CoordError::Conflict {
+                        at: format!("table {} at {:?}", r.table, r.partition_value),
+                        what: format!("the scope no longer points at manifest {}", r.replaced.path),
+                        source: None,
+                    });
+                }
+                state.sealed = r.manifest.clone();
+            }
             out.push((dir, token, state_bytes(&state)));
         }
         Ok(out)
@@ -160,15 +175,24 @@ impl ZkCoordinator {
         generation: &ReplayGeneration,
     ) -> Result<(), CoordError> {
         let client = self.client()?;
-        let records: Vec<&PartRecord> = generation.old.iter().chain(&generation.new).collect();
-        let fences = self.fences(&client, leases, &records).await?;
+        let records: Vec<&PartRecord> = generation
+            .old
+            .iter()
+            .chain(&generation.new)
+            .chain(&generation.old_sealed)
+            .collect();
+        let fences = self
+            .fences(&client, leases, &records, &generation.resealed)
+            .await?;
         let kept = generation.kept_sets();
+        let manifests = generation.replaced_manifests();
         self.ensure_retired_dirs(&client, &kept).await?;
         self.ensure_dir(&client, &self.replays_dir()).await?;
         let mut ops = vec![Op::Check(self.views_path())];
         ops.extend(self.record_ops(&generation.old, false));
         ops.extend(self.record_ops(&generation.new, true));
         ops.extend(self.retired_ops(&kept, true));
+        ops.extend(self.retired_ops(&manifests, true));
         ops.push(Op::Create(
             self.replay_path(&generation.id),
             serde_json::to_vec(generation).expect("replay serializes"),
@@ -189,13 +213,14 @@ impl ZkCoordinator {
         let Some((generation, version)) = self.read_replay_node(&client, id).await? else {
             return Err(CoordError::NoReplay { id: id.to_string() });
         };
-        let records: Vec<&PartRecord> = generation.old.iter().chain(&generation.new).collect();
-        let fences = self.fences(&client, leases, &records).await?;
+        let restored = generation.restored();
+        let records: Vec<&PartRecord> = restored.iter().chain(&generation.new).collect();
+        let fences = self.fences(&client, leases, &records, &[]).await?;
         let rolled = generation.rolled_back_sets(now_ms);
         self.ensure_retired_dirs(&client, &rolled).await?;
         let mut ops = vec![Op::Check(self.replay_path(id))];
         ops.extend(self.record_ops(&generation.new, false));
-        ops.extend(self.record_ops(&generation.old, true));
+        ops.extend(self.record_ops(&restored, true));
         ops.extend(self.retired_ops(&generation.kept_sets(), false));
         ops.extend(self.retired_ops(&rolled, true));
         ops.push(Op::Delete(

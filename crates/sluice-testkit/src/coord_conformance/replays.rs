@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 
 use sluice_coord::{
-    Commit, CoordError, Coordinator, MergeLease, PartRecord, ReplayGeneration, UnitId,
+    Commit, CoordError, Coordinator, MergeLease, PartRecord, ReplayGeneration, Resealed,
+    SealedManifest, UnitId,
 };
 
 use super::{sample_part, Outcome};
@@ -48,6 +49,8 @@ fn generation(
         keep_until_ms: 1_000,
         old,
         new,
+        old_sealed: Vec::new(),
+        resealed: Vec::new(),
     }
 }
 
@@ -178,7 +181,7 @@ pub(super) async fn a_replay_swaps_its_generation_in_and_rolls_back_or_is_collec
         rebuilt(&flushes[1], &id2, &day),
         rebuilt(&flushes[2], &id2, other),
     ];
-    let gen2 = generation(&id2, &table, flushes[1..].to_vec(), new2);
+    let gen2 = generation(&id2, &table, flushes[1..].to_vec(), new2.clone());
     b.replace_range(&newer, views, &gen2).await.or_fail(CASE)?;
     let collected = a.collect_replay(&id2).await.or_fail(CASE)?;
     let paths: BTreeSet<&str> = collected
@@ -204,6 +207,77 @@ pub(super) async fn a_replay_swaps_its_generation_in_and_rolls_back_or_is_collec
     }
     if !a.collect_replay(&id2).await.or_fail(CASE)?.is_empty() {
         return Err(fail(CASE, "a second collection returned sets"));
+    }
+    let kept = &newer[0];
+    replaces_sealed_parts(&*b, kept, &flushes[0], &new2[0]).await
+}
+
+/// A replay of a sealed part: the scope points at a manifest without it, the old manifest
+/// is retired, and a rollback registers the part as a live record.
+async fn replaces_sealed_parts(
+    c: &dyn Coordinator,
+    lease: &MergeLease,
+    sealed: &PartRecord,
+    live: &PartRecord,
+) -> Outcome {
+    let (table, day) = (lease.table.clone(), lease.partition_value.clone());
+    let manifest = SealedManifest {
+        path: format!("{table}/manifests/{day}/seal-e1-1.json"),
+        checksum: "00".repeat(32),
+        parts: 1,
+        rows: sealed.rows,
+        sealed_at_ms: 1,
+    };
+    c.seal(lease, std::slice::from_ref(sealed), &manifest, None)
+        .await
+        .or_fail(CASE)?;
+    let id = unique("r");
+    let new = rebuilt(sealed, &id, &day);
+    let gen = ReplayGeneration {
+        old_sealed: vec![sealed.clone()],
+        resealed: vec![Resealed {
+            table: table.clone(),
+            partition_value: day.clone(),
+            replaced: manifest.clone(),
+            manifest: None,
+        }],
+        ..generation(&id, &table, vec![live.clone()], vec![new.clone()])
+    };
+    c.replace_range(
+        std::slice::from_ref(lease),
+        c.read_views().await.or_fail(CASE)?.version,
+        &gen,
+    )
+    .await
+    .or_fail(CASE)?;
+    let listing = c.read_scope(&table, &day).await.or_fail(CASE)?;
+    let names: Vec<String> = listing.parts.iter().map(PartRecord::name).collect();
+    if listing.state.sealed.is_some() || names != [new.name()] {
+        return Err(fail(
+            CASE,
+            format!("after replacing a sealed part: {listing:?}"),
+        ));
+    }
+    let retired = c.list_retired(&table).await.or_fail(CASE)?;
+    if !retired
+        .iter()
+        .any(|r| r.kept_for.is_none() && r.paths == [manifest.path.clone()])
+    {
+        return Err(fail(
+            CASE,
+            format!("the replaced manifest is not retired: {retired:?}"),
+        ));
+    }
+    c.roll_back_replay(std::slice::from_ref(lease), &id, 50)
+        .await
+        .or_fail(CASE)?;
+    let listing = c.read_scope(&table, &day).await.or_fail(CASE)?;
+    let names: BTreeSet<String> = listing.parts.iter().map(PartRecord::name).collect();
+    if listing.state.sealed.is_some() || names != [sealed.name(), live.name()].into() {
+        return Err(fail(
+            CASE,
+            format!("after rolling a sealed part back: {listing:?}"),
+        ));
     }
     Ok(())
 }
