@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use sluice_tests::fleet::{deployment, deployment_on, tail, Worker};
+use sluice_tests::outage::StorageAway;
 use sluice_tests::private::PrivateZk;
 use sluice_tests::snapshot::{write_snapshot, SnapshotFiles};
 use sluice_tests::{verify_backfilled, wait_until, Prepared, Stack, StorageKind};
@@ -66,10 +67,7 @@ async fn a_storage_outage_during_a_backfill_is_waited_out() -> Result<()> {
     let point = [("SLUICE_FAILPOINT", "backfill_after_upload:1:stop")];
     let mut p = spawn_backfill(&d, &s, "backfill", &point)?;
     p.wait_stopped(LIMIT).await?;
-    // A plain file where the `file://` storage directory was: nothing can be written under it.
-    let (data, aside) = (d.dir.path().join("data"), d.dir.path().join("data-aside"));
-    std::fs::rename(&data, &aside)?;
-    std::fs::write(&data, b"not a directory")?;
+    let storage = StorageAway::take(&d)?;
     p.signal("CONT")?;
     wait_for_log(&mut p, "upload failed; retrying").await?;
     // Read from the registry alone: the storage directory is not there to list.
@@ -81,8 +79,7 @@ async fn a_storage_outage_during_a_backfill_is_waited_out() -> Result<()> {
         "visible during the outage: {} parts, {units:?}",
         parts.len()
     );
-    std::fs::remove_file(&data)?;
-    std::fs::rename(&aside, &data)?;
+    storage.restore()?;
     let log = handed_over(p).await?;
     d.run_to_end().await?;
     verify_backfilled(&d.config, &d.events, &d.located, &s.backfilled).await?;

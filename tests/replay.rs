@@ -15,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use sluice_testkit::fixture::{self, Expect};
 use sluice_tests::aggregates::check_aggregates;
 use sluice_tests::fleet::{deployment_on, spawn, wait_caught_up, Worker};
+use sluice_tests::outage::StorageAway;
 use sluice_tests::per_hour::{per_hour_view, PER_HOUR_TABLE};
 use sluice_tests::private::PrivateZk;
 use sluice_tests::{
@@ -426,10 +427,7 @@ async fn a_storage_outage_during_a_replay_is_waited_out() -> Result<()> {
     let stop = [("SLUICE_FAILPOINT", "replay_after_upload:1:stop")];
     let mut replay = Worker::spawn_args(&args, "replay", &stop, &logs)?;
     replay.wait_stopped(LIMIT).await?;
-    // A plain file where the `file://` storage directory was: nothing can be read or written.
-    let (data, aside) = (d.dir.path().join("data"), d.dir.path().join("data-aside"));
-    std::fs::rename(&data, &aside)?;
-    std::fs::write(&data, b"not a directory")?;
+    let storage = StorageAway::take(&d)?;
     replay.signal("CONT")?;
     wait_until(LIMIT, Duration::from_millis(100), "a failed upload", || {
         let log = replay.log_text();
@@ -442,8 +440,7 @@ async fn a_storage_outage_during_a_replay_is_waited_out() -> Result<()> {
         "the replay exited: {}",
         replay.log_text()
     );
-    std::fs::remove_file(&data)?;
-    std::fs::rename(&aside, &data)?;
+    storage.restore()?;
     let status = replay.wait(LIMIT).await?;
     ensure!(status.success(), "the replay: {}", replay.log_text());
     d.verify().await.with_context(|| replay.log_text())?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use sluice_tests::aggregates::check_aggregates;
 use sluice_tests::fleet::{deployment, deployment_on, spawn, wait_caught_up, Worker};
+use sluice_tests::outage::StorageAway;
 use sluice_tests::per_hour::per_hour_view;
 use sluice_tests::private::PrivateZk;
 use sluice_tests::{describe, run_sluice, wait_until, zk_root, Prepared, Stack, StorageKind};
@@ -283,10 +284,7 @@ async fn a_storage_outage_during_a_history_is_waited_out() -> Result<()> {
     // Frozen after the history's first chunk is uploaded; storage goes before the rest.
     let mut w = spawn_with(&d, "w1", "view_history_after_upload:1:stop")?;
     w.wait_stopped(LIMIT).await?;
-    // A plain file where the `file://` storage directory was: nothing can be read or written.
-    let (data, aside) = (d.dir.path().join("data"), d.dir.path().join("data-aside"));
-    std::fs::rename(&data, &aside)?;
-    std::fs::write(&data, b"not a directory")?;
+    let storage = StorageAway::take(&d)?;
     w.signal("CONT")?;
     wait_until(LIMIT, Duration::from_millis(100), "a failed history attempt", || {
         let log = w.log_text();
@@ -295,8 +293,7 @@ async fn a_storage_outage_during_a_history_is_waited_out() -> Result<()> {
     .await
     .with_context(|| w.log_text())?;
     ensure!(w.is_running(), "the worker exited: {}", w.log_text());
-    std::fs::remove_file(&data)?;
-    std::fs::rename(&aside, &data)?;
+    storage.restore()?;
     d.produce_more(200).await?;
     settle(&zk, &d).await?;
     let log = w.terminate(LIMIT).await?;

@@ -118,3 +118,25 @@ pub async fn wait_first_commit(d: &Prepared) -> Result<()> {
     )
     .await
 }
+
+/// A deployment's `file://` storage directory taken away: a plain file stands where it was,
+/// so nothing can be read or written under it until [`StorageAway::restore`].
+pub struct StorageAway {
+    data: std::path::PathBuf,
+    aside: std::path::PathBuf,
+}
+
+impl StorageAway {
+    pub fn take(d: &Prepared) -> Result<StorageAway> {
+        let (data, aside) = (d.dir.path().join("data"), d.dir.path().join("data-aside"));
+        std::fs::rename(&data, &aside)?;
+        std::fs::write(&data, b"not a directory")?;
+        Ok(StorageAway { data, aside })
+    }
+
+    pub fn restore(self) -> Result<()> {
+        std::fs::remove_file(&self.data)?;
+        std::fs::rename(&self.aside, &self.data)?;
+        Ok(())
+    }
+}

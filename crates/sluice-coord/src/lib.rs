@@ -32,6 +32,11 @@
 //!   commits after the view went live ([`Coordinator::activate_view`], atomic with reading the
 //!   source partitions' committed offsets). A view's history registers once
 //!   ([`Coordinator::complete_view_history`]).
+//! * A **replay** ([`ReplayGeneration`]) swaps records of any scopes it holds the merge leases
+//!   of in one change ([`Coordinator::replace_range`]): its old records out (live ones, and sealed
+//!   ones through a new manifest), its new records in, the old objects kept for a rollback
+//!   ([`Coordinator::roll_back_replay`]) until they are collected
+//!   ([`Coordinator::collect_replay`]); only one of the two ever succeeds.
 //! * A lease ends by [`Coordinator::release_lease`], by [`Coordinator::close`], or when the
 //!   holder's session ends (ZooKeeper session expiry; process exit for the embedded backend).
 //! * A **member** is a worker registered with [`Coordinator::join`]. At most one live member per

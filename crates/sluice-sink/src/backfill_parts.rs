@@ -50,19 +50,31 @@ pub fn backfill_file_name(source: &BackfillSource, version: u32) -> String {
 
 /// The backfill id and lease epoch in a backfill part's path, if it is one.
 pub fn parse_backfill_name(path: &str) -> Option<(String, u64)> {
+    let (id, numbers) = spanned_fields(path, "bf", &['f', 'c', 'e', 'v'])?;
+    Some((id.to_string(), numbers[2]))
+}
+
+/// The fields of a spanned part's file name `<prefix>.<id>.<tag><digits>...parquet` (a
+/// backfill's, a view history's, a replay's): the id, which may hold dots, and the number of
+/// each of `tags`, in order; `None` if the name does not have exactly that form.
+pub(crate) fn spanned_fields<'a>(
+    path: &'a str,
+    prefix: &str,
+    tags: &[char],
+) -> Option<(&'a str, Vec<u64>)> {
     let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
-    let rest = name.strip_prefix("bf.")?;
-    let mut fields = rest.rsplitn(5, '.');
-    let version = fields.next()?.strip_prefix('v')?;
-    let epoch = fields.next()?.strip_prefix('e')?;
-    let chunk = fields.next()?.strip_prefix('c')?;
-    let file = fields.next()?.strip_prefix('f')?;
-    let id = fields.next()?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if id.is_empty() || ![version, epoch, chunk, file].into_iter().all(digits) {
-        return None;
+    let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    let mut fields = rest.rsplitn(tags.len() + 1, '.');
+    let mut numbers = vec![0; tags.len()];
+    for (i, tag) in tags.iter().enumerate().rev() {
+        let digits = fields.next()?.strip_prefix(*tag)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        numbers[i] = digits.parse().ok()?;
     }
-    Some((id.to_string(), epoch.parse().ok()?))
+    let id = fields.next()?;
+    (!id.is_empty()).then_some((id, numbers))
 }
 
 /// Builds the parts of one chunk of a backfill for one table, as [`crate::build_parts`] does

@@ -14,7 +14,7 @@ use sluice_config::TableConfig;
 use sluice_coord::{OffsetSpan, UnitId};
 use sluice_decode::QuarantineRow;
 
-use crate::backfill_parts::build_spanned_parts;
+use crate::backfill_parts::{build_spanned_parts, spanned_fields};
 use crate::parts::{EncodedPart, FlushSource};
 use crate::SinkError;
 
@@ -41,19 +41,8 @@ pub fn history_file_name(source: &HistorySource, version: u32) -> String {
 
 /// The view and history lease epoch in a history part's path, if it is one.
 pub fn parse_history_name(path: &str) -> Option<(String, u64)> {
-    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
-    let rest = name.strip_prefix("vh.")?;
-    let mut fields = rest.rsplitn(5, '.');
-    let version = fields.next()?.strip_prefix('v')?;
-    let epoch = fields.next()?.strip_prefix('e')?;
-    let chunk = fields.next()?.strip_prefix('c')?;
-    let scope = fields.next()?.strip_prefix('s')?;
-    let view = fields.next()?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if view.is_empty() || ![version, epoch, chunk, scope].into_iter().all(digits) {
-        return None;
-    }
-    Some((view.to_string(), epoch.parse().ok()?))
+    let (view, numbers) = spanned_fields(path, "vh", &['s', 'c', 'e', 'v'])?;
+    Some((view.to_string(), numbers[2]))
 }
 
 /// Builds the parts of one chunk of a view's history for its target table. CPU-bound: run it

@@ -13,7 +13,7 @@ use sluice_config::TableConfig;
 use sluice_coord::{OffsetSpan, UnitId};
 use sluice_decode::QuarantineRow;
 
-use crate::backfill_parts::build_spanned_parts;
+use crate::backfill_parts::{build_spanned_parts, spanned_fields};
 use crate::parts::{EncodedPart, FlushSource};
 use crate::SinkError;
 
@@ -43,21 +43,8 @@ pub fn replay_file_name(source: &ReplaySource, version: u32) -> String {
 
 /// The replay id in a replay part's path, if it is one.
 pub fn parse_replay_name(path: &str) -> Option<String> {
-    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
-    let rest = name.strip_prefix("rp.")?;
-    let mut fields = rest.rsplitn(5, '.');
-    let version = fields.next()?.strip_prefix('v')?;
-    let chunk = fields.next()?.strip_prefix('c')?;
-    let partition = fields.next()?.strip_prefix('p')?;
-    let run = fields.next()?.strip_prefix('t')?;
-    let id = fields.next()?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !sluice_coord::valid_replay_id(id)
-        || ![version, chunk, partition, run].into_iter().all(digits)
-    {
-        return None;
-    }
-    Some(id.to_string())
+    let (id, _) = spanned_fields(path, "rp", &['t', 'p', 'c', 'v'])?;
+    sluice_coord::valid_replay_id(id).then(|| id.to_string())
 }
 
 /// Builds the parts of one chunk of a replay for one table (the replayed one or a view's

@@ -3,7 +3,7 @@
 
 use zookeeper_client as zk;
 
-use super::nodes::{backend, encode_segment, multi_size, MAX_MULTI_BYTES};
+use super::nodes::{backend, encode_segment, multi_size, multi_unanswered, MAX_MULTI_BYTES};
 use super::ZkCoordinator;
 use crate::{Commit, CoordError, Lease};
 
@@ -100,17 +100,9 @@ impl ZkCoordinator {
                     source: Some(source.into()),
                 })
             }
-            Err(zk::MultiWriteError::RequestFailed { source }) => match source {
-                zk::Error::SessionExpired | zk::Error::ClientClosed => {
-                    Err(CoordError::SessionEnded {
-                        source: source.into(),
-                    })
-                }
-                other => Err(CoordError::Ambiguous {
-                    at: unit.to_string(),
-                    source: other.into(),
-                }),
-            },
+            Err(zk::MultiWriteError::RequestFailed { source }) => {
+                Err(multi_unanswered(unit.to_string(), source))
+            }
         }
     }
 }

@@ -48,6 +48,20 @@ pub(super) fn unanswered(e: &zk::Error) -> bool {
     )
 }
 
+/// What a multi-op whose request failed means: its session ended, or (a lost reply) the outcome
+/// of the change to `at` is unknown.
+pub(super) fn multi_unanswered(at: String, source: zk::Error) -> CoordError {
+    match source {
+        zk::Error::SessionExpired | zk::Error::ClientClosed => CoordError::SessionEnded {
+            source: source.into(),
+        },
+        other => CoordError::Ambiguous {
+            at,
+            source: other.into(),
+        },
+    }
+}
+
 /// Waits between attempts of a request that got no answer, doubling up to 1 s, for at most
 /// [`RECONNECT_PATIENCE`] in all.
 pub(super) struct Patience {

@@ -13,7 +13,7 @@
 
 use zookeeper_client as zk;
 
-use super::nodes::{again, backend, encode_segment, multi_size, MAX_MULTI_BYTES};
+use super::nodes::{again, backend, encode_segment, multi_size, multi_unanswered, MAX_MULTI_BYTES};
 use super::scopes::{lost, set_version, state_bytes};
 use super::ZkCoordinator;
 use crate::{CoordError, MergeLease, PartRecord, ReplayGeneration, Resealed, Retired};
@@ -339,17 +339,7 @@ impl ZkCoordinator {
                     source: Some(source.into()),
                 })
             }
-            Err(zk::MultiWriteError::RequestFailed { source }) => match source {
-                zk::Error::SessionExpired | zk::Error::ClientClosed => {
-                    Err(CoordError::SessionEnded {
-                        source: source.into(),
-                    })
-                }
-                other => Err(CoordError::Ambiguous {
-                    at,
-                    source: other.into(),
-                }),
-            },
+            Err(zk::MultiWriteError::RequestFailed { source }) => Err(multi_unanswered(at, source)),
         }
     }
 }

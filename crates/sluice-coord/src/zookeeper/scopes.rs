@@ -18,7 +18,7 @@
 use futures::stream::{self, StreamExt, TryStreamExt};
 use zookeeper_client as zk;
 
-use super::nodes::{again, backend, encode_segment, multi_size, MAX_MULTI_BYTES};
+use super::nodes::{again, backend, encode_segment, multi_size, multi_unanswered, MAX_MULTI_BYTES};
 use super::ZkCoordinator;
 use crate::{
     CoordError, MergeLease, PartRecord, Retired, ScopeListing, ScopeState, ScopeSummary,
@@ -357,17 +357,9 @@ impl ZkCoordinator {
                     source: Some(source.into()),
                 })
             }
-            Err(zk::MultiWriteError::RequestFailed { source }) => match source {
-                zk::Error::SessionExpired | zk::Error::ClientClosed => {
-                    Err(CoordError::SessionEnded {
-                        source: source.into(),
-                    })
-                }
-                other => Err(CoordError::Ambiguous {
-                    at: scope,
-                    source: other.into(),
-                }),
-            },
+            Err(zk::MultiWriteError::RequestFailed { source }) => {
+                Err(multi_unanswered(scope, source))
+            }
         }
     }
 
