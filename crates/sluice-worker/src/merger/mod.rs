@@ -162,8 +162,10 @@ impl Merger {
         self.report_replication();
         if self.ctx.merge.enabled {
             self.start_turns(members, ingest);
-            self.start_retiring(members);
         }
+        // Also with merges off: a replay's old generation is collected here once kept long
+        // enough, and merges run earlier may have left replaced objects.
+        self.start_retiring(members);
         if self.ctx.storage.is_replicated() {
             self.start_repair(members);
         }
