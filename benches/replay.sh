@@ -65,6 +65,8 @@ user=$(grep 'User time' "$work/replay.err" | awk '{print $NF}')
 sys=$(grep 'System time' "$work/replay.err" | awk '{print $NF}')
 rss=$(grep 'Maximum resident' "$work/replay.err" | awk '{print $NF}')
 grep 'swapped in' "$work/replay.out"
-awk -v n="$events" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" \
+# The rows the replay rebuilt: what the topic held (the broker may have taken fewer than produced).
+rows=$(grep -o 'rows replaced by [0-9]*' "$work/replay.out" | awk '{print $NF}')
+awk -v n="$rows" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" \
     'BEGIN { printf "replay: %d events in %.2f s: %.0f events/s; %.2f CPU s: %.0f events/s per core; peak RSS %.0f MiB\n",
         n, w, n / w, u + s, n / (u + s), r / 1024 }'

@@ -390,10 +390,12 @@ async fn a_replay_killed_at_each_step_or_frozen_as_a_zombie_swaps_once() -> Resu
     d.verify().await.context(log)?;
     check_aggregates(&d).await?;
 
-    // The old generation's objects are deleted by a worker, and the replay forgotten.
+    // The old generation's objects are deleted by a worker, merges disabled or not, and the
+    // replay forgotten.
     let node = format!("{}/replays/fix", zk_root(&d.topic));
     let (data, _) = zk_client().await?.get_data(&node).await?;
     let generation: serde_json::Value = serde_json::from_slice(&data)?;
+    d.edit_config(|t| t.replacen("[merge]\n", "[merge]\nenabled = false\n", 1))?;
     let w1 = spawn(&d, "w1")?;
     wait_until(
         LIMIT,
