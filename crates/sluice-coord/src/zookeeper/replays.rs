@@ -20,9 +20,17 @@ use crate::{CoordError, MergeLease, PartRecord, ReplayGeneration, Resealed, Reti
 
 /// One operation of a replay's multi-op, with what its failure means.
 enum Op {
-    Check(String),
-    Delete(String, String),
-    Create(String, Vec<u8>, String),
+    /// The node at the path is at this version.
+    Check(String, i32, Refusal),
+    Delete(String, Refusal),
+    Create(String, Vec<u8>, Refusal),
+}
+
+/// What a failed operation of a replay's multi-op means.
+enum Refusal {
+    Conflict(String),
+    /// The replay node changed: rolled back or collected meanwhile.
+    NoReplay(String),
 }
 
 impl ZkCoordinator {
@@ -130,9 +138,13 @@ impl ZkCoordinator {
                 let path = self.retired_path(&r.table, &r.name);
                 if create {
                     let data = serde_json::to_vec(r).expect("retired record serializes");
-                    Op::Create(path, data, format!("retired set {} exists already", r.name))
+                    let why = format!("retired set {} exists already", r.name);
+                    Op::Create(path, data, Refusal::Conflict(why))
                 } else {
-                    Op::Delete(path, format!("retired set {} is gone", r.name))
+                    Op::Delete(
+                        path,
+                        Refusal::Conflict(format!("retired set {} is gone", r.name)),
+                    )
                 }
             })
             .collect()
@@ -145,12 +157,11 @@ impl ZkCoordinator {
                 let path = self.record_path(p);
                 if create {
                     let data = serde_json::to_vec(p).expect("part record serializes");
-                    Op::Create(path, data, format!("part {} is registered already", p.path))
+                    let why = format!("part {} is registered already", p.path);
+                    Op::Create(path, data, Refusal::Conflict(why))
                 } else {
-                    Op::Delete(
-                        path,
-                        format!("part {} is no longer registered (merged or sealed)", p.path),
-                    )
+                    let why = format!("part {} is no longer registered (merged or sealed)", p.path);
+                    Op::Delete(path, Refusal::Conflict(why))
                 }
             })
             .collect()
@@ -188,7 +199,13 @@ impl ZkCoordinator {
         let manifests = generation.replaced_manifests();
         self.ensure_retired_dirs(&client, &kept).await?;
         self.ensure_dir(&client, &self.replays_dir()).await?;
-        let mut ops = vec![Op::Check(self.views_path())];
+        let views_changed =
+            "the view registry changed (a view went live or was dropped); run the replay again";
+        let mut ops = vec![Op::Check(
+            self.views_path(),
+            views_version as i32,
+            Refusal::Conflict(views_changed.to_string()),
+        )];
         ops.extend(self.record_ops(&generation.old, false));
         ops.extend(self.record_ops(&generation.new, true));
         ops.extend(self.retired_ops(&kept, true));
@@ -196,11 +213,10 @@ impl ZkCoordinator {
         ops.push(Op::Create(
             self.replay_path(&generation.id),
             serde_json::to_vec(generation).expect("replay serializes"),
-            format!("a replay `{}` is recorded already", generation.id),
+            Refusal::Conflict(format!("a replay `{}` is recorded already", generation.id)),
         ));
         let what = format!("the replay `{}` of {}", generation.id, generation.table);
-        let check = (views_version, -1);
-        self.run(&client, leases, &fences, ops, check, &what).await
+        self.run(&client, leases, &fences, ops, &what).await
     }
 
     pub(super) async fn roll_back_replay_of(
@@ -218,25 +234,16 @@ impl ZkCoordinator {
         let fences = self.fences(&client, leases, &records, &[]).await?;
         let rolled = generation.rolled_back_sets(now_ms);
         self.ensure_retired_dirs(&client, &rolled).await?;
-        let mut ops = vec![Op::Check(self.replay_path(id))];
+        let gone = || Refusal::NoReplay(id.to_string());
+        let mut ops = vec![Op::Check(self.replay_path(id), version, gone())];
         ops.extend(self.record_ops(&generation.new, false));
         ops.extend(self.record_ops(&restored, true));
         ops.extend(self.retired_ops(&generation.kept_sets(), false));
         ops.extend(self.retired_ops(&rolled, true));
-        ops.push(Op::Delete(
-            self.replay_path(id),
-            format!("replay `{id}` changed"),
-        ));
+        ops.push(Op::Delete(self.replay_path(id), gone()));
         let what = format!("the rollback of replay `{id}`");
-        match self
-            .run(&client, leases, &fences, ops, (-1, version), &what)
-            .await
-        {
-            Err(CoordError::Conflict { what, .. }) if what.starts_with("replay") => {
-                Err(CoordError::NoReplay { id: id.to_string() })
-            }
-            other => other.map(|()| generation),
-        }
+        self.run(&client, leases, &fences, ops, &what).await?;
+        Ok(generation)
     }
 
     pub(super) async fn collect_replay_of(&self, id: &str) -> Result<Vec<Retired>, CoordError> {
@@ -265,20 +272,19 @@ impl ZkCoordinator {
         }
     }
 
-    /// Sends the fences then `ops` as one multi-op. `check` is the version a `Check` operation
-    /// expects: the view registry's (first) or the replay node's (second).
+    /// Sends the fences then `ops` as one multi-op; a failed operation is reported as its
+    /// [`Refusal`] says.
     async fn run(
         &self,
         client: &zk::Client,
         leases: &[MergeLease],
         fences: &[(String, i32, Vec<u8>)],
         ops: Vec<Op>,
-        (views_version, replay_version): (i64, i32),
         what: &str,
     ) -> Result<(), CoordError> {
         let size = multi_size(fences.iter().map(|(p, _, d)| (p.as_str(), d.len())).chain(
             ops.iter().map(|op| match op {
-                Op::Check(p) | Op::Delete(p, _) => (p.as_str(), 0),
+                Op::Check(p, _, _) | Op::Delete(p, _) => (p.as_str(), 0),
                 Op::Create(p, d, _) => (p.as_str(), d.len()),
             }),
         ));
@@ -298,16 +304,9 @@ impl ZkCoordinator {
         let persistent = self.persistent();
         for op in &ops {
             match op {
-                Op::Check(p) => {
-                    let version = if replay_version >= 0 {
-                        replay_version
-                    } else {
-                        views_version as i32
-                    };
-                    multi
-                        .add_check_version(p, version)
-                        .map_err(|e| backend(p, e))?;
-                }
+                Op::Check(p, version, _) => multi
+                    .add_check_version(p, *version)
+                    .map_err(|e| backend(p, e))?,
                 Op::Delete(p, _) => multi.add_delete(p, None).map_err(|e| backend(p, e))?,
                 Op::Create(p, d, _) => multi
                     .add_create(p, d, &persistent)
@@ -328,15 +327,15 @@ impl ZkCoordinator {
                 Err(lost(&leases[index]))
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => {
-                let reason = match &ops[index - leases.len()] {
-                    Op::Check(_) if replay_version >= 0 => format!("replay at {at} changed"),
-                    Op::Check(_) => "the view registry changed (a view went live or was dropped); run the replay again".to_string(),
-                    Op::Delete(_, why) | Op::Create(_, _, why) => why.clone(),
-                };
-                Err(CoordError::Conflict {
-                    at,
-                    what: reason,
-                    source: Some(source.into()),
+                let (Op::Check(_, _, refusal) | Op::Delete(_, refusal) | Op::Create(_, _, refusal)) =
+                    &ops[index - leases.len()];
+                Err(match refusal {
+                    Refusal::NoReplay(id) => CoordError::NoReplay { id: id.clone() },
+                    Refusal::Conflict(why) => CoordError::Conflict {
+                        at,
+                        what: why.clone(),
+                        source: Some(source.into()),
+                    },
                 })
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => Err(multi_unanswered(at, source)),
