@@ -9,7 +9,8 @@
 #   scripts/stack.sh reset    stop, then delete the state dir (ZooKeeper data, broker db, S3 data)
 #   scripts/stack.sh test-tools  install what the tests use besides the servers, if missing:
 #                             promtool (Debian's prometheus package), headless chromium,
-#                             stunnel4 and openssl
+#                             stunnel4 and openssl; ansible-core and ansible-lint (from PyPI,
+#                             pinned in ansible/requirements.txt) into a virtualenv in the tools dir
 #
 # A fresh machine (and CI) starts bare, so `start` installs everything itself: ZooKeeper from
 # Debian's package, Tansu and s3s-fs with `cargo install` into a tools dir that outlives the
@@ -131,6 +132,7 @@ as_root() {
 # real browser; the Kafka security test puts stunnel (TLS) in front of the broker, which cannot
 # serve TLS itself, and makes its certificates with openssl. None is sure to be on a fresh machine.
 cmd_test_tools() {
+    ensure_ansible
     local missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v chromium >/dev/null || missing+=(chromium)
@@ -144,6 +146,23 @@ cmd_test_tools() {
     command -v promtool >/dev/null || die "apt-get installed prometheus but promtool is not on PATH"
     command -v chromium >/dev/null || die "apt-get installed chromium but it is not on PATH"
     command -v stunnel4 >/dev/null || die "apt-get installed stunnel4 but it is not on PATH"
+}
+
+# The Ansible tests run the playbooks of ansible/ with the versions its requirements.txt pins,
+# in a virtualenv of their own (never the system's Python packages). A copy of the requirements
+# marks a finished install; a changed pin installs afresh.
+ensure_ansible() {
+    local venv=$TOOLS_DIR/ansible req=$REPO_DIR/ansible/requirements.txt
+    if [[ -x $venv/bin/ansible-playbook ]] && cmp -s "$req" "$venv/requirements.txt"; then
+        return 0
+    fi
+    command -v python3 >/dev/null || die "python3 is needed to install Ansible"
+    say "installing ansible-core and ansible-lint from PyPI into $venv (a minute or two)"
+    rm -rf -- "$venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" ||
+        die "pip could not install $req"
+    cp -- "$req" "$venv/requirements.txt"
 }
 
 # Sluice's Kafka client is librdkafka built with TLS: its build finds the system's OpenSSL with
@@ -465,6 +484,7 @@ export SLUICE_S3_ENDPOINT=http://$HOST:$S3_PORT
 export SLUICE_S3_BUCKET=$S3_BUCKET
 export SLUICE_S3_ACCESS_KEY=$S3_ACCESS_KEY
 export SLUICE_S3_SECRET_KEY=$S3_SECRET_KEY
+export SLUICE_ANSIBLE_VENV=$TOOLS_DIR/ansible
 EOF
 }
 

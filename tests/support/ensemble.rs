@@ -93,7 +93,7 @@ impl PrivateEnsemble {
 }
 
 /// The `Mode:` line of a `srvr` answer (`leader`, `follower`, `standalone`).
-fn mode(answer: &str) -> Option<String> {
+pub(crate) fn mode(answer: &str) -> Option<String> {
     answer
         .lines()
         .find_map(|l| l.strip_prefix("Mode: "))

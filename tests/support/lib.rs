@@ -16,6 +16,7 @@ use sluice_sink::Storage;
 use sluice_testkit::exactly_once::{self, Objects, Produced};
 
 pub mod aggregates;
+pub mod ansible;
 pub mod certs;
 pub mod ensemble;
 pub mod fleet;

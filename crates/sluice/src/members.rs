@@ -100,7 +100,14 @@ impl<'a> Fleet<'a> {
     }
 
     fn to_json(&self) -> Value {
+        let unheld = self.units.iter().filter(|u| u.holder().is_none()).count();
         json!({
+            // What a rolling restart waits on (ansible/): every partition held by its assignee.
+            "summary": {
+                "partitions": self.units.len(),
+                "unheld": unheld,
+                "moving": self.units.iter().filter(|u| u.moving()).count(),
+            },
             "members": self.members.iter().map(|r| json!({
                 "id": r.member.id,
                 "weight": r.member.weight,
