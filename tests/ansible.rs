@@ -235,6 +235,18 @@ async fn a_refused_config_or_a_worker_never_ready_stops_the_play_and_a_killed_ro
         "restarts: {before:?} -> {after:?}"
     );
     untouched(&run, &["w3"])?;
+    // Run again unfixed: w2 has nothing new to apply, and the play still stops at it.
+    let again = hosts.playbook("site.yml", &[]).await?;
+    ensure!(
+        !again.succeeded() && again.stdout.contains("fatal: [w2]"),
+        "a second run went past the unready w2: {}",
+        again.stdout
+    );
+    untouched(&again, &["w3"])?;
+    ensure!(
+        pids(&hosts, &["w1".into(), "w3".into()])? == pids_of(&after, &["w1", "w3"]),
+        "a rerun restarted w1 or w3"
+    );
 
     // Events produced while w2 is broken are ingested once it is fixed.
     d.produce_more(300).await?;
@@ -405,6 +417,11 @@ fn pids(hosts: &Hosts, names: &[String]) -> Result<BTreeMap<String, u32>> {
             Ok((n.clone(), pid))
         })
         .collect()
+}
+
+/// The entries of `all` for `names`.
+fn pids_of(all: &BTreeMap<String, u32>, names: &[&str]) -> BTreeMap<String, u32> {
+    names.iter().map(|n| (n.to_string(), all[*n])).collect()
 }
 
 /// Each worker's configuration text and modification time.
