@@ -12,6 +12,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use sluice_tests::ansible::{kill_group, run_playbook, run_tool, verify_unit, Hosts, PlaybookRun};
 use sluice_tests::fleet::{wait_balanced, wait_caught_up};
+use sluice_tests::private::free_port;
 use sluice_tests::{
     prepare_on, run_sluice, unique, wait_until, zk_root, Prepared, Stack, StorageKind,
 };
@@ -205,7 +206,7 @@ async fn a_refused_config_or_a_worker_never_ready_stops_the_play_and_a_killed_ro
 
     // A change for every host, and on w2 a broker address nothing listens on: w2 never becomes
     // ready, so the play stops there; w1 has the change, w3 is untouched.
-    let dead = format!("127.0.0.1:{}", dead_port()?);
+    let dead = format!("127.0.0.1:{}", free_port()?);
     let change = json!({ "sluice_worker_worker_extra": {"lease_wait_ms": 30000, "flush_check_interval_ms": 60} });
     let broken = json!({ "sluice_worker_kafka_bootstrap_servers": dead, "sluice_worker_ready_timeout_s": 20 });
     inventory(change.clone(), &[("w2", broken)])?;
@@ -482,10 +483,4 @@ async fn member_sessions(connect: &str, topic: &str) -> Result<BTreeMap<String, 
         sessions.insert(child, stat.ephemeral_owner);
     }
     Ok(sessions)
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn dead_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }

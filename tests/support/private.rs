@@ -489,7 +489,7 @@ pub(crate) fn tools_dir() -> PathBuf {
 /// A loopback port nothing listens on. Linux hands out ports for `bind(0)` from the other half
 /// of the ephemeral range than the one `connect()` takes first, so while the server is down a
 /// client retrying is unlikely to take its port.
-pub(crate) fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(free_ports(1)?[0])
 }
 
